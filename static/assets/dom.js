@@ -18,7 +18,7 @@ function setProp(el, key, value) {
 /**
  * Creates an element. `props` keys: `text`, `class`, `testid`, `on<event>` listeners, DOM
  * properties and attributes. A function value (other than a listener) is a live binding: it is
- * evaluated now and again by `refreshBindings`, e.g. `{text: () => t('key')}` follows the
+ * evaluated now and again by `refreshBindings`, e.g. `{text: () => t('app.title')}` follows the
  * language.
  */
 export function h(tag, props = {}, ...children) {

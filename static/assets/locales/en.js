@@ -163,6 +163,7 @@ export default {
   'keys.coolingUntil': 'until {time}',
   'keys.invalidBecause': 'because: {reason}',
   'keys.unknownReason': 'unknown reason',
+  'keys.noRequests': 'No requests yet',
   'keys.requests': '{n} requests',
   'keys.successes': '{n} succeeded',
   'keys.failures': '{n} failed',

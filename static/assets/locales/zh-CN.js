@@ -163,6 +163,7 @@ export default {
   'keys.coolingUntil': '至 {time}',
   'keys.invalidBecause': '原因：{reason}',
   'keys.unknownReason': '未知',
+  'keys.noRequests': '尚无请求',
   'keys.requests': '请求 {n} 次',
   'keys.successes': '成功 {n} 次',
   'keys.failures': '失败 {n} 次',

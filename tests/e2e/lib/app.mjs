@@ -10,6 +10,16 @@ export function useSuite(env = {}) {
     browser: null,
     /** Opens a page (see openPage) on this suite's server. */
     open: (options) => openPage(suite.browser, suite.server.url, options),
+    /** Runs `fn(tab)` on a fresh page, fails on any unexpected console error, then closes it. */
+    async withPage(options, fn) {
+      const tab = await suite.open(options);
+      try {
+        await fn(tab);
+        tab.assertClean();
+      } finally {
+        await tab.close();
+      }
+    },
   };
   before(async () => {
     suite.server = await startServer(env);

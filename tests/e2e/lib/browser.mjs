@@ -53,5 +53,5 @@ export async function screenshot(page, name) {
   if (process.env.SCREENSHOTS !== '1') return;
   const dir = path.join(REPO_ROOT, 'docs', 'screenshots');
   await mkdir(dir, { recursive: true });
-  await page.screenshot({ path: path.join(dir, `${name}.png`), fullPage: true, animations: 'disabled' });
+  await page.screenshot({ path: path.join(dir, `${name}.png`), fullPage: false, animations: 'disabled' });
 }
