@@ -5,14 +5,29 @@ import { SessionExpiredError } from './api.js';
 
 // ---- toasts ----------------------------------------------------------------------------------
 
+/**
+ * The toast region is a manual popover, so it sits in the top layer; showing it again after a
+ * dialog opened puts it above that dialog's backdrop.
+ */
+function raiseToasts(region) {
+  if (!region.showPopover) return;
+  if (region.matches(':popover-open')) region.hidePopover();
+  if (region.childElementCount) region.showPopover();
+}
+
 /** Shows a short message in the corner. `kind`: info, success or error. */
 export function toast(message, kind = 'info') {
   const region = document.getElementById('toasts');
+  const dismiss = () => {
+    item.remove();
+    raiseToasts(region);
+  };
   const item = h('div', { class: `toast toast-${kind}`, role: kind === 'error' ? 'alert' : 'status', testid: 'toast', 'data-kind': kind },
     h('span', { class: 'toast-text', text: message }),
-    h('button', { type: 'button', class: 'toast-close', 'aria-label': () => t('common.dismiss'), onclick: () => item.remove() }, '×'));
+    h('button', { type: 'button', class: 'toast-close', 'aria-label': () => t('common.dismiss'), onclick: dismiss }, '×'));
   region.append(item);
-  setTimeout(() => item.remove(), kind === 'error' ? 8000 : 4000);
+  raiseToasts(region);
+  setTimeout(dismiss, kind === 'error' ? 8000 : 4000);
 }
 
 /** A readable text for a failed call. */
@@ -134,6 +149,15 @@ export function setFieldError(root, name, message) {
   if (message) control?.setAttribute('aria-invalid', 'true');
   else control?.removeAttribute('aria-invalid');
   return true;
+}
+
+/** Hides a field's error as soon as the user edits that field. */
+export function clearErrorsOnInput(form) {
+  const clear = (event) => {
+    if (event.target.name) setFieldError(form, event.target.name, '');
+  };
+  form.addEventListener('input', clear);
+  form.addEventListener('change', clear);
 }
 
 export function clearFieldErrors(root) {

@@ -34,6 +34,7 @@ export default {
   'login.invalid': 'Wrong username or password.',
   'login.throttled': 'Too many failed attempts. Try again in {seconds} seconds.',
   'login.throttledNoTime': 'Too many failed attempts. Try again later.',
+  'login.noToken': 'the server sent no access token',
   'login.failed': 'Sign-in failed: {error}',
 
   'type.generic': 'Generic API',
@@ -192,7 +193,6 @@ export default {
   'import.intro': 'One key per line. Blank lines are ignored, duplicates are skipped. Keys are sent {size} at a time.',
   'import.paste': 'Paste keys',
   'import.file': 'Or choose a .txt file',
-  'import.fileLoaded': 'Loaded {name}.',
   'import.detected': '{n} keys ready to import.',
   'import.submit': 'Import',
   'import.progress': 'Sent {done} of {total}…',

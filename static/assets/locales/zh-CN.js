@@ -34,6 +34,7 @@ export default {
   'login.invalid': '用户名或密码错误。',
   'login.throttled': '失败次数过多，请在 {seconds} 秒后重试。',
   'login.throttledNoTime': '失败次数过多，请稍后重试。',
+  'login.noToken': '服务器未返回访问令牌',
   'login.failed': '登录失败：{error}',
 
   'type.generic': '通用 API',
@@ -192,7 +193,6 @@ export default {
   'import.intro': '每行一个密钥。空行会被忽略，重复的密钥会被跳过。每次发送 {size} 个。',
   'import.paste': '粘贴密钥',
   'import.file': '或选择 .txt 文件',
-  'import.fileLoaded': '已读取 {name}。',
   'import.detected': '准备导入 {n} 个密钥。',
   'import.submit': '导入',
   'import.progress': '已发送 {done} / {total}…',

@@ -67,7 +67,6 @@ export function openImportDialog(service, onDone) {
     if (!chosen) return;
     textarea.value = await chosen.text();
     updateCount();
-    toast(t('import.fileLoaded', { name: chosen.name }), 'info');
   });
 
   submit.addEventListener('click', async () => {
@@ -88,7 +87,8 @@ export function openImportDialog(service, onDone) {
       const total = await importInChunks(service.id, keys, showProgress);
       result.replaceChildren(summaryView(total));
       submit.hidden = true;
-      toast(t('import.done', { success: total.success_count, skipped: total.skipped_count, failed: total.failed_count }), total.error || total.failed_count ? 'error' : 'success');
+      // The summary in the dialog says it all; a toast is only needed once the dialog is closed.
+      if (!dialog.open) toast(t('import.done', { success: formatNumber(total.success_count), skipped: formatNumber(total.skipped_count), failed: formatNumber(total.failed_count) }), total.error || total.failed_count ? 'error' : 'success');
     } catch {
       return; // the session expired: the login screen is shown
     } finally {

@@ -3,7 +3,7 @@ import { h, refreshBindings, replace } from '../dom.js';
 import { formatNumber, t } from '../i18n.js';
 import { api } from '../api.js';
 import { exportFileName, keyState } from '../format.js';
-import { busy, clearFieldErrors, confirmDialog, downloadText, errorText, field, openDialog, reportError, select, setFieldError, toast } from '../ui.js';
+import { busy, clearErrorsOnInput, clearFieldErrors, confirmDialog, downloadText, errorText, field, openDialog, reportError, select, setFieldError, toast } from '../ui.js';
 import { renderKeyTable } from './key-table.js';
 import { openImportDialog } from './import-dialog.js';
 
@@ -14,6 +14,7 @@ function addKeyForm(serviceId, reload) {
   const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'add-key', text: () => t('keys.add') });
   const form = h('form', { class: 'add-key', novalidate: true, testid: 'add-key-form' },
     field({ label: () => t('keys.newLabel'), control: input, addon: submit }));
+  clearErrorsOnInput(form);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearFieldErrors(form);

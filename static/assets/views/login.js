@@ -49,6 +49,7 @@ export function renderLogin(main, { notice, onSuccess }) {
     }
     try {
       const reply = await busy(submit, () => api.login(username.value.trim(), password.value));
+      if (!reply?.access_token) throw new Error(t('login.noToken'));
       session.save(reply.access_token);
       onSuccess();
     } catch (err) {

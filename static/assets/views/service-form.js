@@ -3,7 +3,7 @@
 import { bind, h, refreshBindings, replace } from '../dom.js';
 import { t } from '../i18n.js';
 import { api, SessionExpiredError } from '../api.js';
-import { busy, clearFieldErrors, errorText, field, reportError, select, setFieldError, toast } from '../ui.js';
+import { busy, clearErrorsOnInput, clearFieldErrors, errorText, field, reportError, select, setFieldError, toast } from '../ui.js';
 
 const METHODS = ['ANY', 'GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
 const FORMATS = ['openai_compatible', 'anthropic_native', 'gemini_native'];
@@ -172,6 +172,7 @@ function buildForm(service, editing) {
       h('a', { class: 'btn', href: '#/services', testid: 'form-cancel', text: () => t('common.cancel') }),
       submit));
 
+  clearErrorsOnInput(form);
   form.addEventListener('change', (event) => {
     if (event.target.name === 'config_type') {
       type = event.target.value;

@@ -48,10 +48,17 @@ export async function openPage(browser, baseURL, { viewport = LAPTOP, locale = '
   };
 }
 
-/** Saves `docs/screenshots/<name>.png` when SCREENSHOTS=1. */
-export async function screenshot(page, name) {
+/**
+ * Saves `docs/screenshots/<name>.png` when SCREENSHOTS=1: the viewport, made `height` pixels
+ * tall for the shot if given (a taller viewport keeps the sticky header in place).
+ */
+export async function screenshot(page, name, { height } = {}) {
   if (process.env.SCREENSHOTS !== '1') return;
   const dir = path.join(REPO_ROOT, 'docs', 'screenshots');
   await mkdir(dir, { recursive: true });
-  await page.screenshot({ path: path.join(dir, `${name}.png`), fullPage: false, animations: 'disabled' });
+  const viewport = page.viewportSize();
+  if (height) await page.setViewportSize({ width: viewport.width, height });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(dir, `${name}.png`), animations: 'disabled' });
+  if (height) await page.setViewportSize(viewport);
 }

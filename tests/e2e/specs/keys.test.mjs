@@ -3,13 +3,15 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { before, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { adminApi, confirm, serviceRow, signIn, useSuite } from '../lib/app.mjs';
 import { screenshot } from '../lib/browser.mjs';
+import { startUpstream } from '../lib/upstream.mjs';
 import { assertContains, assertText } from '../lib/assert-text.mjs';
 
-const FIRST_KEY = 'sk-first-0123456789abcdef';
-const pastedKeys = ['sk-paste-aaaa1111', 'sk-paste-bbbb2222', 'sk-paste-cccc3333'];
+const FIRST_KEY = 'sk-good-first-0123456789abcdef';
+// The fake upstream accepts keys starting with sk-good and refuses the others.
+const pastedKeys = ['sk-good-paste-aaaa1111', 'sk-bad-paste-bbbb2222', 'sk-good-paste-cccc3333'];
 const fileKeys = Array.from({ length: 1203 }, (_, i) => `sk-file-${String(i).padStart(6, '0')}-zzzz`);
 
 async function openKeyManager(page, serviceId) {
@@ -43,11 +45,21 @@ const keyRow = (page, index) => page.getByTestId('key-row').nth(index);
 describe('key manager', () => {
   const suite = useSuite();
   let service;
+  let upstream;
+  let api;
 
   before(async () => {
-    const api = await adminApi(suite.server.url);
-    service = await api.createService({ name: 'OpenAI pool', slug: 'openai-pool', config_type: 'LLM', method: null, target_url: null, api_key_location: null, api_key_name: null, target_base_url: 'https://api.openai.com/v1', api_format: 'openai_compatible' });
+    upstream = await startUpstream();
+    api = await adminApi(suite.server.url);
+    service = await api.createService({ name: 'OpenAI pool', slug: 'openai-pool', config_type: 'LLM', method: null, target_url: null, api_key_location: null, api_key_name: null, target_base_url: `${upstream.url}/v1`, api_format: 'openai_compatible' });
   });
+  after(() => upstream?.stop());
+
+  /** The row of the key whose full value is `value`. */
+  async function rowOf(page, value) {
+    const key = (await api.listKeys(service.id)).find((k) => k.key_value === value);
+    return page.locator(`[data-testid="key-row"][data-key-id="${key.id}"]`);
+  }
 
   it('shows the empty state and adds one key, refusing a duplicate', () => suite.withPage({}, async (tab) => {
     const { page } = tab;
@@ -132,13 +144,18 @@ describe('key manager', () => {
     assert.ok(!active.keys.includes(FIRST_KEY), 'the disabled key is left out');
   }));
 
-  it('tests a key and shows the result', () => suite.withPage({}, async (tab) => {
-    const { page } = tab;
+  it('tests keys against the upstream and shows the result', () => suite.withPage({}, async ({ page }) => {
     await openKeyManager(page, service.id);
-    await keyRow(page, 1).getByTestId('key-test').click();
-    const result = keyRow(page, 1).getByTestId('key-test-result');
-    await result.waitFor({ timeout: 30000 });
-    assert.match(await result.textContent(), /^(OK|Failed)( · HTTP \d+)? · \d+ ms/);
+    const good = await rowOf(page, pastedKeys[0]);
+    await good.getByTestId('key-test').click();
+    await good.getByTestId('key-test-result').waitFor();
+    assert.match(await good.getByTestId('key-test-result').textContent(), /^OK · HTTP 200 · \d+ ms$/);
+
+    const bad = await rowOf(page, pastedKeys[1]);
+    await bad.getByTestId('key-test').click();
+    await bad.getByTestId('key-test-result').waitFor();
+    assert.match(await bad.getByTestId('key-test-result').textContent(), /^Failed · HTTP 401 · \d+ ms/);
+    assert.ok(upstream.requests.some((r) => r.key === pastedKeys[1]), 'the test reached the upstream with the real key');
   }));
 
   it('deletes one key, then clears them all', () => suite.withPage({}, async ({ page }) => {

@@ -38,7 +38,7 @@ describe('services', () => {
     await page.getByTestId('input-target_url').fill('https://api.weatherstack.com/current');
     await page.getByTestId('input-api_key_location').selectOption('query');
     await page.getByTestId('input-api_key_name').fill('access_key');
-    await screenshot(page, 'service-form');
+    await screenshot(page, 'service-form', { height: 1120 });
     tab.expectHttpError(400);
     await page.getByTestId('form-submit').click();
     const slugError = page.getByTestId('error-slug');

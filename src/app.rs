@@ -1,0 +1,281 @@
+//! Application state and the request entry point: route, dispatch, turn errors into
+//! responses (in one place), write the access log line.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+
+use crate::auth::{LoginThrottle, ProxyKeys};
+use crate::body::{Body, BoxError};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::{ApiError, json_response};
+use crate::keys::KeyRegistry;
+use crate::metrics::Metrics;
+use crate::proxy::client::HttpClient;
+use crate::router::{self, Route};
+use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::store::Store;
+use crate::timefmt::now_ms;
+
+/// Everything a request may need, built once at start.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub cache: Cache,
+    pub snapshot: SnapshotCell,
+    pub registry: KeyRegistry,
+    pub client: HttpClient,
+    pub metrics: Metrics,
+    pub proxy_keys: ProxyKeys,
+    pub login_throttle: LoginThrottle,
+    /// Serialises snapshot rebuilds so an older one never replaces a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    /// Builds the state and loads the first snapshot.
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        cache: Cache,
+    ) -> Result<Arc<AppState>, String> {
+        let state = Arc::new(AppState {
+            client: crate::proxy::client::build(config.connect_timeout),
+            proxy_keys: ProxyKeys::new(&config.proxy_keys),
+            config,
+            store,
+            cache,
+            snapshot: SnapshotCell::default(),
+            registry: KeyRegistry::default(),
+            metrics: Metrics::default(),
+            login_throttle: LoginThrottle::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        state
+            .reload()
+            .await
+            .map_err(|e| format!("Failed to load services: {e}"))?;
+        Ok(state)
+    }
+
+    /// Rebuilds the snapshot from the store.
+    pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
+        let _guard = self.reload_lock.lock().await;
+        let dump = self.store.load_all().await?;
+        let snap = Snapshot::build(&dump, &self.registry, &self.metrics, now_ms());
+        self.snapshot.store(snap);
+        Ok(())
+    }
+
+    /// After an admin write: rebuild the snapshot and tell other instances.
+    pub async fn changed(&self) -> Result<(), ApiError> {
+        self.reload()
+            .await
+            .map_err(|e| ApiError::internal("saved, but reloading the services failed", e))?;
+        self.cache.publish_change();
+        Ok(())
+    }
+}
+
+/// Handles one request. Never fails: errors are already responses here.
+pub async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if !crate::log::enabled(crate::log::Level::Info) {
+        return Ok(dispatch(&state, peer, req)
+            .await
+            .unwrap_or_else(ApiError::into_response));
+    }
+    let line = AccessLine {
+        start: Instant::now(),
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        peer,
+        status: StatusCode::OK,
+    };
+    let resp = dispatch(&state, peer, req)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    Ok(AccessLine {
+        status: resp.status(),
+        ..line
+    }
+    .attach(resp))
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    match router::route(req.uri().path()) {
+        Route::Proxy { .. } => {
+            crate::proxy::handle(state, peer, req, crate::proxy::Flavor::Generic).await
+        }
+        Route::Llm { .. } => {
+            crate::proxy::handle(state, peer, req, crate::proxy::Flavor::Llm).await
+        }
+        Route::Admin(_) => crate::admin::handle(state, peer, req).await,
+        Route::Health => health(state, req.method()).await,
+        Route::Metrics => metrics(state, &req),
+        Route::ApiNotFound => Err(ApiError::not_found("Route not found")),
+        Route::Index | Route::PageFallback => crate::static_files::page(req.method()),
+        Route::Asset(name) => crate::static_files::asset(req.method(), name),
+    }
+}
+
+fn only_get(method: &Method) -> Result<(), ApiError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(
+            ApiError::admin(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+                .with_allow("GET, HEAD"),
+        )
+    }
+}
+
+/// `GET /health`: 200 when the database answers, 503 when it does not.
+async fn health(state: &AppState, method: &Method) -> Result<Response<Body>, ApiError> {
+    only_get(method)?;
+    let db_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(json_response(
+        status,
+        &serde_json::json!({
+            "status": if db_ok { "ok" } else { "unavailable" },
+            "database": state.store.kind(),
+            "database_ok": db_ok,
+            "cache": state.cache.kind(),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    ))
+}
+
+/// `GET /metrics`: `Authorization: Bearer <METRICS_TOKEN>`, or an admin token when no
+/// `METRICS_TOKEN` is set.
+fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    only_get(req.method())?;
+    let token = crate::auth::bearer(req.headers()).unwrap_or("");
+    let allowed = match &state.config.metrics_token {
+        Some(t) => crate::auth::secrets_equal(token, t.expose()),
+        None => crate::admin::token_valid(state, token),
+    };
+    if !allowed {
+        return Err(ApiError::admin(
+            StatusCode::UNAUTHORIZED,
+            "metrics need Authorization: Bearer <METRICS_TOKEN> (or an admin token when METRICS_TOKEN is unset)",
+        ));
+    }
+    let text = state.metrics.render(&state.snapshot.load(), now_ms());
+    let mut resp = Response::new(crate::body::full(text));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// The access log line of one request, written when its response body ends (or is
+/// dropped). Method, path without the query string, status, duration, bytes: never a
+/// query string, never a header value.
+struct AccessLine {
+    start: Instant,
+    method: Method,
+    path: String,
+    peer: SocketAddr,
+    status: StatusCode,
+}
+
+impl AccessLine {
+    fn attach(self, resp: Response<Body>) -> Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let logged = Logged {
+            inner: body,
+            bytes: 0,
+            line: Some(self),
+        };
+        Response::from_parts(parts, logged.boxed_unsync())
+    }
+
+    fn write(self, bytes: u64, complete: bool) {
+        crate::info!(
+            "{} {} {} {} {:.3}ms {}B{}",
+            self.peer.ip(),
+            self.method,
+            self.path,
+            self.status.as_u16(),
+            self.start.elapsed().as_secs_f64() * 1000.0,
+            bytes,
+            if complete { "" } else { " (client went away)" }
+        );
+    }
+}
+
+struct Logged {
+    inner: Body,
+    bytes: u64,
+    line: Option<AccessLine>,
+}
+
+impl hyper::body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(line) = this.line.take() {
+                    line.write(this.bytes, true);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            let complete = self.inner.is_end_stream();
+            line.write(self.bytes, complete);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Credentials: proxy keys (constant-time), admin tokens (HS256 JWT) and the login
+//! throttle.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::config::Secret;
+
+fn digest(s: &[u8]) -> [u8; 32] {
+    Sha256::digest(s).into()
+}
+
+/// Compares two digests without an early exit.
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Compares two secrets in time that does not depend on where they differ (both are
+/// hashed first, so not even on their lengths).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    digests_equal(&digest(a.as_bytes()), &digest(b.as_bytes()))
+}
+
+/// The `GLOBAL_PROXY_KEYS`, kept only as SHA-256 digests.
+#[derive(Debug)]
+pub struct ProxyKeys(Vec<[u8; 32]>);
+
+impl ProxyKeys {
+    /// Digests the configured keys.
+    pub fn new(keys: &[Secret]) -> ProxyKeys {
+        ProxyKeys(keys.iter().map(|k| digest(k.expose().as_bytes())).collect())
+    }
+
+    /// Whether `candidate` is one of the keys. Every configured key is compared, in
+    /// constant time, whatever matches.
+    pub fn check(&self, candidate: &[u8]) -> bool {
+        let d = digest(candidate);
+        self.0
+            .iter()
+            .fold(false, |found, k| found | digests_equal(&d, k))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Failures before the throttle starts.
+const FREE_FAILURES: u32 = 5;
+/// Longest block after repeated failures.
+const MAX_BLOCK_SECS: u64 = 300;
+/// Failures are forgotten after this long without a new one.
+const FORGET_AFTER_MS: u64 = 15 * 60 * 1000;
+/// Addresses tracked at most (oldest forgotten first).
+const MAX_TRACKED: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last_ms: u64,
+    blocked_until_ms: u64,
+}
+
+/// Per-address login throttle: after 5 failures, each further failure blocks the address
+/// for 1 s, 2 s, 4 s… up to 5 min. A success clears the address.
+#[derive(Debug, Default)]
+pub struct LoginThrottle(Mutex<HashMap<IpAddr, Failures>>);
+
+impl LoginThrottle {
+    /// `Err(seconds)` while the address is blocked.
+    pub fn check(&self, ip: IpAddr, now_ms: u64) -> Result<(), u64> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some(f) if f.blocked_until_ms > now_ms => {
+                Err((f.blocked_until_ms - now_ms).div_ceil(1000))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed login; returns the block (seconds) it starts, if any.
+    pub fn failed(&self, ip: IpAddr, now_ms: u64) -> Option<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, f| now_ms.saturating_sub(f.last_ms) < FORGET_AFTER_MS);
+            if map.len() >= MAX_TRACKED {
+                if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.last_ms).map(|(ip, _)| *ip) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let f = map.entry(ip).or_insert(Failures {
+            count: 0,
+            last_ms: now_ms,
+            blocked_until_ms: 0,
+        });
+        if now_ms.saturating_sub(f.last_ms) >= FORGET_AFTER_MS {
+            *f = Failures {
+                count: 0,
+                last_ms: now_ms,
+                blocked_until_ms: 0,
+            };
+        }
+        f.count += 1;
+        f.last_ms = now_ms;
+        if f.count < FREE_FAILURES {
+            return None;
+        }
+        let secs = (1u64 << (f.count - FREE_FAILURES).min(16)).min(MAX_BLOCK_SECS);
+        f.blocked_until_ms = now_ms + secs * 1000;
+        Some(secs)
+    }
+
+    /// Forgets an address after a successful login.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_keys() {
+        let keys = ProxyKeys::new(&[Secret::new("alpha"), Secret::new("beta")]);
+        assert!(keys.check(b"alpha") && keys.check(b"beta"));
+        assert!(!keys.check(b"alph") && !keys.check(b"") && !keys.check(b"alphaa"));
+        assert!(secrets_equal("x", "x") && !secrets_equal("x", "y"));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn throttle_grows_and_resets() {
+        let t = LoginThrottle::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..4 {
+            assert_eq!(t.failed(ip, 0), None);
+        }
+        assert_eq!(t.check(ip, 0), Ok(()));
+        assert_eq!(t.failed(ip, 0), Some(1));
+        assert_eq!(t.check(ip, 0), Err(1));
+        assert_eq!(t.check(ip, 1000), Ok(()));
+        assert_eq!(t.failed(ip, 1000), Some(2));
+        assert_eq!(t.failed(ip, 3000), Some(4));
+        for _ in 0..20 {
+            t.failed(ip, 3000);
+        }
+        assert_eq!(t.check(ip, 3000), Err(MAX_BLOCK_SECS));
+        // Another address is not affected; a success clears.
+        assert_eq!(t.check("10.0.0.2".parse().unwrap(), 3000), Ok(()));
+        t.succeeded(ip);
+        assert_eq!(t.check(ip, 3000), Ok(()));
+    }
+}

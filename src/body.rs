@@ -1,0 +1,111 @@
+//! The one body type every response uses, its constructors, and bounded body reading.
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body as _, Frame, Incoming};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Errors a body can produce while streaming.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response (and of every upstream request).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Streams an incoming body on, frame by frame.
+pub fn stream(incoming: Incoming) -> Body {
+    incoming.map_err(BoxError::from).boxed_unsync()
+}
+
+/// What [`read_up_to`] found.
+pub enum Buffered {
+    /// The whole body, at most `limit` bytes.
+    Complete(Bytes),
+    /// The body is longer than `limit`: what was read so far and the unread rest.
+    Partial(Bytes, Incoming),
+}
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The body is longer than the limit.
+    TooLarge,
+    /// The peer failed or went away mid-body.
+    Io(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes; longer ones are returned as [`Buffered::Partial`]
+/// (and rejected before reading when `Content-Length` already says so).
+pub async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Buffered::Complete(Bytes::new()));
+    }
+    if body.size_hint().lower() as usize > limit {
+        return Ok(Buffered::Partial(Bytes::new(), body));
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                return Ok(Buffered::Partial(buf.freeze(), body));
+            }
+        }
+    }
+    Ok(Buffered::Complete(buf.freeze()))
+}
+
+/// Reads a whole body of at most `limit` bytes (admin JSON), chunked or not.
+pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ReadError> {
+    match read_up_to(body, limit).await.map_err(ReadError::Io)? {
+        Buffered::Complete(b) => Ok(b),
+        Buffered::Partial(..) => Err(ReadError::TooLarge),
+    }
+}
+
+/// A body that first yields `prefix`, then the rest of `incoming`: how a request body
+/// that turned out too long to buffer still goes upstream whole.
+pub fn chain(prefix: Bytes, incoming: Incoming) -> Body {
+    Chain {
+        head: (!prefix.is_empty()).then_some(prefix),
+        rest: incoming,
+    }
+    .boxed_unsync()
+}
+
+struct Chain {
+    head: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Chain {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+}

@@ -1,0 +1,362 @@
+//! What an upstream answer says about the key that was used, and whether to try
+//! another key. Pure functions: statuses and headers in, decisions out.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+use crate::timefmt;
+
+/// Longest cooldown taken from provider headers.
+const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
+/// Cap of the escalating default cooldown.
+const MAX_DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Body phrases that mean "this key is dead" for LLM providers, checked in error bodies.
+pub const DEFAULT_INVALID_PHRASES: &[&str] = &[
+    "insufficient_quota",
+    "invalid_api_key",
+    "API_KEY_INVALID",
+    "billing_not_active",
+    "credit balance is too low",
+    "account_deactivated",
+];
+
+/// The key's part in an upstream answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// 1xx–3xx: the key works.
+    Success,
+    /// The client's own fault (400, 404, 413, 422…): says nothing about the key.
+    ClientFault,
+    /// 429: cool the key down, for the time the provider asked when it said.
+    RateLimited(Option<Duration>),
+    /// 401, 402, 403, or a dead-key phrase: take the key out until an admin resets it.
+    Invalid(String),
+    /// 5xx: counted as a failure, no state change.
+    ServerError,
+}
+
+impl Verdict {
+    /// Whether the answer counts as a success in the key's statistics.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Verdict::Success | Verdict::ClientFault)
+    }
+}
+
+/// Classifies an answer. `body` is the (beginning of the) error body when it was read.
+pub fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    phrases: &[String],
+    now_ms: u64,
+) -> Verdict {
+    let code = status.as_u16();
+    if code < 400 {
+        return Verdict::Success;
+    }
+    if let Some(phrase) = body.and_then(|b| find_phrase(b, phrases)) {
+        return Verdict::Invalid(format!("upstream answered {code}: {phrase}"));
+    }
+    match code {
+        401..=403 => Verdict::Invalid(
+            format!(
+                "upstream answered {code} {}",
+                status.canonical_reason().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+        ),
+        429 => Verdict::RateLimited(cooldown_from_headers(headers, now_ms)),
+        500.. => Verdict::ServerError,
+        _ => Verdict::ClientFault,
+    }
+}
+
+fn find_phrase<'a>(body: &[u8], phrases: &'a [String]) -> Option<&'a str> {
+    let text = String::from_utf8_lossy(body);
+    phrases
+        .iter()
+        .find(|p| !p.is_empty() && text.contains(p.as_str()))
+        .map(String::as_str)
+}
+
+/// The escalating default cooldown after `strikes` earlier 429s in a row:
+/// 30 s, 1 min, 2 min, 4 min… capped at 1 h.
+pub fn default_cooldown(strikes: u32) -> Duration {
+    let secs = 30u64.saturating_mul(1u64 << strikes.min(20));
+    Duration::from_secs(secs).min(MAX_DEFAULT_COOLDOWN)
+}
+
+/// How long the provider asked us to wait: `Retry-After` (seconds or HTTP date),
+/// `retry-after-ms`, OpenAI's `x-ratelimit-reset-{requests,tokens}` (`6m0s`) and
+/// Anthropic's `anthropic-ratelimit-*-reset` (RFC 3339). When a provider says which
+/// limit ran out (`…-remaining: 0`), that limit's reset wins; otherwise the latest.
+pub fn cooldown_from_headers(h: &HeaderMap, now_ms: u64) -> Option<Duration> {
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let found = text("retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0)
+        .map(|ms| Duration::from_millis(ms as u64))
+        .or_else(|| text("retry-after").and_then(|v| parse_retry_after(v, now_ms)))
+        .or_else(|| provider_reset(h, now_ms));
+    found.map(|d| d.min(MAX_COOLDOWN))
+}
+
+fn parse_retry_after(v: &str, now_ms: u64) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = timefmt::parse_http_date(v)?.saturating_mul(1000);
+    Some(Duration::from_millis(at.saturating_sub(now_ms)))
+}
+
+fn provider_reset(h: &HeaderMap, now_ms: u64) -> Option<Duration> {
+    const OPENAI: [(&str, &str); 2] = [
+        (
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-remaining-requests",
+        ),
+        ("x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"),
+    ];
+    const ANTHROPIC: [(&str, &str); 4] = [
+        (
+            "anthropic-ratelimit-requests-reset",
+            "anthropic-ratelimit-requests-remaining",
+        ),
+        (
+            "anthropic-ratelimit-tokens-reset",
+            "anthropic-ratelimit-tokens-remaining",
+        ),
+        (
+            "anthropic-ratelimit-input-tokens-reset",
+            "anthropic-ratelimit-input-tokens-remaining",
+        ),
+        (
+            "anthropic-ratelimit-output-tokens-reset",
+            "anthropic-ratelimit-output-tokens-remaining",
+        ),
+    ];
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let until = |v: &str| {
+        let at = timefmt::parse_datetime(v)?.saturating_mul(1000);
+        Some(Duration::from_millis(at.saturating_sub(now_ms)))
+    };
+    let mut all = Vec::new();
+    let mut exhausted = Vec::new();
+    let mut note = |reset: Option<Duration>, remaining: &str| {
+        if let Some(d) = reset {
+            all.push(d);
+            if text(remaining) == Some("0") {
+                exhausted.push(d);
+            }
+        }
+    };
+    for (reset, remaining) in OPENAI {
+        note(text(reset).and_then(parse_go_duration), remaining);
+    }
+    for (reset, remaining) in ANTHROPIC {
+        note(text(reset).and_then(until), remaining);
+    }
+    exhausted
+        .into_iter()
+        .max()
+        .or_else(|| all.into_iter().max())
+}
+
+/// Parses Go-style durations as OpenAI sends them: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+/// A set of HTTP statuses (for "retry on").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet([u64; 10]);
+
+impl StatusSet {
+    /// Parses `429,401,403` (spaces allowed). Unknown entries are an error naming them.
+    pub fn parse(s: &str) -> Result<StatusSet, String> {
+        let mut set = StatusSet::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<u16>() {
+                Ok(code @ 100..=599) => set.insert(code),
+                _ => return Err(format!("'{part}' is not an HTTP status (100-599)")),
+            }
+        }
+        Ok(set)
+    }
+
+    /// The default for a service type.
+    pub fn default_for(llm: bool) -> StatusSet {
+        let list = if llm {
+            "429,401,403,500,502,503,504"
+        } else {
+            "429,401,403"
+        };
+        StatusSet::parse(list).expect("default retry list parses")
+    }
+
+    fn insert(&mut self, code: u16) {
+        self.0[(code / 64) as usize] |= 1 << (code % 64);
+    }
+
+    /// Whether `code` is in the set.
+    pub fn contains(&self, code: u16) -> bool {
+        code < 640 && self.0[(code / 64) as usize] & (1 << (code % 64)) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const NOW: u64 = 784_111_777_000;
+
+    #[test]
+    fn verdicts() {
+        let h = HeaderMap::new();
+        let p: Vec<String> = DEFAULT_INVALID_PHRASES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let v = |code: u16, body: Option<&[u8]>| {
+            classify(StatusCode::from_u16(code).unwrap(), &h, body, &p, NOW)
+        };
+        assert_eq!(v(200, None), Verdict::Success);
+        assert_eq!(v(302, None), Verdict::Success);
+        for code in [400, 404, 413, 422] {
+            assert_eq!(
+                v(code, Some(b"{\"error\":\"bad request\"}")),
+                Verdict::ClientFault
+            );
+        }
+        assert_eq!(
+            v(401, None),
+            Verdict::Invalid("upstream answered 401 Unauthorized".into())
+        );
+        assert_eq!(v(429, None), Verdict::RateLimited(None));
+        assert_eq!(
+            v(429, Some(br#"{"error":{"code":"insufficient_quota"}}"#)),
+            Verdict::Invalid("upstream answered 429: insufficient_quota".into())
+        );
+        assert_eq!(
+            v(
+                400,
+                Some(br#"{"error":{"details":[{"reason":"API_KEY_INVALID"}]}}"#)
+            ),
+            Verdict::Invalid("upstream answered 400: API_KEY_INVALID".into())
+        );
+        assert_eq!(v(503, None), Verdict::ServerError);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        let d = cooldown_from_headers(&headers(&[("retry-after", "17")]), NOW);
+        assert_eq!(d, Some(Duration::from_secs(17)));
+        let d = cooldown_from_headers(
+            &headers(&[("retry-after", "Sun, 06 Nov 1994 08:50:37 GMT")]),
+            NOW,
+        );
+        assert_eq!(d, Some(Duration::from_secs(60)));
+        let d = cooldown_from_headers(&headers(&[("retry-after-ms", "1500")]), NOW);
+        assert_eq!(d, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            cooldown_from_headers(&headers(&[("retry-after", "soon")]), NOW),
+            None
+        );
+    }
+
+    #[test]
+    fn openai_reset_headers_prefer_the_exhausted_limit() {
+        let h = headers(&[
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+            ("x-ratelimit-remaining-tokens", "5000"),
+        ]);
+        assert_eq!(cooldown_from_headers(&h, NOW), Some(Duration::from_secs(1)));
+        let h = headers(&[
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "2m30s"),
+        ]);
+        assert_eq!(
+            cooldown_from_headers(&h, NOW),
+            Some(Duration::from_secs(150))
+        );
+    }
+
+    #[test]
+    fn anthropic_reset_headers() {
+        let h = headers(&[
+            ("anthropic-ratelimit-requests-reset", "1994-11-06T08:49:57Z"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+        ]);
+        assert_eq!(
+            cooldown_from_headers(&h, NOW),
+            Some(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(
+            parse_go_duration("1h2m3.5s"),
+            Some(Duration::from_secs_f64(3723.5))
+        );
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("abc"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn escalating_default() {
+        let secs: Vec<u64> = (0..9).map(|s| default_cooldown(s).as_secs()).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(default_cooldown(u32::MAX).as_secs(), 3600);
+    }
+
+    #[test]
+    fn status_sets() {
+        let s = StatusSet::parse("429, 401,503").unwrap();
+        assert!(s.contains(429) && s.contains(503) && !s.contains(500));
+        assert!(StatusSet::parse("42x").is_err());
+        assert!(StatusSet::parse("700").is_err());
+        assert!(StatusSet::default_for(true).contains(502));
+        assert!(!StatusSet::default_for(false).contains(502));
+    }
+}

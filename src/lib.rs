@@ -1,0 +1,133 @@
+//! # api-key-rotator
+//!
+//! A small, fast, self-hosted proxy that keeps pools of third-party API keys and rotates
+//! them behind one endpoint.
+//!
+//! ## How a request flows
+//!
+//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c, TCP_NODELAY, header timeout)
+//!    and hands each request to [`app::handle`].
+//! 2. [`router`] maps the path to a route (pure, no I/O).
+//! 3. Admin routes ([`admin`]) check the admin token ([`jwt`]), validate input
+//!    ([`service`]), write to the [`store`] and rebuild the [`snapshot`].
+//! 4. Proxy routes ([`proxy`]) check the proxy key ([`auth`]), find the service in the
+//!    current [`snapshot`] (never the database), check the path and compose the upstream
+//!    URL ([`proxy::url`]), strip hop-by-hop headers and client credentials
+//!    ([`proxy::headers`]).
+//! 5. [`proxy::forward`] takes a rotation ticket ([`cache`]), picks a usable key
+//!    ([`keys`]), injects it, sends the request on the pooled client
+//!    ([`proxy::client`]), judges the answer ([`keys::policy`]: cooldown on 429, invalid
+//!    on 401/403) and fails over to the next key while nothing went to the client.
+//! 6. The answer streams back frame by frame; counters go to [`metrics`] and, in
+//!    batches, to the store ([`stats`]).
+//!
+//! Errors become HTTP responses in one place: [`error::ApiError::into_response`].
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod jwt;
+pub mod keys;
+pub mod log;
+pub mod metrics;
+pub mod migrate;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod static_files;
+pub mod stats;
+pub mod store;
+pub mod timefmt;
+
+#[cfg(not(any(feature = "sqlite", feature = "mysql")))]
+compile_error!("build with at least one store: the default `sqlite` feature or `mysql`");
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use app::AppState;
+pub use config::Config;
+
+/// A running server (the binary and the tests both start one this way).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: Arc<watch::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the server to stop and waits until it has drained and flushed statistics.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops by itself (after `shutdown` resolved).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the store and cache, loads the services and starts serving on `listener`.
+/// The server stops when `shutdown` resolves (or on [`Running::shutdown`]).
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Running, String> {
+    crate::info!("Database Type: {}", config.database.kind());
+    crate::info!("Cache Type: {}", config.cache.kind());
+    if config.reset_db_tables {
+        crate::warn!(
+            "RESET_DB_TABLES=true: DROPPING every service and key and recreating the tables. Unset it after this start!"
+        );
+    }
+    let store = store::open(&config).await?;
+    let cache = cache::Cache::open(&config).await?;
+    let state = AppState::new(config, store, cache).await?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = Arc::new(watch::channel(false).0);
+    let task = tokio::spawn(run(state.clone(), listener, shutdown, stop.clone()));
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+async fn run(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: Arc<watch::Sender<bool>>,
+) {
+    let background = cache::spawn_background(&state, stop.subscribe());
+    let flusher = tokio::spawn(stats::run(state.clone(), stop.subscribe()));
+    let mut stopped = stop.subscribe();
+    let stopped = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stopped.changed() => {}
+        }
+    };
+    server::serve(listener, state.clone(), stopped).await;
+    // Tell the flusher and background tasks, then wait for the last statistics write.
+    let _ = stop.send(true);
+    if let Some(task) = background {
+        let _ = task.await;
+    }
+    let _ = flusher.await;
+}

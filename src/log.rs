@@ -1,0 +1,139 @@
+//! A tiny leveled logger. Lines are formatted by the caller and written by one
+//! background thread, so a request never waits on the terminal or a pipe.
+//!
+//! Nothing secret is ever passed in: callers log slugs, ids, statuses and masked keys.
+
+use std::fmt;
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+/// Log severity, from `LOG_LEVEL`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+impl Level {
+    /// Parses `error|warn|warning|info|debug` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Level> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "error" => Some(Level::Error),
+            "warn" | "warning" => Some(Level::Warn),
+            "info" => Some(Level::Info),
+            "debug" | "trace" => Some(Level::Debug),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN ",
+            Level::Info => "INFO ",
+            Level::Debug => "DEBUG",
+        }
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+enum Msg {
+    Line(String),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+static SINK: OnceLock<SyncSender<Msg>> = OnceLock::new();
+
+/// Sets the maximum level that is written.
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// Whether lines at `level` are written.
+#[inline]
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Formats one line and hands it to the writer thread (stderr).
+pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    let line = format!(
+        "{} {} {}\n",
+        crate::timefmt::rfc3339_millis(crate::timefmt::now_ms()),
+        level.label(),
+        args
+    );
+    match SINK.get_or_init(spawn_writer).try_send(Msg::Line(line)) {
+        // A full queue means stderr is stuck; dropping a line beats stalling requests.
+        Ok(()) | Err(TrySendError::Full(_)) => {}
+        Err(TrySendError::Disconnected(Msg::Line(line))) => {
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+        Err(TrySendError::Disconnected(_)) => {}
+    }
+}
+
+/// Waits (at most half a second) until queued lines are written; used before exit.
+pub fn flush() {
+    if let Some(sink) = SINK.get() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if sink.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(std::time::Duration::from_millis(500));
+        }
+    }
+}
+
+fn spawn_writer() -> SyncSender<Msg> {
+    let (tx, rx) = sync_channel::<Msg>(16_384);
+    std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || writer_loop(rx))
+        .expect("spawn log writer thread");
+    tx
+}
+
+fn writer_loop(rx: Receiver<Msg>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    while let Ok(msg) = rx.recv() {
+        let mut next = Some(msg);
+        // Write whatever is already queued, then flush once.
+        while let Some(msg) = next {
+            match msg {
+                Msg::Line(line) => {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                Msg::Flush(ack) => {
+                    let _ = out.flush();
+                    let _ = ack.send(());
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Logs at ERROR.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Error) { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) } };
+}
+/// Logs at WARN.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Warn) { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) } };
+}
+/// Logs at INFO.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Info) { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) } };
+}
+/// Logs at DEBUG.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) } };
+}

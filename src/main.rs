@@ -1,0 +1,183 @@
+//! The `api-key-rotator` binary: `serve` (the default), `healthcheck`, `export`, `import`.
+
+use std::process::ExitCode;
+
+use api_key_rotator::{Config, config, log, server};
+
+const USAGE: &str = "\
+api-key-rotator: a fast, self-hosted proxy that rotates pools of API keys
+
+Usage:
+  api-key-rotator [serve]          run the service (configuration from the environment and ./.env)
+  api-key-rotator healthcheck      exit 0 when the local instance answers GET /health with 200
+  api-key-rotator export           write every service and key as JSON to stdout
+  api-key-rotator import <file>    merge an export (\"-\" for stdin) into the configured database
+  api-key-rotator --version
+
+Required: ADMIN_PASSWORD, JWT_SECRET, GLOBAL_PROXY_KEYS. See README.md for every variable.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        None | Some("serve") => with_runtime(serve()),
+        Some("healthcheck") => healthcheck(),
+        Some("export") => with_runtime(export()),
+        Some("import") => match args.get(1) {
+            Some(path) => with_runtime(import(path.clone())),
+            None => fail("usage: api-key-rotator import <file>"),
+        },
+        Some("--version" | "-V" | "version") => {
+            println!(
+                "api-key-rotator {} ({} build)",
+                env!("CARGO_PKG_VERSION"),
+                build_kind()
+            );
+            ExitCode::SUCCESS
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some(other) => fail(&format!("unknown command '{other}'\n\n{USAGE}")),
+    };
+    log::flush();
+    code
+}
+
+fn build_kind() -> &'static str {
+    if cfg!(all(feature = "mysql", feature = "redis")) {
+        "enterprise"
+    } else {
+        "lightweight"
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::FAILURE
+}
+
+fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => fail(&format!("cannot start the async runtime: {e}")),
+    }
+}
+
+fn load_config() -> Result<Config, ExitCode> {
+    let config = Config::from_env().map_err(|e| {
+        eprintln!("Configuration error: {e}");
+        ExitCode::from(2)
+    })?;
+    log::set_level(config.log_level);
+    for w in &config.warnings {
+        api_key_rotator::warn!("!!! {w}");
+    }
+    Ok(config)
+}
+
+async fn serve() -> ExitCode {
+    let config = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let addr = std::net::SocketAddr::new(config.bind_address, config.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            api_key_rotator::error!("Failed to start server: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match api_key_rotator::start(config, listener, server::shutdown_signal()).await {
+        Ok(running) => {
+            api_key_rotator::info!(
+                "api-key-rotator {} ({} build) listening on http://{}",
+                env!("CARGO_PKG_VERSION"),
+                build_kind(),
+                running.addr
+            );
+            running.wait().await;
+            api_key_rotator::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            api_key_rotator::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the local instance for `/health` (used by container HEALTHCHECKs). Needs only
+/// `BACKEND_PORT`, so it never opens the database itself.
+fn healthcheck() -> ExitCode {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let dotenv = config::read_dotenv(std::path::Path::new(".env"));
+    let port = std::env::var("BACKEND_PORT")
+        .ok()
+        .or_else(|| dotenv.get("BACKEND_PORT").cloned())
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(8000);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let result = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(text) if text.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(text) => fail(&format!("unhealthy: {}", text.lines().next().unwrap_or(""))),
+        Err(e) => fail(&format!("unhealthy: {addr}: {e}")),
+    }
+}
+
+async fn export() -> ExitCode {
+    let config = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match api_key_rotator::migrate::export(&config).await {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("export failed: {e}")),
+    }
+}
+
+async fn import(path: String) -> ExitCode {
+    let config = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let text = if path == "-" {
+        let mut s = String::new();
+        match std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            Ok(_) => Ok(s),
+            Err(e) => Err(e),
+        }
+    } else {
+        std::fs::read_to_string(&path)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("cannot read {path}: {e}")),
+    };
+    match api_key_rotator::migrate::import(&config, &text).await {
+        Ok(o) => {
+            eprintln!(
+                "imported: {} services created, {} updated; {} keys created, {} updated",
+                o.services_created, o.services_updated, o.keys_created, o.keys_updated
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("import failed (nothing was changed): {e}")),
+    }
+}

@@ -1,0 +1,333 @@
+//! Sending a request upstream: pick a key, send, judge the answer, fail over to the next
+//! usable key while nothing has gone to the client, then stream the answer back.
+//!
+//! Failover is only possible before response headers go downstream; once they have,
+//! the body streams frame by frame and a failure can only cut the stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::time::Instant;
+
+use super::{Outgoing, cors, headers};
+use crate::app::AppState;
+use crate::body::{self, Body, BoxError, Buffered};
+use crate::cache::KeyEvent;
+use crate::error::ApiError;
+use crate::keys::policy::{self, Verdict};
+use crate::keys::{Pick, PoolKey};
+use crate::service::Kind;
+use crate::snapshot::Service;
+use crate::timefmt::now_ms;
+
+/// Most of an error body read to look for dead-key phrases or to keep for replay.
+const ERROR_PEEK: usize = 64 * 1024;
+/// Attempts at most (1 + the largest `max_retries`).
+const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
+
+/// Forwards `out` to the service, with failover. Returns the upstream's answer (the last
+/// one when every attempt failed) or an error the proxy made itself.
+pub async fn run(
+    state: &AppState,
+    svc: &Arc<Service>,
+    mut out: Outgoing,
+) -> Result<Response<Body>, ApiError> {
+    let deadline = Instant::now() + state.config.proxy_timeout;
+    let max_attempts = if out.body.replayable() {
+        1 + svc.spec.retry.max_retries as usize
+    } else {
+        1
+    };
+    let mut tried = [0i64; MAX_ATTEMPTS];
+    let mut last_failure: Option<Response<Body>> = None;
+    for attempt in 1..=max_attempts {
+        let ticket = state.cache.ticket(svc).await;
+        let now = now_ms();
+        let (idx, key) = match svc.pool.pick(ticket, &tried[..attempt - 1], now) {
+            Pick::Key(idx, key) => (idx, key),
+            Pick::Empty => return Err(no_keys()),
+            Pick::AllDown { retry_after_ms } => {
+                return last_failure
+                    .map(|r| finish(state, svc, r, attempt - 1))
+                    .ok_or_else(|| all_down(retry_after_ms, now));
+            }
+        };
+        tried[attempt - 1] = key.id;
+        if attempt > 1 {
+            svc.metrics.retry();
+        }
+        let is_last = attempt == max_attempts;
+        let req = out.request(svc, &key.secret, key.header.as_ref(), is_last)?;
+        let sent = Instant::now();
+        let resp = match tokio::time::timeout_at(deadline, state.client.request(req)).await {
+            Err(_) => {
+                key.rt.record(now, None, false, Some("upstream timed out"));
+                svc.metrics.response(504);
+                return Err(ApiError::proxy(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "upstream did not answer within {} s",
+                        state.config.proxy_timeout.as_secs()
+                    ),
+                ));
+            }
+            Ok(Err(e)) => {
+                let reason = describe(&e);
+                key.rt.record(now, None, false, Some(&reason));
+                if !is_last && Instant::now() < deadline {
+                    continue;
+                }
+                if let Some(r) = last_failure {
+                    return Ok(finish(state, svc, r, attempt));
+                }
+                svc.metrics.response(502);
+                return Err(ApiError::proxy(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream unreachable: {reason}"),
+                ));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        svc.metrics.upstream_latency(sent.elapsed());
+        let status = resp.status();
+        let (resp, verdict) = judge(state, svc, resp, deadline).await;
+        apply(state, svc, idx, key, status, &verdict);
+        let retry =
+            !verdict.is_success() && svc.spec.retry.on.contains(status.as_u16()) && !is_last;
+        if !retry {
+            return Ok(finish(state, svc, resp, attempt));
+        }
+        crate::debug!(
+            "service '{}': key id {} answered {}; trying another key",
+            svc.slug,
+            key.id,
+            status.as_u16()
+        );
+        last_failure = Some(resp);
+    }
+    unreachable!("the last attempt always returns")
+}
+
+fn no_keys() -> ApiError {
+    ApiError::proxy(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no active API keys for this service",
+    )
+}
+
+fn all_down(retry_after_ms: Option<u64>, now: u64) -> ApiError {
+    let err = ApiError::proxy(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "every API key of this service is cooling down or invalid",
+    );
+    match retry_after_ms {
+        Some(at) => err.with_retry_after(at.saturating_sub(now).div_ceil(1000)),
+        None => err,
+    }
+}
+
+/// Describes a client error by its causes (never a URL or header: no key can be in it).
+pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
+    let mut parts = vec![if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    }];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Classifies an answer. For LLM services, the beginning of an error body is read to
+/// look for dead-key phrases; the body the client gets is unchanged.
+async fn judge(
+    state: &AppState,
+    svc: &Service,
+    resp: Response<Incoming>,
+    deadline: Instant,
+) -> (Response<Body>, Verdict) {
+    let status = resp.status();
+    let peek =
+        matches!(svc.spec.kind, Kind::Llm(_)) && matches!(status.as_u16(), 400 | 402 | 403 | 429);
+    let (parts, incoming) = resp.into_parts();
+    if !peek {
+        let verdict = policy::classify(
+            status,
+            &parts.headers,
+            None,
+            &state.config.invalid_key_phrases,
+            now_ms(),
+        );
+        return (Response::from_parts(parts, body::stream(incoming)), verdict);
+    }
+    let read = tokio::time::timeout_at(deadline, body::read_up_to(incoming, ERROR_PEEK)).await;
+    let (body, head) = match read {
+        Ok(Ok(Buffered::Complete(b))) => (body::full(b.clone()), b),
+        Ok(Ok(Buffered::Partial(b, rest))) => (body::chain(b.clone(), rest), b),
+        _ => (body::empty(), Bytes::new()),
+    };
+    let verdict = policy::classify(
+        status,
+        &parts.headers,
+        Some(&head),
+        &state.config.invalid_key_phrases,
+        now_ms(),
+    );
+    (Response::from_parts(parts, body), verdict)
+}
+
+/// Records the answer in the key's health and counters, and shares changes.
+pub fn apply(
+    state: &AppState,
+    svc: &Service,
+    idx: usize,
+    key: &PoolKey,
+    status: StatusCode,
+    verdict: &Verdict,
+) {
+    let now = now_ms();
+    let code = Some(status.as_u16());
+    match verdict {
+        Verdict::Success | Verdict::ClientFault => key.rt.record(now, code, true, None),
+        Verdict::ServerError => key.rt.record(
+            now,
+            code,
+            false,
+            Some(&format!("upstream answered {}", status.as_u16())),
+        ),
+        Verdict::RateLimited(wait) => {
+            key.rt.record(
+                now,
+                code,
+                false,
+                Some("upstream answered 429 (rate limited)"),
+            );
+            let wait = wait.unwrap_or_else(|| policy::default_cooldown(key.rt.strikes()));
+            let until = now + wait.as_millis() as u64;
+            key.rt.cool_until(until);
+            svc.pool.refresh(idx, now);
+            crate::info!(
+                "service '{}': key id {} cooling down for {:.0} s",
+                svc.slug,
+                key.id,
+                wait.as_secs_f64().ceil()
+            );
+            state.cache.publish_key_event(KeyEvent::Cooldown {
+                service_id: svc.id,
+                key_id: key.id,
+                until_ms: until,
+            });
+        }
+        Verdict::Invalid(reason) => {
+            key.rt.record(now, code, false, Some(reason));
+            key.rt.invalidate(reason, now);
+            svc.pool.refresh(idx, now);
+            crate::warn!(
+                "service '{}': key id {} marked invalid ({reason})",
+                svc.slug,
+                key.id
+            );
+            persist_invalid(state, svc.id, key);
+        }
+    }
+}
+
+/// Writes an invalid mark to the store (off the request path), then tells other instances.
+fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
+    let health = key.rt.health(now_ms());
+    let store = state.store.clone();
+    let cache = state.cache.clone();
+    let key_id = key.id;
+    tokio::spawn(async move {
+        match store.set_key_health(key_id, health).await {
+            Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
+            Err(e) => crate::error!("could not save the invalid mark of key id {key_id}: {e}"),
+        }
+    });
+}
+
+/// Turns an upstream answer into the client's: hop-by-hop headers out, CORS in, the
+/// attempt count when there was more than one, `X-Accel-Buffering: no` on event streams,
+/// and a body that streams frame by frame.
+fn finish(
+    state: &AppState,
+    svc: &Service,
+    resp: Response<Body>,
+    attempts: usize,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    cors::add_response_headers(&mut parts.headers);
+    if attempts > 1 {
+        parts
+            .headers
+            .insert("x-rotator-attempts", HeaderValue::from(attempts));
+    }
+    let streaming = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream") || ct.contains("ndjson"));
+    if streaming {
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    svc.metrics.response(parts.status.as_u16());
+    Response::from_parts(
+        parts,
+        Relay::new(body, state.metrics.open_streams.clone()).boxed_unsync(),
+    )
+}
+
+/// A proxied response body: counted in the open-streams gauge while it lives.
+struct Relay {
+    inner: Body,
+    gauge: Arc<AtomicI64>,
+}
+
+impl Relay {
+    fn new(inner: Body, gauge: Arc<AtomicI64>) -> Relay {
+        gauge.fetch_add(1, Relaxed);
+        Relay { inner, gauge }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Relaxed);
+    }
+}
+
+impl hyper::body::Body for Relay {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

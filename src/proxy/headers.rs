@@ -1,0 +1,149 @@
+//! Header rewriting in both directions.
+//!
+//! Order matters (RFC 9110 §7.6.1): hop-by-hop headers, including every name listed in
+//! `Connection`, are stripped first; client credentials are removed next; the real key
+//! goes in last, so a client's `Connection: x-api-key` cannot remove the injected key.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that only concern one connection and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The header that carries the proxy key on `/proxy`.
+pub static X_PROXY_KEY: HeaderName = HeaderName::from_static("x-proxy-key");
+
+/// Credential headers an LLM client may send; all are removed before the real key goes in.
+pub static LLM_CREDENTIALS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("x-anthropic-api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    HeaderName::from_static("api-key"),
+];
+
+/// Removes `Connection`, every header it names, and the other hop-by-hop headers.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            h.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+/// Rewrites a client's request headers for the upstream: strips hop-by-hop headers and
+/// `Host` (the client sets the upstream's from the URI), removes `X-Proxy-Key` and the
+/// given credential headers.
+pub fn clean_request(h: &mut HeaderMap, credentials: &[HeaderName]) {
+    strip_hop_by_hop(h);
+    h.remove(header::HOST);
+    h.remove(&X_PROXY_KEY);
+    for name in credentials {
+        h.remove(name);
+    }
+}
+
+/// Adds `X-Forwarded-For` (appending the peer) and `X-Forwarded-Proto`.
+pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
+    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    let value = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(&XFF, v);
+    }
+    if !h.contains_key(&XFP) {
+        h.insert(&XFP, HeaderValue::from_static("http"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Thing"),
+            ("connection", "x-other"),
+            ("x-secret-thing", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("content-type", "application/json"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "set-cookie"]);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn injected_key_survives_a_connection_header_naming_it() {
+        let mut h = map(&[
+            ("connection", "x-api-key"),
+            ("x-api-key", "client"),
+            ("x-proxy-key", "p"),
+            ("host", "me"),
+        ]);
+        clean_request(&mut h, &LLM_CREDENTIALS);
+        // What the proxy does next: the snapshot's ready-made, sensitive value goes in.
+        let mut real = HeaderValue::from_static("real");
+        real.set_sensitive(true);
+        h.insert("x-api-key", real);
+        assert_eq!(h["x-api-key"], "real");
+        assert!(h["x-api-key"].is_sensitive());
+        assert!(h.get("x-proxy-key").is_none() && h.get("host").is_none());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

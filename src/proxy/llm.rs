@@ -1,0 +1,306 @@
+//! `/llm/<slug>/<action>`: what SDKs call with `base_url` set to `…/llm/<slug>`.
+//!
+//! The proxy key may come from `Authorization: Bearer`, `x-api-key`,
+//! `x-anthropic-api-key`, `x-goog-api-key`, the `key` query parameter or (OpenAI-compatible
+//! services, small JSON bodies) a top-level `api_key` body field. Authentication happens
+//! before the slug is looked up (401 before 404), and every one of these credentials is
+//! removed before the real key goes in.
+
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Flavor, OutBody, Outgoing, forward, headers, split_path, url};
+use crate::app::AppState;
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::service::{ApiFormat, Kind};
+
+/// Query parameters that carry a proxy key and never go upstream.
+const CREDENTIAL_PARAMS: &[&str] = &["key"];
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+pub async fn handle(
+    state: &AppState,
+    mut parts: Parts,
+    incoming: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let header_ok =
+        credentials(&parts.headers, parts.uri.query()).any(|c| state.proxy_keys.check(&c));
+    let mut body = OutBody::read(incoming, state.config.retry_body_limit).await?;
+    let body_key = match &body {
+        OutBody::Replayable(bytes) => find_api_key(bytes),
+        OutBody::Streaming(_) => None,
+    };
+    let body_ok = !header_ok
+        && body_key
+            .as_ref()
+            .is_some_and(|k| state.proxy_keys.check(k.value.as_bytes()));
+    if !header_ok && !body_ok {
+        return Err(ApiError::proxy(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing proxy key: send it as Authorization: Bearer <key>, x-api-key, x-goog-api-key or ?key=",
+        ));
+    }
+    let uri = parts.uri.clone();
+    let (slug, rest) = split_path(uri.path(), Flavor::Llm);
+    let snap = state.snapshot.load();
+    let (svc, format) = match snap.get(slug).map(|s| (s, s.spec.kind)) {
+        Some((s, Kind::Llm(format))) => (s, format),
+        _ => {
+            return Err(ApiError::proxy(
+                StatusCode::NOT_FOUND,
+                format!("LLM service '{slug}' not found or inactive"),
+            ));
+        }
+    };
+    if format == ApiFormat::OpenAi {
+        if let (Some(found), OutBody::Replayable(bytes)) = (&body_key, &mut body) {
+            *bytes = found.remove_from(bytes);
+            parts.headers.remove(CONTENT_LENGTH);
+        }
+    } else if body_ok {
+        return Err(ApiError::proxy(
+            StatusCode::UNAUTHORIZED,
+            "a proxy key in the JSON body is only accepted by OpenAI-compatible services",
+        ));
+    }
+    let rest = action(format, &svc.spec.upstream.base_path, rest);
+    headers::clean_request(&mut parts.headers, &headers::LLM_CREDENTIALS);
+    if format == ApiFormat::Anthropic && !parts.headers.contains_key("anthropic-version") {
+        parts.headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    let out = Outgoing::new(svc, parts, rest, CREDENTIAL_PARAMS, body)?;
+    forward::run(state, svc, out).await
+}
+
+/// The upstream path after the base: for OpenAI-compatible services a `v1/` the SDK adds
+/// is dropped when the base already ends in `/v1`, so `…/llm/<slug>` and
+/// `…/llm/<slug>/v1` both work as `base_url`.
+pub fn action<'a>(format: ApiFormat, base_path: &str, rest: &'a str) -> &'a str {
+    if format == ApiFormat::OpenAi && base_path.ends_with("/v1") {
+        if rest == "v1" {
+            return "";
+        }
+        if let Some(r) = rest.strip_prefix("v1/") {
+            return r;
+        }
+    }
+    rest
+}
+
+/// Every proxy-key candidate in the headers and the query.
+fn credentials<'a>(h: &'a HeaderMap, query: Option<&'a str>) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let bearer = crate::auth::bearer(h).map(|t| t.as_bytes().to_vec());
+    let plain = headers::LLM_CREDENTIALS[1..4]
+        .iter()
+        .filter_map(|name| h.get(name))
+        .map(|v| v.as_bytes().trim_ascii().to_vec());
+    let from_query = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("key="))
+        .filter_map(|v| url::percent_decode(v.as_bytes()));
+    bearer
+        .into_iter()
+        .chain(plain)
+        .chain(from_query)
+        .filter(|c| !c.is_empty())
+}
+
+/// A top-level `"api_key": "<string>"` member of a JSON object body.
+#[derive(Debug, PartialEq)]
+pub struct BodyKey {
+    pub value: String,
+    /// Byte range to cut (the member and one adjacent comma).
+    cut: (usize, usize),
+}
+
+impl BodyKey {
+    /// The body without the member, every other byte untouched (numbers, key order and
+    /// escapes stay exactly as the client sent them).
+    pub fn remove_from(&self, body: &[u8]) -> bytes::Bytes {
+        let mut out = Vec::with_capacity(body.len());
+        out.extend_from_slice(&body[..self.cut.0]);
+        out.extend_from_slice(&body[self.cut.1..]);
+        out.into()
+    }
+}
+
+/// Finds a top-level `api_key` string member, scanning the JSON without rebuilding it.
+pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
+    if !json.windows(9).any(|w| w == b"\"api_key\"") {
+        return None;
+    }
+    let mut i = skip_ws(json, 0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut sep = i; // position of the '{' or ',' before the current member
+    i += 1;
+    loop {
+        i = skip_ws(json, i);
+        if json.get(i) == Some(&b'}') {
+            return None;
+        }
+        let key_start = i;
+        let key_end = skip_string(json, i)?;
+        i = skip_ws(json, key_end);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(json, i + 1);
+        let value_end = skip_value(json, value_start)?;
+        let after = skip_ws(json, value_end);
+        let is_api_key = serde_json::from_slice::<String>(&json[key_start..key_end])
+            .ok()
+            .as_deref()
+            == Some("api_key");
+        let next = *json.get(after)?;
+        if is_api_key {
+            let value = serde_json::from_slice::<String>(&json[value_start..value_end]).ok()?;
+            let cut = match (next, json[sep]) {
+                (b',', _) => (sep + 1, after + 1),
+                (_, b',') => (sep, value_end),
+                _ => (sep + 1, value_end),
+            };
+            return Some(BodyKey { value, cut });
+        }
+        match next {
+            b',' => {
+                sep = after;
+                i = after + 1;
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// End (exclusive) of the string starting at `i`.
+fn skip_string(s: &[u8], i: usize) -> Option<usize> {
+    if s.get(i) != Some(&b'"') {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < s.len() {
+        match s[j] {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+    None
+}
+
+/// End (exclusive) of the value starting at `i`.
+fn skip_value(s: &[u8], i: usize) -> Option<usize> {
+    match *s.get(i)? {
+        b'"' => skip_string(s, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < s.len() {
+                match s[j] {
+                    b'"' => {
+                        j = skip_string(s, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < s.len() && !matches!(s[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(json: &str) -> Option<(String, String)> {
+        find_api_key(json.as_bytes()).map(|k| {
+            let rest = String::from_utf8(k.remove_from(json.as_bytes()).to_vec()).unwrap();
+            (k.value, rest)
+        })
+    }
+
+    #[test]
+    fn removes_the_member_and_nothing_else() {
+        let (k, rest) = cut(r#"{"model":"m","api_key":"pk","n":12345678901234567890}"#).unwrap();
+        assert_eq!(k, "pk");
+        assert_eq!(rest, r#"{"model":"m","n":12345678901234567890}"#);
+        let (_, rest) = cut(r#"{"api_key":"pk","b":1}"#).unwrap();
+        assert_eq!(rest, r#"{"b":1}"#);
+        let (_, rest) = cut(r#"{ "a": [1, {"api_key": "nested"}], "api_key" : "pk" }"#).unwrap();
+        assert_eq!(rest, r#"{ "a": [1, {"api_key": "nested"}] }"#);
+        let (k, rest) = cut(r#"{"api_key":"p\"k"}"#).unwrap();
+        assert_eq!((k.as_str(), rest.as_str()), ("p\"k", "{}"));
+    }
+
+    #[test]
+    fn ignores_nested_non_string_and_malformed() {
+        assert_eq!(cut(r#"{"messages":[{"api_key":"x"}]}"#), None);
+        assert_eq!(cut(r#"{"api_key":42}"#), None);
+        assert_eq!(cut(r#"{"api_key":"x""#), None);
+        assert_eq!(cut(r#"["api_key"]"#), None);
+        assert_eq!(cut("not json \"api_key\""), None);
+    }
+
+    #[test]
+    fn v1_is_dropped_once_for_openai_bases_ending_in_v1() {
+        assert_eq!(
+            action(ApiFormat::OpenAi, "/v1", "v1/chat/completions"),
+            "chat/completions"
+        );
+        assert_eq!(
+            action(ApiFormat::OpenAi, "/v1", "chat/completions"),
+            "chat/completions"
+        );
+        assert_eq!(action(ApiFormat::OpenAi, "/api/v1", "v1/models"), "models");
+        assert_eq!(action(ApiFormat::OpenAi, "", "v1/models"), "v1/models");
+        assert_eq!(
+            action(ApiFormat::Anthropic, "/v1", "v1/messages"),
+            "v1/messages"
+        );
+    }
+
+    #[test]
+    fn credentials_from_every_place() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer a".parse().unwrap());
+        h.insert("x-api-key", "b".parse().unwrap());
+        h.insert("x-goog-api-key", "c".parse().unwrap());
+        let got: Vec<Vec<u8>> = credentials(&h, Some("alt=sse&key=d%2Fe")).collect();
+        assert_eq!(
+            got,
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d/e".to_vec()]
+        );
+    }
+}

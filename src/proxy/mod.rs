@@ -1,0 +1,242 @@
+//! The proxy: `/proxy/<slug>/…` (any REST API) and `/llm/<slug>/…` (OpenAI-compatible,
+//! Anthropic and Gemini APIs). Each request is authenticated with a proxy key, matched to
+//! an active service of the snapshot, rewritten (hop-by-hop headers and client
+//! credentials out, then the real key in, URL composed safely) and forwarded by
+//! [`forward::run`], which picks keys and fails over.
+
+pub mod client;
+pub mod cors;
+pub mod forward;
+pub mod headers;
+mod llm;
+pub mod probe;
+pub mod url;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+
+use crate::app::AppState;
+use crate::body::{self, Body, Buffered};
+use crate::error::ApiError;
+use crate::service::{Kind, Placement};
+use crate::snapshot::Service;
+
+/// Which proxy route a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Generic,
+    Llm,
+}
+
+/// The request body on its way upstream.
+pub enum OutBody {
+    /// Small enough to keep: every attempt sends a copy, so a failed attempt can be retried.
+    Replayable(Bytes),
+    /// Too large to keep: streamed once, as it arrives; no retry.
+    Streaming(Option<Body>),
+}
+
+impl OutBody {
+    /// Reads up to `limit` bytes; a longer body streams on.
+    async fn read(incoming: Incoming, limit: usize) -> Result<OutBody, ApiError> {
+        match body::read_up_to(incoming, limit).await {
+            Ok(Buffered::Complete(bytes)) => Ok(OutBody::Replayable(bytes)),
+            Ok(Buffered::Partial(prefix, rest)) => {
+                Ok(OutBody::Streaming(Some(body::chain(prefix, rest))))
+            }
+            Err(e) => Err(ApiError::proxy(
+                StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}"),
+            )),
+        }
+    }
+
+    /// Whether another attempt can send the body again.
+    pub fn replayable(&self) -> bool {
+        matches!(self, OutBody::Replayable(_))
+    }
+
+    /// The body for one attempt.
+    fn take(&mut self) -> Body {
+        match self {
+            OutBody::Replayable(b) => body::full(b.clone()),
+            OutBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
+        }
+    }
+}
+
+/// Everything that goes upstream except the key.
+pub struct Outgoing {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: OutBody,
+    /// The client path after the slug (already checked).
+    rest: String,
+    query: Option<String>,
+    /// Client query parameters that are credentials and never go upstream.
+    drop_params: &'static [&'static str],
+    /// The upstream URI when the key does not go in the query (composed once).
+    fixed_uri: Option<Uri>,
+}
+
+impl Outgoing {
+    fn new(
+        svc: &Service,
+        parts: Parts,
+        rest: &str,
+        drop_params: &'static [&'static str],
+        body: OutBody,
+    ) -> Result<Outgoing, ApiError> {
+        let query = parts.uri.query().map(str::to_string);
+        let fixed_uri = match svc.spec.placement {
+            Placement::Query { .. } => {
+                url::check_rest(rest).map_err(bad_path)?;
+                None
+            }
+            _ => Some(
+                url::compose(
+                    &svc.spec.upstream,
+                    rest,
+                    query.as_deref(),
+                    drop_params,
+                    None,
+                )
+                .map_err(bad_path)?,
+            ),
+        };
+        Ok(Outgoing {
+            method: parts.method,
+            headers: parts.headers,
+            body,
+            rest: rest.to_string(),
+            query,
+            drop_params,
+            fixed_uri,
+        })
+    }
+
+    /// Builds the request of one attempt with `secret` in place. `last` moves the headers
+    /// instead of copying them.
+    fn request(
+        &mut self,
+        svc: &Service,
+        secret: &str,
+        header: Option<&http::HeaderValue>,
+        last: bool,
+    ) -> Result<Request<Body>, ApiError> {
+        let uri = match (&self.fixed_uri, &svc.spec.placement) {
+            (Some(uri), _) => uri.clone(),
+            (None, Placement::Query { name }) => url::compose(
+                &svc.spec.upstream,
+                &self.rest,
+                self.query.as_deref(),
+                self.drop_params,
+                Some(url::QueryParam {
+                    name,
+                    value: secret,
+                }),
+            )
+            .map_err(bad_path)?,
+            (None, _) => unreachable!("a fixed URI exists unless the key goes in the query"),
+        };
+        let mut headers = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
+        if let (Placement::Header { name, .. }, Some(value)) = (&svc.spec.placement, header) {
+            headers.insert(name, value.clone());
+        }
+        let mut req = Request::new(self.body.take());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+}
+
+fn bad_path(e: url::PathError) -> ApiError {
+    ApiError::proxy(StatusCode::BAD_REQUEST, format!("path refused: {e}"))
+}
+
+/// `(slug, rest)` of a proxy path (the router already checked the prefix and the slug).
+fn split_path(path: &str, flavor: Flavor) -> (&str, &str) {
+    let prefix = match flavor {
+        Flavor::Generic => "/proxy/",
+        Flavor::Llm => "/llm/",
+    };
+    let after = path.strip_prefix(prefix).unwrap_or("");
+    after.split_once('/').unwrap_or((after, ""))
+}
+
+/// Handles a proxy route.
+pub async fn handle(
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    flavor: Flavor,
+) -> Result<Response<Body>, ApiError> {
+    if cors::is_preflight(req.method(), req.headers()) {
+        return Ok(cors::preflight(req.headers()));
+    }
+    let (parts, incoming) = req.into_parts();
+    match flavor {
+        Flavor::Generic => generic(state, peer, parts, incoming).await,
+        Flavor::Llm => llm::handle(state, parts, incoming).await,
+    }
+}
+
+/// `/proxy/<slug>/<rest>`: proxy key in `X-Proxy-Key`.
+async fn generic(
+    state: &AppState,
+    peer: SocketAddr,
+    mut parts: Parts,
+    incoming: Incoming,
+) -> Result<Response<Body>, ApiError> {
+    let key = parts
+        .headers
+        .get(&headers::X_PROXY_KEY)
+        .map_or(&b""[..], |v| v.as_bytes());
+    if key.is_empty() || !state.proxy_keys.check(key) {
+        return Err(ApiError::proxy(
+            StatusCode::UNAUTHORIZED,
+            "invalid or missing X-Proxy-Key header",
+        ));
+    }
+    let uri = parts.uri.clone();
+    let (slug, rest) = split_path(uri.path(), Flavor::Generic);
+    let snap = state.snapshot.load();
+    let svc = snap
+        .get(slug)
+        .filter(|s| s.spec.kind == Kind::Generic)
+        .ok_or_else(|| {
+            ApiError::proxy(
+                StatusCode::NOT_FOUND,
+                format!("generic service '{slug}' not found or inactive"),
+            )
+        })?;
+    if let (Some(methods), Some(allow)) = (&svc.spec.methods, &svc.allow) {
+        if !methods.contains(&parts.method) {
+            return Err(ApiError::proxy(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} not allowed; this service accepts {}",
+                    parts.method, allow
+                ),
+            )
+            .with_allow(allow.clone()));
+        }
+    }
+    url::check_rest(rest).map_err(bad_path)?;
+    headers::clean_request(&mut parts.headers, &[]);
+    headers::add_forwarded(&mut parts.headers, peer.ip());
+    let body = OutBody::read(incoming, state.config.retry_body_limit).await?;
+    let out = Outgoing::new(svc, parts, rest, &[], body)?;
+    forward::run(state, svc, out).await
+}

@@ -1,0 +1,171 @@
+//! The immutable in-memory view of active services and their enabled keys.
+//!
+//! Built from the store after every admin write (and, with Redis, on change notices),
+//! then swapped whole. Proxied requests only ever read a snapshot.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use http::HeaderValue;
+
+use crate::keys::{KeyPool, KeyRegistry, KeyRuntime, PoolKey};
+use crate::metrics::{Metrics, ServiceMetrics};
+use crate::service::{self, Placement, ServiceSpec};
+use crate::store::{Dump, KeyRecord, ServiceRecord};
+
+/// One active service, ready for the hot path.
+#[derive(Debug)]
+pub struct Service {
+    pub id: i64,
+    pub slug: Box<str>,
+    pub spec: ServiceSpec,
+    /// `Allow` for a 405, when the service restricts methods.
+    pub allow: Option<String>,
+    pub pool: KeyPool,
+    /// Round-robin cursor; outlives snapshots.
+    pub cursor: Arc<AtomicU64>,
+    pub metrics: Arc<ServiceMetrics>,
+}
+
+/// All active services by slug.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    by_slug: HashMap<Box<str>, Arc<Service>>,
+    list: Vec<Arc<Service>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from everything the store holds. Services whose fields cannot be
+    /// used (possible in files written by the original, which validated nothing) are left
+    /// out with a warning naming them.
+    pub fn build(dump: &Dump, registry: &KeyRegistry, metrics: &Metrics, now_ms: u64) -> Snapshot {
+        let runtimes = registry.sync(&dump.keys);
+        let mut keys_by_service: HashMap<i64, Vec<&KeyRecord>> = HashMap::new();
+        for k in dump.keys.iter().filter(|k| k.is_active) {
+            keys_by_service
+                .entry(k.proxy_config_id)
+                .or_default()
+                .push(k);
+        }
+        let mut snap = Snapshot::default();
+        for rec in dump.services.iter().filter(|s| s.fields.is_active) {
+            let spec = match service::spec(&rec.fields) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    crate::warn!(
+                        "service '{}' (id {}) is not served: {}",
+                        rec.fields.slug,
+                        rec.id,
+                        e.message
+                    );
+                    continue;
+                }
+            };
+            let mut keys: Vec<PoolKey> = keys_by_service
+                .remove(&rec.id)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|k| pool_key(k, &spec.placement, &runtimes))
+                .collect();
+            keys.sort_by_key(|k| k.id);
+            let svc = Arc::new(Service {
+                id: rec.id,
+                slug: rec.fields.slug.as_str().into(),
+                allow: spec.methods.as_ref().map(|m| allow_header(m)),
+                spec,
+                pool: KeyPool::new(keys, now_ms),
+                cursor: registry.cursor(rec.id),
+                metrics: metrics.service(&rec.fields.slug),
+            });
+            snap.by_slug.insert(svc.slug.clone(), svc.clone());
+            snap.list.push(svc);
+        }
+        snap
+    }
+
+    /// The active service with this slug.
+    #[inline]
+    pub fn get(&self, slug: &str) -> Option<&Arc<Service>> {
+        self.by_slug.get(slug)
+    }
+
+    /// Every active service, in id order.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.list
+    }
+
+    /// The service and pool position of an enabled key.
+    pub fn find_key(&self, service_id: i64, key_id: i64) -> Option<(&Arc<Service>, usize)> {
+        let svc = self.list.iter().find(|s| s.id == service_id)?;
+        Some((svc, svc.pool.position(key_id)?))
+    }
+}
+
+/// A key ready for the hot path; `None` (with a warning) when it cannot be sent.
+fn pool_key(
+    k: &KeyRecord,
+    placement: &Placement,
+    runtimes: &HashMap<i64, Arc<KeyRuntime>>,
+) -> Option<PoolKey> {
+    let header = match placement {
+        Placement::Header { bearer, .. } => {
+            let text = if *bearer {
+                format!("Bearer {}", k.key_value)
+            } else {
+                k.key_value.clone()
+            };
+            match HeaderValue::from_str(&text) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    Some(v)
+                }
+                Err(_) => {
+                    crate::warn!(
+                        "key id {} cannot be sent in a header (invalid characters); skipped",
+                        k.id
+                    );
+                    return None;
+                }
+            }
+        }
+        _ => None,
+    };
+    Some(PoolKey {
+        id: k.id,
+        secret: k.key_value.as_str().into(),
+        header,
+        rt: runtimes.get(&k.id)?.clone(),
+    })
+}
+
+fn allow_header(methods: &[http::Method]) -> String {
+    let mut list: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+    if !list.contains(&"OPTIONS") {
+        list.push("OPTIONS");
+    }
+    list.join(", ")
+}
+
+/// The current snapshot, swapped whole.
+#[derive(Debug, Default)]
+pub struct SnapshotCell(RwLock<Arc<Snapshot>>);
+
+impl SnapshotCell {
+    /// The current snapshot.
+    #[inline]
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the snapshot.
+    pub fn store(&self, snap: Snapshot) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+    }
+}
+
+/// The service record a snapshot service came from is not kept; admin code that needs
+/// the spec of an inactive service builds it from the record with this.
+pub fn spec_of(rec: &ServiceRecord) -> Result<ServiceSpec, service::FieldError> {
+    service::spec(&rec.fields)
+}
