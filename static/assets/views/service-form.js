@@ -53,9 +53,18 @@ function buildControls(service) {
     api_key_location: select({ name: 'api_key_location', testid: 'input-api_key_location' }, [
       ['', () => t('form.locationDefault')], ['header', () => t('form.locationHeader')], ['query', () => t('form.locationQuery')]]),
     api_key_name: input('api_key_name', { value: service.api_key_name ?? '', class: 'mono', spellcheck: 'false' }),
-    max_retries: input('max_retries', { type: 'number', min: '0', step: '1', inputmode: 'numeric', value: String(service.max_retries ?? (service.id ? '' : DEFAULT_RETRIES)) }),
+    max_retries: input('max_retries', { type: 'number', min: '0', max: '10', step: '1', inputmode: 'numeric', value: String(service.max_retries ?? (service.id ? '' : DEFAULT_RETRIES)) }),
+    retry_on: input('retry_on', { value: service.retry_on ?? '', class: 'mono', placeholder: '429, 500, 502, 503', spellcheck: 'false' }),
+    probe_path: input('probe_path', { value: llm ? '' : service.probe_path ?? '', class: 'mono', placeholder: 'v1/status', spellcheck: 'false' }),
     initial: { method: service.method ?? 'GET', format, location: service.api_key_location ?? (service.id ? '' : 'header') },
   };
+}
+
+/** Whether an edited service has advanced settings that differ from the defaults. */
+function hasAdvancedSettings(service) {
+  if (service.id === undefined) return false;
+  return Boolean(service.retry_on || service.probe_path)
+    || (service.max_retries !== undefined && service.max_retries !== DEFAULT_RETRIES);
 }
 
 /** The JSON body for create/update (full replace: every field is sent, null when unused). */
@@ -75,6 +84,8 @@ function payload(c, type) {
     target_base_url: llm ? text(c.target_base_url) || null : null,
     api_format: llm ? c.api_format.value : null,
     max_retries: retries === '' ? null : Number(retries),
+    retry_on: text(c.retry_on) || null,
+    probe_path: llm ? null : text(c.probe_path) || null,
   };
 }
 
@@ -125,6 +136,7 @@ function buildForm(service, editing) {
   const llmPart = h('div', { class: 'form-grid', testid: 'llm-fields' },
     field({ label: () => t('form.apiFormat'), control: c.api_format }),
     field({ label: () => t('form.targetBaseUrl'), control: c.target_base_url, hint: () => t('form.targetBaseUrlHint'), className: 'span-2' }));
+  const probePart = field({ label: () => t('form.probePath'), control: c.probe_path, hint: () => t('form.probePathHint'), className: 'span-2' });
   const locationHint = h('p', { class: 'hint', text: () => t(type === 'LLM' ? 'form.keyLlmHint' : 'form.keyGenericHint') });
   bind(c.target_base_url, 'placeholder', () => BASE_URL_PLACEHOLDERS[c.api_format.value]);
   bind(c.api_key_name, 'placeholder', () => (type === 'LLM'
@@ -134,6 +146,7 @@ function buildForm(service, editing) {
   const sync = () => {
     const llm = type === 'LLM';
     genericPart.hidden = llm;
+    probePart.hidden = llm;
     llmPart.hidden = !llm;
     c.api_key_location.options[0].hidden = !llm;
     if (!llm && !c.api_key_location.value) c.api_key_location.value = 'header';
@@ -165,9 +178,12 @@ function buildForm(service, editing) {
         field({ label: () => t('form.keyLocation'), control: c.api_key_location }),
         field({ label: () => t('form.keyName'), control: c.api_key_name }))),
     h('label', { class: 'check' }, c.is_active, h('span', { text: () => t('form.isActive') })),
-    h('details', { class: 'advanced', testid: 'advanced', open: editing && service.max_retries !== undefined && service.max_retries !== DEFAULT_RETRIES },
+    h('details', { class: 'advanced', testid: 'advanced', open: hasAdvancedSettings(service) },
       h('summary', { text: () => t('form.advanced') }),
-      field({ label: () => t('form.maxRetries'), control: c.max_retries, hint: () => t('form.maxRetriesHint') })),
+      h('div', { class: 'form-grid' },
+        field({ label: () => t('form.maxRetries'), control: c.max_retries, hint: () => t('form.maxRetriesHint') }),
+        field({ label: () => t('form.retryOn'), control: c.retry_on, hint: () => t('form.retryOnHint') }),
+        probePart)),
     h('div', { class: 'form-actions' },
       h('a', { class: 'btn', href: '#/services', testid: 'form-cancel', text: () => t('common.cancel') }),
       submit));
