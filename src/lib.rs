@@ -87,6 +87,7 @@ pub async fn start(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, String> {
+    log::set_level(config.log_level);
     crate::info!("Database Type: {}", config.database.kind());
     crate::info!("Cache Type: {}", config.cache.kind());
     if config.reset_db_tables {

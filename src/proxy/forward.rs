@@ -46,18 +46,20 @@ pub async fn run(
         1
     };
     let mut tried = [0i64; MAX_ATTEMPTS];
+    // What to answer if every attempt fails: the last upstream answer, else the last
+    // connection error.
     let mut last_failure: Option<Response<Body>> = None;
+    let mut last_error: Option<ApiError> = None;
     for attempt in 1..=max_attempts {
         let ticket = state.cache.ticket(svc).await;
         let now = now_ms();
         let (idx, key) = match svc.pool.pick(ticket, &tried[..attempt - 1], now) {
             Pick::Key(idx, key) => (idx, key),
             Pick::Empty => return Err(no_keys()),
-            Pick::AllDown { retry_after_ms } => {
-                return last_failure
-                    .map(|r| finish(state, svc, r, attempt - 1))
-                    .ok_or_else(|| all_down(retry_after_ms, now));
+            Pick::AllDown { retry_after_ms } if attempt == 1 => {
+                return Err(all_down(retry_after_ms, now));
             }
+            Pick::AllDown { .. } => break,
         };
         tried[attempt - 1] = key.id;
         if attempt > 1 {
@@ -74,24 +76,18 @@ pub async fn run(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
                         "upstream did not answer within {} s",
-                        state.config.proxy_timeout.as_secs()
+                        state.config.proxy_timeout.as_secs_f64()
                     ),
                 ));
             }
             Ok(Err(e)) => {
                 let reason = describe(&e);
                 key.rt.record(now, None, false, Some(&reason));
-                if !is_last && Instant::now() < deadline {
-                    continue;
-                }
-                if let Some(r) = last_failure {
-                    return Ok(finish(state, svc, r, attempt));
-                }
-                svc.metrics.response(502);
-                return Err(ApiError::proxy(
+                last_error = Some(ApiError::proxy(
                     StatusCode::BAD_GATEWAY,
                     format!("upstream unreachable: {reason}"),
                 ));
+                continue;
             }
             Ok(Ok(resp)) => resp,
         };
@@ -111,8 +107,17 @@ pub async fn run(
             status.as_u16()
         );
         last_failure = Some(resp);
+        last_error = None;
     }
-    unreachable!("the last attempt always returns")
+    let attempts = tried.iter().filter(|id| **id != 0).count();
+    match (last_failure, last_error) {
+        (Some(resp), _) => Ok(finish(state, svc, resp, attempts)),
+        (None, Some(err)) => {
+            svc.metrics.response(err.status.as_u16());
+            Err(err)
+        }
+        (None, None) => Err(no_keys()),
+    }
 }
 
 fn no_keys() -> ApiError {

@@ -85,9 +85,19 @@ pub fn check_rest(rest: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+/// RFC 3986 `pchar` (minus `%`, which must start an escape).
+fn is_pchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b)
+}
+
 fn check_segment(seg: &str) -> Result<(), PathError> {
     if seg.is_empty() {
         return Err(PathError("empty path segment ('//') is not allowed"));
+    }
+    if !seg.bytes().all(is_pchar) {
+        return Err(PathError(
+            "characters outside RFC 3986 path characters must be percent-encoded",
+        ));
     }
     let decoded =
         percent_decode(seg.as_bytes()).ok_or(PathError("malformed percent-escape in path"))?;
@@ -263,7 +273,8 @@ mod tests {
     fn path_tricks_are_refused() {
         for rest in [
             "..", "a/../b", ".", "a/./b", "%2e%2e/x", "%2E%2e", ".%2e", "a/%2E/b", "a%2fb",
-            "a%2Fb", "a%5cb", "a\\b", "a//b", "/a", "%zz", "a%2", "a%00b", "a%0d%0ab",
+            "a%2Fb", "a%5cb", "a\\b", "a//b", "/a", "%zz", "a%2", "a%00b", "a%0d%0ab", ".?", "a#b",
+            "a b", "é",
         ] {
             assert!(url("https://api.x.com/v1", rest, None).is_err(), "{rest}");
         }
@@ -289,5 +300,55 @@ mod tests {
         assert_eq!(percent_decode(b"a%20b%2F"), Some(b"a b/".to_vec()));
         assert_eq!(percent_decode(b"%g0"), None);
         assert_eq!(percent_decode(b"%"), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Paths built from the characters that matter for URL tricks.
+        fn tricky_path() -> impl Strategy<Value = String> {
+            let atoms = prop_oneof![
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("%2e".to_string()),
+                Just("%2E".to_string()),
+                Just("%2f".to_string()),
+                Just("%5c".to_string()),
+                Just("%".to_string()),
+                Just("@".to_string()),
+                Just(":".to_string()),
+                Just("//".to_string()),
+                Just("\\".to_string()),
+                Just("?".to_string()),
+                Just("#".to_string()),
+                Just("evil.com".to_string()),
+                Just("http:".to_string()),
+                "[a-zA-Z0-9_~-]{1,4}",
+                "\\PC{1,2}",
+            ];
+            proptest::collection::vec(atoms, 0..12).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn scheme_host_and_port_never_change(rest in tricky_path(), q in proptest::option::of("[a-z=&%@/:]{0,12}")) {
+                for base in ["https://api.example.com/v1", "http://127.0.0.1:8080", "https://h.example:8443/a/b"] {
+                    let up = Upstream::parse(base).unwrap();
+                    if let Ok(uri) = compose(&up, &rest, q.as_deref(), &["key"], Some(QueryParam { name: "k", value: "s" })) {
+                        prop_assert_eq!(uri.scheme(), Some(&up.scheme));
+                        prop_assert_eq!(uri.authority(), Some(&up.authority));
+                        prop_assert!(uri.path().starts_with(&up.base_path));
+                        let after = &uri.path()[up.base_path.len()..];
+                        for seg in after.split('/').skip(1) {
+                            let d = percent_decode(seg.as_bytes()).unwrap();
+                            prop_assert!(d != b"." && d != b"..", "dot segment in {}", uri);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

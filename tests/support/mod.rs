@@ -379,3 +379,33 @@ pub fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> R
 pub fn ok_json(v: Value) -> Response<Body> {
     reply(200, &[("content-type", "application/json")], v.to_string())
 }
+
+/// A body fed by a channel: each `send` is one frame, dropping the sender ends it.
+/// `send` fails once the receiving side (the connection) is gone.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+    impl hyper::body::Body for ChannelBody {
+        type Data = Bytes;
+        type Error = api_key_rotator::body::BoxError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, ChannelBody(rx).boxed_unsync())
+}
+
+/// Resident memory of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
