@@ -1,35 +1,538 @@
-//! Redis rotation state (enterprise build). Placeholder until the enterprise backend lands.
+//! Redis rotation state (enterprise build): one round-robin counter per service shared by
+//! every instance, and a pub/sub channel that keeps their snapshots and key health in step.
+//!
+//! * A proxied request costs at most one round trip: `INCR proxy_config:<id>:key_index`
+//!   (the original's counter; the ticket is the new value minus one). It has a short
+//!   timeout, and on failure the request rotates with the service's local cursor.
+//! * While Redis is unreachable, requests do not wait for it: a [`Breaker`] lets one
+//!   request per back-off period probe it (and the background task pings it every
+//!   second), everyone else rotates locally at once. The outage is logged once, and so is
+//!   the recovery, after which the instance reloads its snapshot (notices were lost).
+//! * Notices (`change`, `cooldown`, `invalid`, `reset`) are queued by the request or admin
+//!   path and published by the background task: fire and forget, never on the request
+//!   path. Each carries the sender's instance id, so an instance skips its own.
+//! * One multiplexed RESP3 connection carries commands and the subscription; the
+//!   connection manager reconnects and resubscribes by itself. RESP3 needs Redis 6 or
+//!   later (or Valkey, KeyDB, Dragonfly).
+//! * The channel is `api_key_rotator:events:<db>`: pub/sub ignores database numbers, so
+//!   deployments sharing one Redis server on different `REDIS_DB`s stay apart.
+//! * A periodic reload (every [`RELOAD_EVERY`]) is the safety net for a lost notice.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::AppState;
 use crate::cache::KeyEvent;
 use crate::snapshot::Service;
+use crate::timefmt::now_ms;
+
+/// How long a request waits for its `INCR` before rotating locally.
+const INCR_TIMEOUT: Duration = Duration::from_millis(200);
+/// Timeout of the other commands (publish, ping) and of each connection attempt.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the start-up connection may take (the original's ping waited 5 s too).
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often every instance reloads its snapshot anyway, in case a notice was lost.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// How often the background task looks after the connection.
+const TICK: Duration = Duration::from_secs(1);
+/// Back-off between probes while Redis is unreachable.
+const BACKOFF_MIN_MS: u64 = 250;
+const BACKOFF_MAX_MS: u64 = 5_000;
+/// Notices waiting to be published; beyond this they are dropped (the periodic reload
+/// covers them).
+const OUTBOX: usize = 1024;
 
 /// A Redis connection for rotation state.
-pub struct RedisCache;
+pub struct RedisCache {
+    conn: ConnectionManager,
+    /// `host:port/db`, for log lines (never the password).
+    target: String,
+    channel: String,
+    instance: String,
+    breaker: Breaker,
+    outbox: mpsc::Sender<String>,
+    /// Taken by the background task.
+    inbox: Mutex<Option<(mpsc::Receiver<String>, UnboundedReceiver<PushInfo>)>>,
+}
 
 impl RedisCache {
-    /// Connects to Redis.
-    pub async fn connect(_url: &str) -> Result<RedisCache, String> {
-        Err("the Redis backend is not implemented yet".into())
+    /// Connects to Redis (RESP3) and subscribes to the change channel. Fails when Redis
+    /// does not answer within a few seconds: a misconfiguration should stop the start.
+    pub async fn connect(url: &str) -> Result<RedisCache, String> {
+        let client = Client::open(url).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
+        let info = client.get_connection_info().clone();
+        let db = info.redis_settings().db();
+        let target = format!("{}/{db}", info.addr());
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| format!("redis {target}: {e}"))?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(100))
+            .set_max_delay(Duration::from_secs(1));
+        let channel = format!("api_key_rotator:events:{db}");
+        let conn = async {
+            let mut conn = ConnectionManager::new_with_config(client, config).await?;
+            conn.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = tokio::time::timeout(START_TIMEOUT, conn)
+            .await
+            .map_err(|_| format!("redis {target} did not answer within 5 s"))?
+            .map_err(|e| format!("redis {target}: {e} (Redis 6 or later is needed)"))?;
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        crate::info!("Cache: redis {target}, channel {channel}");
+        Ok(RedisCache {
+            conn,
+            target,
+            channel,
+            instance: instance_id(),
+            breaker: Breaker::default(),
+            outbox,
+            inbox: Mutex::new(Some((outbox_rx, push_rx))),
+        })
     }
 
-    /// The rotation ticket for `svc`.
+    /// The rotation ticket for `svc`: the shared counter, or the local cursor while Redis
+    /// is unreachable.
     pub async fn ticket(&self, svc: &Service) -> u64 {
-        svc.cursor
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        let admit = self.breaker.admit(now_ms());
+        if admit == Admit::Skip {
+            return local_ticket(svc);
+        }
+        let mut conn = self.conn.clone();
+        let incr = redis::cmd("INCR")
+            .arg(counter_key(svc.id))
+            .query_async::<i64>(&mut conn);
+        match tokio::time::timeout(INCR_TIMEOUT, incr).await {
+            Ok(Ok(n)) => {
+                self.breaker.succeeded(admit);
+                // INCR starts at 1; the original picks (counter - 1) mod n.
+                n.saturating_sub(1).max(0) as u64
+            }
+            Ok(Err(e)) => {
+                self.breaker.failed(admit, &e.to_string(), &self.target);
+                local_ticket(svc)
+            }
+            Err(_) => {
+                self.breaker.failed(admit, "INCR timed out", &self.target);
+                local_ticket(svc)
+            }
+        }
     }
 
     /// Announces a configuration change.
-    pub fn publish_change(&self) {}
+    pub fn publish_change(&self) {
+        self.queue(Notice::Change);
+    }
 
     /// Announces a key health change.
-    pub fn publish_key_event(&self, _event: KeyEvent) {}
+    pub fn publish_key_event(&self, event: KeyEvent) {
+        self.queue(Notice::Key(event));
+    }
 
-    /// Runs the change subscriber until `stop` changes.
+    fn queue(&self, notice: Notice) {
+        // Full queue: dropped; other instances catch up at their periodic reload.
+        let _ = self.outbox.try_send(notice.encode(&self.instance));
+    }
+
+    /// Runs the subscriber, the publisher, the connection keeper and the periodic reload
+    /// until `stop` changes.
     pub fn spawn_background(
-        self: std::sync::Arc<Self>,
-        _state: std::sync::Arc<crate::app::AppState>,
-        _stop: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async {})
+        self: Arc<Self>,
+        state: Arc<AppState>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tokio::spawn(async move {
+            if let Some((outbox, pushes)) = inbox {
+                self.background(state, outbox, pushes, stop).await;
+            }
+        })
+    }
+
+    async fn background(
+        &self,
+        state: Arc<AppState>,
+        mut outbox: mpsc::Receiver<String>,
+        mut pushes: UnboundedReceiver<PushInfo>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut reload_tick = tokio::time::interval(RELOAD_EVERY);
+        reload_tick.tick().await; // the first tick is immediate; the snapshot is fresh
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let reload = tokio::select! {
+                Some(push) = pushes.recv() => self.received(&state, push, &mut pushes),
+                Some(text) = outbox.recv() => { self.publish(text).await; false }
+                _ = tick.tick() => self.keep_connected().await,
+                _ = reload_tick.tick() => true,
+                _ = stop.changed() => break,
+            };
+            if reload {
+                if let Err(e) = state.reload().await {
+                    crate::warn!("could not reload the services after a change notice: {e}");
+                }
+            }
+        }
+    }
+
+    /// Handles a push and whatever else already waits, so a burst of notices costs one
+    /// reload. Returns whether the snapshot must be reloaded.
+    fn received(
+        &self,
+        state: &AppState,
+        first: PushInfo,
+        pushes: &mut UnboundedReceiver<PushInfo>,
+    ) -> bool {
+        let mut reload = false;
+        let mut next = Some(first);
+        while let Some(push) = next {
+            reload |= self.handle_push(state, push);
+            next = pushes.try_recv().ok();
+        }
+        reload
+    }
+
+    fn handle_push(&self, state: &AppState, push: PushInfo) -> bool {
+        match push.kind {
+            PushKind::Disconnection => {
+                self.breaker.trip("connection lost", &self.target);
+                false
+            }
+            PushKind::Message => match message_text(&push.data) {
+                Some(text) => match Notice::decode(&text, &self.instance) {
+                    Some(notice) => apply(state, notice),
+                    None => false,
+                },
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    async fn publish(&self, text: String) {
+        let admit = self.breaker.admit(now_ms());
+        if admit == Admit::Skip {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let publish = redis::cmd("PUBLISH")
+            .arg(&self.channel)
+            .arg(text)
+            .query_async::<i64>(&mut conn);
+        match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
+            Ok(Ok(_)) => self.breaker.succeeded(admit),
+            Ok(Err(e)) => self.breaker.failed(admit, &e.to_string(), &self.target),
+            Err(_) => self
+                .breaker
+                .failed(admit, "PUBLISH timed out", &self.target),
+        }
+    }
+
+    /// While Redis is down, probes it (the connection manager reconnects and resubscribes
+    /// on the way). Returns true once after it came back: notices were lost meanwhile.
+    async fn keep_connected(&self) -> bool {
+        let admit = self.breaker.admit(now_ms());
+        if admit == Admit::Probe {
+            let mut conn = self.conn.clone();
+            let ping = redis::cmd("PING").query_async::<String>(&mut conn);
+            match tokio::time::timeout(COMMAND_TIMEOUT, ping).await {
+                Ok(Ok(_)) => self.breaker.succeeded(admit),
+                Ok(Err(e)) => self.breaker.failed(admit, &e.to_string(), &self.target),
+                Err(_) => self.breaker.failed(admit, "PING timed out", &self.target),
+            }
+        }
+        self.breaker.take_rejoined()
+    }
+}
+
+/// The original's counter name.
+fn counter_key(service_id: i64) -> String {
+    format!("proxy_config:{service_id}:key_index")
+}
+
+fn local_ticket(svc: &Service) -> u64 {
+    svc.cursor.fetch_add(1, Relaxed)
+}
+
+/// A random id for this process, so it can skip its own notices.
+fn instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// The payload of a `message` push: `[channel, payload]`.
+fn message_text(data: &[Value]) -> Option<String> {
+    match data.get(1)? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Applies a notice from another instance. Returns whether the snapshot must be reloaded.
+fn apply(state: &AppState, notice: Notice) -> bool {
+    match notice {
+        // The store has the change (an invalid mark is persisted before it is announced).
+        Notice::Change | Notice::Key(KeyEvent::Invalid { .. }) => true,
+        Notice::Key(KeyEvent::Cooldown {
+            service_id,
+            key_id,
+            until_ms,
+        }) => {
+            if let Some(rt) = state.registry.get(key_id) {
+                rt.cool_until(until_ms);
+            }
+            refresh(state, service_id, key_id);
+            false
+        }
+        Notice::Key(KeyEvent::Reset { service_id, key_id }) => {
+            if let Some(rt) = state.registry.get(key_id) {
+                rt.reset();
+            }
+            refresh(state, service_id, key_id);
+            false
+        }
+    }
+}
+
+/// Re-sorts a key in its pool after its health changed.
+fn refresh(state: &AppState, service_id: i64, key_id: i64) {
+    let snap = state.snapshot.load();
+    if let Some((svc, idx)) = snap.find_key(service_id, key_id) {
+        svc.pool.refresh(idx, now_ms());
+    }
+}
+
+/// What instances tell each other: `<instance> change`,
+/// `<instance> cooldown <service> <key> <until_ms>`, `<instance> invalid <service> <key>`,
+/// `<instance> reset <service> <key>`.
+#[derive(Debug, Clone, PartialEq)]
+enum Notice {
+    Change,
+    Key(KeyEvent),
+}
+
+impl Notice {
+    fn encode(&self, instance: &str) -> String {
+        match self {
+            Notice::Change => format!("{instance} change"),
+            Notice::Key(KeyEvent::Cooldown {
+                service_id,
+                key_id,
+                until_ms,
+            }) => format!("{instance} cooldown {service_id} {key_id} {until_ms}"),
+            Notice::Key(KeyEvent::Invalid { service_id, key_id }) => {
+                format!("{instance} invalid {service_id} {key_id}")
+            }
+            Notice::Key(KeyEvent::Reset { service_id, key_id }) => {
+                format!("{instance} reset {service_id} {key_id}")
+            }
+        }
+    }
+
+    /// Parses a notice; `None` for our own, and for anything unknown (a newer version's).
+    fn decode(text: &str, own_instance: &str) -> Option<Notice> {
+        let mut parts = text.split_ascii_whitespace();
+        if parts.next()? == own_instance {
+            return None;
+        }
+        let kind = parts.next()?;
+        let mut num = || parts.next()?.parse::<i64>().ok();
+        Some(match kind {
+            "change" => Notice::Change,
+            "cooldown" => {
+                let (service_id, key_id) = (num()?, num()?);
+                let until_ms = u64::try_from(num()?).ok()?;
+                Notice::Key(KeyEvent::Cooldown {
+                    service_id,
+                    key_id,
+                    until_ms,
+                })
+            }
+            "invalid" => Notice::Key(KeyEvent::Invalid {
+                service_id: num()?,
+                key_id: num()?,
+            }),
+            "reset" => Notice::Key(KeyEvent::Reset {
+                service_id: num()?,
+                key_id: num()?,
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// What the breaker allows a caller that wants to use Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Redis is up: go ahead.
+    Healthy,
+    /// Redis is down and this caller is the one probe of this back-off period.
+    Probe,
+    /// Redis is down: do without it.
+    Skip,
+}
+
+/// Keeps callers off Redis while it is unreachable, logging the outage and the
+/// recovery once each.
+#[derive(Debug, Default)]
+struct Breaker {
+    down: AtomicBool,
+    /// Unix ms of the next probe.
+    retry_at: AtomicU64,
+    backoff_ms: AtomicU64,
+    /// Set on recovery, taken by the background task (which then reloads).
+    rejoined: AtomicBool,
+}
+
+impl Breaker {
+    fn admit(&self, now: u64) -> Admit {
+        if !self.down.load(Relaxed) {
+            return Admit::Healthy;
+        }
+        let at = self.retry_at.load(Relaxed);
+        let next = now + self.backoff_ms.load(Relaxed).max(BACKOFF_MIN_MS);
+        // One caller per period wins the exchange and probes.
+        if now >= at
+            && self
+                .retry_at
+                .compare_exchange(at, next, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Admit::Probe
+        } else {
+            Admit::Skip
+        }
+    }
+
+    fn succeeded(&self, admit: Admit) {
+        // Only a probe ends an outage: a request that started before it may still succeed.
+        if admit == Admit::Probe && self.down.swap(false, Relaxed) {
+            self.backoff_ms.store(BACKOFF_MIN_MS, Relaxed);
+            self.rejoined.store(true, Relaxed);
+            crate::info!("Redis answers again: global rotation and change notices resumed");
+        }
+    }
+
+    fn failed(&self, admit: Admit, why: &str, target: &str) {
+        match admit {
+            Admit::Healthy => self.trip(why, target),
+            Admit::Probe => {
+                let backoff =
+                    (self.backoff_ms.load(Relaxed) * 2).clamp(BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+                self.backoff_ms.store(backoff, Relaxed);
+                self.retry_at.store(now_ms() + backoff, Relaxed);
+            }
+            Admit::Skip => {}
+        }
+    }
+
+    /// Marks Redis down (logging it when it was up).
+    fn trip(&self, why: &str, target: &str) {
+        if self.down.load(Relaxed) {
+            return;
+        }
+        self.backoff_ms.store(BACKOFF_MIN_MS, Relaxed);
+        self.retry_at.store(now_ms() + BACKOFF_MIN_MS, Relaxed);
+        if !self.down.swap(true, Relaxed) {
+            crate::warn!(
+                "Redis {target} is unreachable ({why}): rotating keys locally and missing \
+                 change notices until it answers again"
+            );
+        }
+    }
+
+    fn take_rejoined(&self) -> bool {
+        self.rejoined.swap(false, Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_round_trip_and_skip_our_own() {
+        let notices = [
+            Notice::Change,
+            Notice::Key(KeyEvent::Cooldown {
+                service_id: 3,
+                key_id: 9,
+                until_ms: 1_800_000_000_000,
+            }),
+            Notice::Key(KeyEvent::Invalid {
+                service_id: 3,
+                key_id: 9,
+            }),
+            Notice::Key(KeyEvent::Reset {
+                service_id: 3,
+                key_id: 9,
+            }),
+        ];
+        for n in notices {
+            let text = n.encode("aaaa");
+            assert_eq!(Notice::decode(&text, "bbbb"), Some(n.clone()), "{text}");
+            assert_eq!(Notice::decode(&text, "aaaa"), None, "own notice skipped");
+        }
+        for junk in ["", "x", "x future 1 2", "x cooldown 1", "x cooldown 1 2 -5"] {
+            assert_eq!(Notice::decode(junk, "y"), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn breaker_lets_one_probe_through_per_period() {
+        let b = Breaker::default();
+        assert_eq!(b.admit(now_ms()), Admit::Healthy);
+        b.failed(Admit::Healthy, "test", "t");
+        b.failed(Admit::Healthy, "again", "t"); // logged once
+        let now = now_ms();
+        assert_eq!(b.admit(now), Admit::Skip, "within the back-off");
+        let later = now + BACKOFF_MIN_MS + 1;
+        assert_eq!(b.admit(later), Admit::Probe);
+        assert_eq!(b.admit(later), Admit::Skip, "one probe per period");
+        b.failed(Admit::Probe, "still down", "t");
+        assert_eq!(b.backoff_ms.load(Relaxed), 2 * BACKOFF_MIN_MS, "backs off");
+        b.succeeded(Admit::Healthy);
+        assert!(b.down.load(Relaxed), "only a probe ends an outage");
+        b.succeeded(Admit::Probe);
+        assert_eq!(b.admit(now_ms()), Admit::Healthy);
+        assert!(b.take_rejoined());
+        assert!(!b.take_rejoined(), "taken once");
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let b = Breaker::default();
+        b.trip("x", "t");
+        for _ in 0..20 {
+            b.failed(Admit::Probe, "x", "t");
+        }
+        assert_eq!(b.backoff_ms.load(Relaxed), BACKOFF_MAX_MS);
+    }
+
+    #[test]
+    fn counter_is_the_originals() {
+        assert_eq!(counter_key(7), "proxy_config:7:key_index");
     }
 }

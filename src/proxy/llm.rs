@@ -1,7 +1,7 @@
 //! `/llm/<slug>/<action>`: what SDKs call with `base_url` set to `…/llm/<slug>`.
 //!
 //! The proxy key may come from `Authorization: Bearer`, `x-api-key`,
-//! `x-anthropic-api-key`, `x-goog-api-key`, the `key` query parameter or (OpenAI-compatible
+//! `x-anthropic-api-key`, `x-goog-api-key`, `api-key` (Azure), the `key` query parameter or (OpenAI-compatible
 //! services, small JSON bodies) a top-level `api_key` body field. Authentication happens
 //! before the slug is looked up (401 before 404), and every one of these credentials is
 //! removed before the real key goes in.
@@ -96,7 +96,7 @@ pub fn action<'a>(format: ApiFormat, base_path: &str, rest: &'a str) -> &'a str 
 /// Every proxy-key candidate in the headers and the query.
 fn credentials<'a>(h: &'a HeaderMap, query: Option<&'a str>) -> impl Iterator<Item = Vec<u8>> + 'a {
     let bearer = crate::auth::bearer(h).map(|t| t.as_bytes().to_vec());
-    let plain = headers::LLM_CREDENTIALS[1..4]
+    let plain = headers::LLM_CREDENTIALS[1..]
         .iter()
         .filter_map(|name| h.get(name))
         .map(|v| v.as_bytes().trim_ascii().to_vec());

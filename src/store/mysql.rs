@@ -587,9 +587,8 @@ async fn write_key_state(tx: &mut Tx, id: i64, k: &KeyRecord) -> StoreResult<()>
     Ok(())
 }
 
-/// `NotFound` when a statement matched no row. MySQL reports rows *changed*, so an
-/// update that sets a value to what it already is counts 0: callers that must tell
-/// "unchanged" from "missing" check existence first.
+/// `NotFound` when a `DELETE` removed nothing. (MySQL counts rows *changed*, not matched,
+/// so updates check that their row exists first instead.)
 fn changed_or_missing(n: u64) -> StoreResult<()> {
     if n == 0 {
         Err(StoreError::NotFound)
@@ -659,14 +658,14 @@ impl Store for MysqlStore {
     fn set_service_active(&self, id: i64, active: bool) -> BoxFuture<'_, StoreResult<()>> {
         self.tx(move |tx| {
             Box::pin(async move {
-                // updated_at always changes, so "0 rows changed" means "no such service".
-                let n = exec(
+                require_service(tx, id).await?;
+                exec(
                     tx,
                     "UPDATE proxy_configs SET is_active = ?, updated_at = ? WHERE id = ?",
                     Params::from((active, now_datetime(), id)),
                 )
-                .await?;
-                changed_or_missing(n)
+                .await
+                .map(drop)
             })
         })
     }
