@@ -116,23 +116,35 @@ impl RedisCache {
         if admit == Admit::Skip {
             return local_ticket(svc);
         }
+        let incr = redis::cmd("INCR").arg(counter_key(svc.id)).to_owned();
+        match self.command::<i64>(incr, INCR_TIMEOUT, admit).await {
+            // INCR starts at 1; the original picks (counter - 1) mod n.
+            Some(n) => n.saturating_sub(1).max(0) as u64,
+            None => local_ticket(svc),
+        }
+    }
+
+    /// Runs one command with a timeout, telling the breaker how it went.
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        timeout: Duration,
+        admit: Admit,
+    ) -> Option<T> {
         let mut conn = self.conn.clone();
-        let incr = redis::cmd("INCR")
-            .arg(counter_key(svc.id))
-            .query_async::<i64>(&mut conn);
-        match tokio::time::timeout(INCR_TIMEOUT, incr).await {
-            Ok(Ok(n)) => {
+        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
                 self.breaker.succeeded(admit);
-                // INCR starts at 1; the original picks (counter - 1) mod n.
-                n.saturating_sub(1).max(0) as u64
+                Some(v)
             }
             Ok(Err(e)) => {
                 self.breaker.failed(admit, &e.to_string(), &self.target);
-                local_ticket(svc)
+                None
             }
             Err(_) => {
-                self.breaker.failed(admit, "INCR timed out", &self.target);
-                local_ticket(svc)
+                self.breaker
+                    .failed(admit, "command timed out", &self.target);
+                None
             }
         }
     }
@@ -232,18 +244,11 @@ impl RedisCache {
         if admit == Admit::Skip {
             return;
         }
-        let mut conn = self.conn.clone();
         let publish = redis::cmd("PUBLISH")
             .arg(&self.channel)
             .arg(text)
-            .query_async::<i64>(&mut conn);
-        match tokio::time::timeout(COMMAND_TIMEOUT, publish).await {
-            Ok(Ok(_)) => self.breaker.succeeded(admit),
-            Ok(Err(e)) => self.breaker.failed(admit, &e.to_string(), &self.target),
-            Err(_) => self
-                .breaker
-                .failed(admit, "PUBLISH timed out", &self.target),
-        }
+            .to_owned();
+        let _ = self.command::<i64>(publish, COMMAND_TIMEOUT, admit).await;
     }
 
     /// While Redis is down, probes it (the connection manager reconnects and resubscribes
@@ -251,13 +256,9 @@ impl RedisCache {
     async fn keep_connected(&self) -> bool {
         let admit = self.breaker.admit(now_ms());
         if admit == Admit::Probe {
-            let mut conn = self.conn.clone();
-            let ping = redis::cmd("PING").query_async::<String>(&mut conn);
-            match tokio::time::timeout(COMMAND_TIMEOUT, ping).await {
-                Ok(Ok(_)) => self.breaker.succeeded(admit),
-                Ok(Err(e)) => self.breaker.failed(admit, &e.to_string(), &self.target),
-                Err(_) => self.breaker.failed(admit, "PING timed out", &self.target),
-            }
+            let _ = self
+                .command::<String>(redis::cmd("PING"), COMMAND_TIMEOUT, admit)
+                .await;
         }
         self.breaker.take_rejoined()
     }
