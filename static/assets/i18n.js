@@ -29,16 +29,35 @@ const listeners = new Set();
 
 export const getLocale = () => current;
 
-/** Fills `{name}` placeholders of a template with `params`. */
-export function format(template, params = {}) {
-  return template.replace(/\{(\w+)\}/g, (whole, name) =>
-    Object.hasOwn(params, name) ? String(params[name]) : whole);
+/**
+ * Fills `{name}` placeholders of a template with `params`; numbers are written the local way
+ * (1,207 in English).
+ */
+export function format(template, params = {}, locale = current) {
+  return template.replace(/\{(\w+)\}/g, (whole, name) => {
+    if (!Object.hasOwn(params, name)) return whole;
+    const value = params[name];
+    return typeof value === 'number' ? value.toLocaleString(locale) : String(value);
+  });
+}
+
+/**
+ * The template of `key` in `dict`. An entry may be `{one, other}` (plural forms, chosen by the
+ * number `params.n`), or a plain string.
+ */
+function template(dict, key, params, locale) {
+  const entry = dict[key];
+  if (entry === undefined || typeof entry === 'string') return entry;
+  const n = typeof params.n === 'number' ? params.n : 0;
+  return entry[new Intl.PluralRules(locale).select(n)] ?? entry.other;
 }
 
 /** The text of `key` in the current language (English, then the key itself, as fallbacks). */
-export function t(key, params) {
-  const template = dictionaries[current][key] ?? dictionaries.en[key] ?? key;
-  return format(template, params);
+export function t(key, params = {}) {
+  const text = template(dictionaries[current], key, params, current)
+    ?? template(dictionaries.en, key, params, 'en')
+    ?? key;
+  return format(text, params);
 }
 
 /** Applies the current language to the document: static `data-i18n` texts and live bindings. */

@@ -58,7 +58,7 @@ export function openImportDialog(service, onDone) {
 
   const updateCount = () => {
     const n = parseKeys(textarea.value).length;
-    count.textContent = t('import.detected', { n: formatNumber(n) });
+    count.textContent = t('import.detected', { n });
     submit.disabled = n === 0;
   };
   textarea.addEventListener('input', updateCount);
@@ -80,7 +80,7 @@ export function openImportDialog(service, onDone) {
     progressText.hidden = false;
     const showProgress = (done) => {
       progress.value = done;
-      progressText.textContent = t('import.progress', { done: formatNumber(done), total: formatNumber(keys.length) });
+      progressText.textContent = t('import.progress', { done, total: keys.length });
     };
     showProgress(0);
     try {
@@ -88,7 +88,7 @@ export function openImportDialog(service, onDone) {
       result.replaceChildren(summaryView(total));
       submit.hidden = true;
       // The summary in the dialog says it all; a toast is only needed once the dialog is closed.
-      if (!dialog.open) toast(t('import.done', { success: formatNumber(total.success_count), skipped: formatNumber(total.skipped_count), failed: formatNumber(total.failed_count) }), total.error || total.failed_count ? 'error' : 'success');
+      if (!dialog.open) toast(t('import.done', { success: total.success_count, skipped: total.skipped_count, failed: total.failed_count }), total.error || total.failed_count ? 'error' : 'success');
     } catch {
       return; // the session expired: the login screen is shown
     } finally {

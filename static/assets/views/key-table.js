@@ -25,9 +25,9 @@ function usageCell(key) {
   if (key.request_count === undefined) return h('span', { class: 'muted', text: '—' });
   if (!key.request_count) return h('span', { class: 'muted', testid: 'key-usage', text: () => t('keys.noRequests') });
   return h('span', { class: 'usage', testid: 'key-usage' },
-    h('span', { text: () => t('keys.requests', { n: formatNumber(key.request_count) }) }),
-    h('span', { class: key.success_count ? 'ok' : '', text: () => t('keys.successes', { n: formatNumber(key.success_count) }) }),
-    h('span', { class: key.failure_count ? 'bad' : '', text: () => t('keys.failures', { n: formatNumber(key.failure_count) }) }));
+    h('span', { text: () => t('keys.requests', { n: key.request_count }) }),
+    h('span', { class: key.success_count ? 'ok' : '', text: () => t('keys.successes', { n: key.success_count }) }),
+    h('span', { class: key.failure_count ? 'bad' : '', text: () => t('keys.failures', { n: key.failure_count }) }));
 }
 
 function lastUsedCell(key) {
@@ -70,7 +70,7 @@ function pager(page, pages, total, ctx) {
   const last = Math.min(total, (page + 1) * PAGE_SIZE);
   return h('nav', { class: 'pager', 'aria-label': () => t('keys.pages') },
     h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-prev', disabled: page === 0, text: () => t('common.previous'), onclick: () => ctx.setPage(page - 1) }),
-    h('span', { class: 'muted', testid: 'keys-range', text: () => t('keys.range', { first: formatNumber(first), last: formatNumber(last), total: formatNumber(total) }) }),
+    h('span', { class: 'muted', testid: 'keys-range', text: () => t('keys.range', { first, last, total }) }),
     h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-next', disabled: page >= pages - 1, text: () => t('common.next'), onclick: () => ctx.setPage(page + 1) }));
 }
 

@@ -43,7 +43,7 @@ function openExportDialog(service, keys) {
   const activeCount = keys.filter((k) => k.is_active !== false).length;
   const choice = (value, labelKey, n) => h('label', { class: 'choice choice-inline' },
     h('input', { type: 'radio', name: 'export-scope', value, checked: value === 'all', testid: `export-${value}` }),
-    h('span', { text: () => t(labelKey, { n: formatNumber(n) }) }));
+    h('span', { text: () => t(labelKey, { n }) }));
   const scopes = h('fieldset', { class: 'choices' },
     h('legend', { text: () => t('export.scope') }),
     choice('all', 'export.all', keys.length),
@@ -59,7 +59,7 @@ function openExportDialog(service, keys) {
         return;
       }
       downloadText(exportFileName(service.slug), `${chosen.join('\n')}\n`);
-      toast(t('export.done', { n: formatNumber(chosen.length) }), 'success');
+      toast(t('export.done', { n: chosen.length }), 'success');
       dialog.close();
     } catch (err) {
       reportError(err, 'export.failed');
@@ -76,14 +76,14 @@ function openExportDialog(service, keys) {
 async function clearAll(service, count, reload) {
   const confirmed = await confirmDialog({
     title: t('keys.clearTitle'),
-    message: t('keys.clearConfirm', { n: formatNumber(count), name: service.name }),
+    message: t('keys.clearConfirm', { n: count, name: service.name }),
     confirmLabel: t('keys.clearAll'),
     danger: true,
   });
   if (!confirmed) return;
   try {
     const reply = await api.clearKeys(service.id);
-    toast(t('keys.cleared', { n: formatNumber(reply.deleted_count ?? 0) }), 'success');
+    toast(t('keys.cleared', { n: reply.deleted_count ?? 0 }), 'success');
     await reload();
   } catch (err) {
     reportError(err, 'keys.clearFailed');
@@ -101,7 +101,7 @@ function countStates(keys) {
 export function renderKeys(main, { id }) {
   const state = { service: null, keys: [], counts: countStates([]), page: 0, filter: 'all', testResults: new Map() };
   const heading = h('h1', { tabindex: '-1', testid: 'keys-title', text: () => (state.service ? t('keys.title', { name: state.service.name }) : t('keys.titleLoading')) });
-  const subtitle = h('p', { class: 'muted', testid: 'keys-summary', text: () => (state.service ? t('keys.summary', { slug: state.service.slug, total: formatNumber(state.counts.all), active: formatNumber(state.counts.active) }) : '') });
+  const subtitle = h('p', { class: 'muted', testid: 'keys-summary', text: () => (state.service ? t('keys.summary', { slug: state.service.slug, n: state.counts.all, active: state.counts.active }) : '') });
   const head = h('div', { class: 'page-head' }, h('div', {}, heading, subtitle));
   const list = h('div', { class: 'panel', 'aria-busy': 'true' }, h('p', { class: 'muted', text: () => t('common.loading') }));
   const toolbar = h('div', { class: 'toolbar' });

@@ -7,7 +7,7 @@ import { busy, errorText, field } from '../ui.js';
 function loginErrorText(err) {
   if (err.status === 401) return t('login.invalid');
   if (err.status === 429) {
-    return err.retryAfter === null ? t('login.throttledNoTime') : t('login.throttled', { seconds: err.retryAfter });
+    return err.retryAfter === null ? t('login.throttledNoTime') : t('login.throttled', { n: err.retryAfter });
   }
   return t('login.failed', { error: errorText(err) });
 }

@@ -35,7 +35,7 @@ async function toggleStatus(service, button) {
 async function deleteService(service, row, reload) {
   const confirmed = await confirmDialog({
     title: t('services.deleteTitle'),
-    message: t('services.deleteConfirm', { name: service.name, count: service.key_count ?? 0 }),
+    message: t('services.deleteConfirm', { name: service.name, n: service.key_count ?? 0 }),
     confirmLabel: t('common.delete'),
     danger: true,
   });
@@ -54,7 +54,7 @@ function keyCount(service) {
   if (service.key_count === undefined) return h('span', { class: 'muted', text: '—' });
   return h('span', {
     class: 'key-count', testid: 'service-key-count',
-    title: () => t('services.keyCountTitle', { active: service.active_key_count ?? 0, total: service.key_count }),
+    title: () => t('services.keyCountTitle', { active: service.active_key_count ?? 0, n: service.key_count }),
   },
   h('strong', { text: formatNumber(service.active_key_count ?? 0) }), ` / ${formatNumber(service.key_count)}`);
 }

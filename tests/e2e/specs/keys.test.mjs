@@ -156,6 +156,15 @@ describe('key manager', () => {
     await bad.getByTestId('key-test-result').waitFor();
     assert.match(await bad.getByTestId('key-test-result').textContent(), /^Failed · HTTP 401 · \d+ ms/);
     assert.ok(upstream.requests.some((r) => r.key === pastedKeys[1]), 'the test reached the upstream with the real key');
+
+    // The refused key is marked invalid, with the reason; Reset puts it back in rotation.
+    await assertText(bad.getByTestId('key-state'), 'Invalid');
+    await assertContains(bad.getByTestId('key-state-detail'), 'because: ');
+    await assertText(bad.getByTestId('key-usage').locator('span').first(), '1 request');
+    await screenshot(page, 'key-manager-states');
+    await bad.getByTestId('key-reset').click();
+    await assertText(bad.getByTestId('key-state'), 'Active');
+    assert.equal(await bad.getByTestId('key-reset').isDisabled(), true);
   }));
 
   it('deletes one key, then clears them all', () => suite.withPage({}, async ({ page }) => {

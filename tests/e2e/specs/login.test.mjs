@@ -72,6 +72,6 @@ describe('login', () => {
       if (response.status() === 429) seconds = response.headers()['retry-after'];
     }
     assert.match(seconds ?? '', /^\d+$/, 'the server answers 429 with Retry-After after repeated failures');
-    await assertText(error, `Too many failed attempts. Try again in ${seconds} seconds.`);
+    await assertText(error, `Too many failed attempts. Try again in ${seconds} second${seconds === '1' ? '' : 's'}.`);
   }));
 });

@@ -4,14 +4,29 @@ import { describe, it } from 'node:test';
 import { signIn, useSuite } from '../lib/app.mjs';
 import { assertText } from '../lib/assert-text.mjs';
 
+/**
+ * Waits (at most 90 s) until the server refuses `token`. The server may allow some clock
+ * skew past the token's expiry, so the wait is measured rather than assumed.
+ */
+async function waitUntilRejected(baseUrl, token) {
+  const deadline = Date.now() + 90_000;
+  while (Date.now() < deadline) {
+    const response = await fetch(`${baseUrl}/admin/proxy-configs`, { headers: { Authorization: `Bearer ${token}` } });
+    if (response.status === 401) return;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  throw new Error('the token was still accepted 90 s after sign-in');
+}
+
 describe('session', () => {
   const suite = useSuite({ JWT_TTL_SECONDS: '2' });
 
-  it('returns to the login screen with a message once the token has expired', () => suite.withPage({}, async (tab) => {
+  it('returns to the login screen with a message once the token has expired', { timeout: 120_000 }, () => suite.withPage({}, async (tab) => {
     const { page } = tab;
     await signIn(page);
     await page.getByTestId('services-page').waitFor();
-    await page.waitForTimeout(3500);
+    const token = await page.evaluate(() => sessionStorage.getItem('access_token'));
+    await waitUntilRejected(suite.server.url, token);
 
     tab.expectHttpError(401);
     await page.getByTestId('new-service').click();

@@ -39,10 +39,26 @@ describe('dictionaries', () => {
   });
 
   it('every text is non-empty and uses the same placeholders in both languages', () => {
+    // An entry is a string or plural forms {one, other}; a `one` form may leave out {n}.
+    const forms = (entry) => (typeof entry === 'string' ? [entry] : [entry.one, entry.other]);
     for (const key of Object.keys(en)) {
-      assert.ok(en[key].trim() && zh[key].trim(), `empty text for ${key}`);
-      assert.deepEqual(placeholders(zh[key]), placeholders(en[key]), `placeholders of ${key}`);
+      const reference = placeholders(forms(en[key]).at(-1));
+      for (const text of [...forms(en[key]), ...forms(zh[key])]) {
+        assert.ok(typeof text === 'string' && text.trim(), `empty text for ${key}`);
+        const extra = placeholders(text).filter((name) => !reference.includes(name));
+        assert.deepEqual(extra, [], `unknown placeholders in ${key}: ${text}`);
+      }
+      assert.deepEqual(placeholders(forms(zh[key]).at(-1)), reference, `placeholders of ${key} in Chinese`);
     }
+  });
+
+  it('formats numbers and picks English plural forms', async () => {
+    const { t, getLocale } = await import(path.join(STATIC, 'assets/i18n.js'));
+    assert.equal(getLocale(), 'en');
+    assert.equal(t('keys.cleared', { n: 1 }), '1 key deleted.');
+    assert.equal(t('keys.cleared', { n: 1207 }), '1,207 keys deleted.');
+    assert.equal(t('keys.cleared', { n: 0 }), '0 keys deleted.');
+    assert.equal(t('no.such.key'), 'no.such.key');
   });
 
   it('every key the code asks for exists', async () => {
