@@ -87,7 +87,10 @@ async fn a_database_written_by_the_original_opens_as_it_is() {
     assert_eq!(services.len(), 2);
     let weather = &services[0];
     assert_eq!(
-        (weather.fields.slug.as_str(), weather.fields.method.as_deref()),
+        (
+            weather.fields.slug.as_str(),
+            weather.fields.method.as_deref()
+        ),
         ("weather", Some("GET"))
     );
     assert_eq!(weather.fields.api_key_location.as_deref(), Some("query"));
@@ -117,7 +120,11 @@ async fn a_database_written_by_the_original_opens_as_it_is() {
     };
     assert_eq!(width("method").await.as_deref(), Some("100"));
     assert_eq!(width("target_url").await.as_deref(), Some("2048"));
-    assert_eq!(width("name").await.as_deref(), Some("100"), "never narrowed");
+    assert_eq!(
+        width("name").await.as_deref(),
+        Some("100"),
+        "never narrowed"
+    );
     let collation = db
         .scalar(
             "SELECT COLLATION_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = \
@@ -236,7 +243,10 @@ async fn instances_starting_together_on_a_new_database_both_open() {
         .create_service(store_suite::generic("shared"))
         .await
         .unwrap();
-    assert_eq!(b.get_service(s.id).await.unwrap().unwrap().fields.slug, "shared");
+    assert_eq!(
+        b.get_service(s.id).await.unwrap().unwrap().fields.slug,
+        "shared"
+    );
     assert_eq!(
         db.scalar("SELECT DEFAULT_CHARACTER_SET_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = DATABASE()")
             .await

@@ -54,8 +54,7 @@ fn mysql_base() -> String {
 
 /// The shared Redis of the machine, database `db`.
 pub fn shared_redis_url(db: u32) -> String {
-    let base =
-        std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let base = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     format!("{}/{db}", base.trim_end_matches('/'))
 }
 
@@ -90,13 +89,17 @@ impl TestDb {
             .unwrap();
         server.disconnect().await.unwrap();
         let opts = mysql_async::Opts::from_url(&self.url()).expect("database URL");
-        mysql_async::Conn::new(opts).await.expect("MariaDB reachable")
+        mysql_async::Conn::new(opts)
+            .await
+            .expect("MariaDB reachable")
     }
 
     /// Runs statements on this database.
     pub async fn exec(&self, sql: &str) {
         let mut c = self.conn().await;
-        c.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.disconnect().await.unwrap();
     }
 
@@ -356,7 +359,12 @@ impl Instance {
     }
 
     /// An authenticated admin call.
-    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let auth = format!("Bearer {}", self.token().await);
         let (status, _, v) =
             support::send_json(method, &self.url(path), &[("authorization", &auth)], body).await;

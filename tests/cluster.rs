@@ -1,0 +1,297 @@
+#![cfg(feature = "enterprise")]
+//! Several instances of the enterprise binary (real processes) sharing one MariaDB/MySQL
+//! database and one Redis: admin changes reach every instance within a second, rotation is
+//! global, key health is shared, and a Redis outage degrades to local rotation without
+//! failing a request, then heals.
+//!
+//! The tests on the machine's shared Redis use a database number each (pub/sub channels
+//! are per database number too), so they can run in parallel; the outage test runs its
+//! own redis-server.
+
+mod enterprise_support;
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use enterprise_support::{
+    Instance, RedisServer, TestDb, eventually, redis_command, require_shared_redis,
+    shared_redis_url,
+};
+use http::Method;
+use serde_json::json;
+use support::{Recorded, Upstream, ok_json, reply};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Two instances on a fresh database and the given Redis.
+fn pair(db: &TestDb, redis_url: &str, log_level: &str) -> (Instance, Instance) {
+    let env = [
+        ("DATABASE_URL", db.url()),
+        ("REDIS_URL", redis_url.to_string()),
+        ("LOG_LEVEL", log_level.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    (Instance::spawn(&env), Instance::spawn(&env))
+}
+
+/// An upstream that answers 200 and records which key came through.
+async fn recording_upstream() -> Upstream {
+    support::upstream(|_| ok_json(json!({"ok": true}))).await
+}
+
+/// The keys the upstream saw on requests whose path ends with `suffix`, in order.
+fn keys_seen(up: &Upstream, suffix: &str) -> Vec<String> {
+    up.requests()
+        .iter()
+        .filter(|r| r.uri.path().ends_with(suffix))
+        .map(|r| r.header("x-api-key").unwrap_or("").to_string())
+        .collect()
+}
+
+/// Waits until `inst` serves `slug` (it reloaded after the change on the other one).
+async fn served_within_a_second(inst: &Instance, slug: &str) -> Duration {
+    eventually(SECOND, &format!("{slug} served"), || async {
+        inst.proxy(slug, "/warm").await == 200
+    })
+    .await
+}
+
+/// Asserts that consecutive keys follow the round robin over `keys`, whichever instance
+/// sent them: what a shared counter gives, and what per-instance cursors do not.
+fn assert_global_round_robin(seen: &[String], keys: &[&str]) {
+    let pos = |k: &String| keys.iter().position(|x| x == k).expect("known key");
+    for pair in seen.windows(2) {
+        assert_eq!(
+            (pos(&pair[0]) + 1) % keys.len(),
+            pos(&pair[1]),
+            "strict rotation across instances: {seen:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_reaches_the_other_within_a_second() {
+    require_shared_redis();
+    let db = TestDb::new();
+    let up = recording_upstream().await;
+    let (a, b) = pair(&db, &shared_redis_url(11), "warn");
+
+    let id = a.generic_service("news", &up.url(""), json!({})).await;
+    a.add_keys(id, &["k1"]).await;
+    served_within_a_second(&b, "news").await;
+
+    a.add_keys(id, &["k2"]).await;
+    eventually(SECOND, "B uses the key added on A", || async {
+        b.proxy("news", "/from-b").await;
+        keys_seen(&up, "/from-b").iter().any(|k| k == "k2")
+    })
+    .await;
+
+    let (status, v) = a
+        .admin(
+            Method::PUT,
+            &format!("/admin/proxy-configs/{id}/status"),
+            Some(json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually(
+        SECOND,
+        "B stops serving the service disabled on A",
+        || async { b.proxy("news", "/gone").await == 404 },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_global_across_instances() {
+    require_shared_redis();
+    const REDIS_DB: u32 = 12;
+    let db = TestDb::new();
+    let up = recording_upstream().await;
+    let (a, b) = pair(&db, &shared_redis_url(REDIS_DB), "warn");
+    let keys = ["k1", "k2", "k3"];
+    let id = a.generic_service("rr", &up.url(""), json!({})).await;
+    a.add_keys(id, &keys).await;
+    served_within_a_second(&b, "rr").await;
+    let counter = || {
+        let reply = redis_command(
+            6379,
+            REDIS_DB,
+            &format!("INCRBY proxy_config:{id}:key_index 0"),
+        )
+        .expect("Redis answers");
+        reply
+            .trim_start_matches(':')
+            .parse::<i64>()
+            .expect("integer reply")
+    };
+    let before = counter();
+
+    // Sequential, alternating: each request takes the key after the previous one's.
+    for i in 0..60 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(inst.proxy("rr", "/seq").await, 200);
+    }
+    assert_global_round_robin(&keys_seen(&up, "/seq"), &keys);
+
+    // Concurrent, spread over both: 600 requests in all hit each key 200 times.
+    let instances = Arc::new([a, b]);
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let instances = instances.clone();
+            tokio::spawn(async move {
+                for i in 0..90 {
+                    let inst = &instances[(w + i) % 2];
+                    assert_eq!(inst.proxy("rr", "/par").await, 200);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for k in keys_seen(&up, "/seq")
+        .into_iter()
+        .chain(keys_seen(&up, "/par"))
+    {
+        *counts.entry(k).or_default() += 1;
+    }
+    for k in keys {
+        let n = counts.get(k).copied().unwrap_or(0);
+        assert!(n.abs_diff(200) <= 2, "{k}: {n} of 600 ({counts:?})");
+    }
+    assert_eq!(
+        counter() - before,
+        600,
+        "one INCR of the original's counter per request"
+    );
+}
+
+/// An upstream that rate-limits `k-limited` and refuses `k-dead`.
+async fn picky_upstream() -> Upstream {
+    support::upstream(|r: &Recorded| match r.header("x-api-key") {
+        Some("k-limited") => reply(429, &[("retry-after", "60")], "slow down"),
+        Some("k-dead") => reply(401, &[], "invalid api key"),
+        _ => ok_json(json!({"ok": true})),
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_health_taken_on_one_instance_is_honoured_by_the_other() {
+    require_shared_redis();
+    let db = TestDb::new();
+    let up = picky_upstream().await;
+    let (a, b) = pair(&db, &shared_redis_url(13), "warn");
+    let id = a
+        .generic_service("picky", &up.url(""), json!({"max_retries": 0}))
+        .await;
+    a.add_keys(id, &["k-ok", "k-limited", "k-dead"]).await;
+    served_within_a_second(&b, "picky").await;
+
+    // A meets the 429 and the 401.
+    for _ in 0..10 {
+        let seen = keys_seen(&up, "/on-a");
+        if seen.iter().any(|k| k == "k-limited") && seen.iter().any(|k| k == "k-dead") {
+            break;
+        }
+        a.proxy("picky", "/on-a").await;
+    }
+    let status_on_b = |key: &'static str| {
+        let b = &b;
+        async move { b.key(id, key).await["status"].as_str().unwrap().to_string() }
+    };
+    eventually(SECOND, "B sees the cooldown taken on A", || async {
+        status_on_b("k-limited").await == "cooling"
+    })
+    .await;
+    eventually(SECOND, "B sees the invalid mark set on A", || async {
+        status_on_b("k-dead").await == "invalid"
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(b.proxy("picky", "/on-b").await, 200);
+    }
+    assert!(
+        keys_seen(&up, "/on-b").iter().all(|k| k == "k-ok"),
+        "B never sent a cooling or invalid key: {:?}",
+        keys_seen(&up, "/on-b")
+    );
+
+    // An admin reset on A clears the cooldown on B too.
+    let limited = a.key(id, "k-limited").await["id"].as_i64().unwrap();
+    let (status, v) = a
+        .admin(Method::POST, &format!("/admin/keys/{limited}/reset"), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually(SECOND, "B sees the reset done on A", || async {
+        status_on_b("k-limited").await == "active"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_survive_a_redis_outage_and_instances_rejoin() {
+    let mut redis = RedisServer::start();
+    let db = TestDb::new();
+    let up = recording_upstream().await;
+    let (a, b) = pair(&db, &redis.url(), "info");
+    for inst in [&a, &b] {
+        let log = inst.log_text();
+        assert!(log.contains("Database Type: mysql"), "{log}");
+        assert!(log.contains("Cache Type: redis"), "{log}");
+    }
+    let keys = ["k1", "k2", "k3"];
+    let id = a.generic_service("sturdy", &up.url(""), json!({})).await;
+    a.add_keys(id, &keys).await;
+    served_within_a_second(&b, "sturdy").await;
+
+    redis.kill();
+    let start = Instant::now();
+    for i in 0..100 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(inst.proxy("sturdy", "/down").await, 200, "request {i}");
+    }
+    let took = start.elapsed();
+    // Without the breaker each request would wait for the INCR timeout (200 ms).
+    assert!(took < Duration::from_secs(5), "100 requests took {took:?}");
+    for inst in [&a, &b] {
+        let log = inst.log_text();
+        assert_eq!(
+            log.matches("is unreachable").count(),
+            1,
+            "logged once:\n{log}"
+        );
+    }
+
+    redis.resume();
+    for inst in [&a, &b] {
+        eventually(
+            Duration::from_secs(20),
+            "instance rejoins Redis",
+            || async { inst.log_text().contains("Redis answers again") },
+        )
+        .await;
+    }
+    // Rotation is global again...
+    for i in 0..30 {
+        let inst = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(inst.proxy("sturdy", "/up").await, 200);
+    }
+    assert_global_round_robin(&keys_seen(&up, "/up"), &keys);
+    // ...and notices flow again (B resubscribed).
+    a.add_keys(id, &["k4"]).await;
+    eventually(
+        SECOND,
+        "B uses the key added on A after the outage",
+        || async {
+            b.proxy("sturdy", "/after").await;
+            keys_seen(&up, "/after").iter().any(|k| k == "k4")
+        },
+    )
+    .await;
+}
