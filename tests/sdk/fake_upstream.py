@@ -10,17 +10,20 @@ Anthropic, Gemini or a weatherstack-like weather API). It
   otherwise the provider's own 401/400 error body);
 * answers as the provider does: JSON, SSE streams and error bodies.
 
-Streams are paced: events go out at least `PACE` seconds apart. Inside
-`with upstream.handshake() as hs:` the server also *holds* event i until the test has
-called `hs.ack()` i times, i.e. has seen every earlier event, so a proxy that buffered
-the stream would deadlock the handshake (recorded as a gate timeout) instead of passing.
+Streams are paced: events go out at least `PACE_UNGATED` seconds apart. Inside
+`with upstream.handshake() as hs:` the server instead *holds* event i until the test has
+called `hs.ack()` i times, i.e. has seen every earlier event, then waits `PACE` more; a
+proxy that buffered the stream would stall the handshake (recorded as a gate timeout)
+instead of passing, and the client's receive gaps are >= PACE by causality.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import gzip
 import json
+import queue
 import socket
 import struct
 import threading
@@ -29,7 +32,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-PACE = 0.15  # seconds between two stream events
+PACE = 0.15  # seconds between an ack and the next event (handshake streams)
+# Seconds between events when no test acks them (streams watched from a subprocess): wider,
+# so that scheduling jitter on a loaded machine cannot bring two arrivals under 100 ms.
+PACE_UNGATED = 0.25
 GATE_TIMEOUT = 5.0  # seconds a held event waits for the client's ack
 
 
@@ -43,6 +49,7 @@ class Recorded:
     headers: list[tuple[str, str]]  # lower-cased names, repeats kept, wire order
     body: bytes
     at: float
+    gzipped_reply: bool = False  # the answer went out gzip-compressed
 
     def header(self, name: str) -> str | None:
         vals = self.header_all(name)
@@ -134,6 +141,8 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._handshake: Handshake | None = None
         self.last_stream_sent: list[float] = []
+        # One ("complete" | "aborted", events written) per stream, when it ends.
+        self.stream_ends: queue.Queue[tuple[str, int]] = queue.Queue()
         upstream = self
 
         class Handler(_Handler):
@@ -158,6 +167,8 @@ class FakeUpstream:
         with self._lock:
             self.requests.clear()
         self._handshake = None
+        while not self.stream_ends.empty():
+            self.stream_ends.get_nowait()
 
     def only(self) -> Recorded:
         """The single request received since the last clear()."""
@@ -217,12 +228,19 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug in the fake: make it loud
             reply = json_reply(500, {"fake_upstream_error": repr(e)})
         if reply.events is None:
+            body = reply.body
+            # Like the real providers, compress JSON when the client accepts gzip.
+            if body and "gzip" in (req.header("accept-encoding") or ""):
+                body = gzip.compress(body)
+                req.gzipped_reply = True
             self.send_response(reply.status)
             for k, v in reply.headers:
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(reply.body)))
+            if req.gzipped_reply:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(reply.body)
+            self.wfile.write(body)
             return
         self._stream(reply)
 
@@ -246,7 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
                         hs.timeouts.append(i)
                     time.sleep(PACE)
                 elif i:
-                    delay = sent[-1] + PACE - time.monotonic()
+                    delay = sent[-1] + PACE_UNGATED - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
                 sent.append(time.monotonic())
@@ -256,9 +274,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if hs is not None:
                 hs.finished.set()
+            end = "complete"
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            end = "aborted"
         self.owner.last_stream_sent = sent
+        self.owner.stream_ends.put((end, len(sent)))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
@@ -287,10 +308,14 @@ class OpenAI:
         return json_reply(
             status,
             {"error": {"message": message, "type": type_, "param": None, "code": code}},
-            [("x-request-id", "req_fake")],
         )
 
     def __call__(self, req: Recorded) -> Reply:
+        reply = self.route(req)
+        reply.headers.append(("x-request-id", "req_fake"))
+        return reply
+
+    def route(self, req: Recorded) -> Reply:
         auth = req.header_all("authorization")
         if len(auth) != 1 or auth[0].removeprefix("Bearer ") not in self.keys:
             shown = auth[0].removeprefix("Bearer ")[:8] if auth else ""
@@ -320,7 +345,7 @@ class OpenAI:
                 "message": "Rate limit reached for gpt-4o-mini on requests per min (RPM): "
                            "Limit 3, Used 3, Requested 1.",
                 "type": "requests", "param": None, "code": "rate_limit_exceeded"}}).encode(),
-                [("Content-Type", "application/json"), ("x-request-id", "req_fake")])
+                [("Content-Type", "application/json")])
         if model == "gpt-does-not-exist":
             return self.error(
                 404,
@@ -349,8 +374,9 @@ class OpenAI:
                 return sse({**base, "choices": [
                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
-            events = [chunk({"role": "assistant", "content": STREAM_TEXT[0]})]
-            events += [chunk({"content": t}) for t in STREAM_TEXT[1:]]
+            text = STREAM_TEXT if model != "gpt-long-stream" else [f"{i} " for i in range(40)]
+            events = [chunk({"role": "assistant", "content": text[0]})]
+            events += [chunk({"content": t}) for t in text[1:]]
             events.append(chunk({}, "stop"))
             if (body.get("stream_options") or {}).get("include_usage"):
                 events.append(sse({**base, "choices": [], "usage": {
@@ -435,10 +461,14 @@ class Anthropic:
         return json_reply(
             status,
             {"type": "error", "error": {"type": type_, "message": message}},
-            [("request-id", "req_fake")],
         )
 
     def __call__(self, req: Recorded) -> Reply:
+        reply = self.route(req)
+        reply.headers.append(("request-id", "req_fake"))
+        return reply
+
+    def route(self, req: Recorded) -> Reply:
         keys = req.header_all("x-api-key")
         if len(keys) != 1 or keys[0] not in self.keys:
             return self.error(401, "authentication_error", "invalid x-api-key")

@@ -22,6 +22,11 @@ export ROTATOR_BIN="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 
 command -v curl >/dev/null || { echo "tests/sdk/run.sh: curl is required" >&2; exit 1; }
 
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "tests/sdk/run.sh: Python 3.11 or newer is required (google-genai), found $(python3 -V 2>&1)" >&2
+  exit 1
+}
+
 venv="$here/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv" || {

@@ -34,6 +34,7 @@ def test_messages_create(rotator, upstreams):
     message = client.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=MESSAGES)
     assert message.content[0].text == "echo: Hello, Claude"
     assert message.stop_reason == "end_turn"
+    assert message._request_id == "req_fake"  # upstream response headers reach the SDK
     req = upstreams.anthropic.only()
     assert_anthropic_request(req)
     assert req.json() == {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": MESSAGES}

@@ -4,6 +4,7 @@ stream headers and byte-exact stream passthrough, and the generic /proxy route."
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import urllib.parse
@@ -158,6 +159,28 @@ def test_stream_headers_and_bytes_pass_through_unchanged(rotator, upstreams):
     assert resp.getheader("content-length") is None
     assert resp.read() == expected
     conn.close()
+
+
+@pytest.mark.parametrize("accept", ["gzip", None])
+def test_compressed_answers_are_labelled_truthfully(rotator, upstreams, accept):
+    """Content-Encoding reaching the client matches the bytes it gets (original bug §10.26)."""
+    url = urllib.parse.urlsplit(rotator.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    headers = {"Authorization": f"Bearer {PROXY_KEY}"}
+    if accept:
+        headers["Accept-Encoding"] = accept
+    conn.request("GET", "/llm/openai/models", headers=headers)
+    resp = conn.getresponse()
+    raw = resp.read()
+    conn.close()
+    assert resp.status == 200
+    req = upstreams.openai.only()
+    if resp.getheader("content-encoding") == "gzip":
+        assert req.gzipped_reply
+        raw = gzip.decompress(raw)
+    else:
+        assert resp.getheader("content-encoding") is None
+    assert json.loads(raw)["object"] == "list"
 
 
 # --- generic /proxy route (the weather service) -----------------------------------------
