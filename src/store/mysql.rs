@@ -16,6 +16,8 @@
 //! Nothing here is on the proxy's hot path.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row};
@@ -90,6 +92,10 @@ const KEY_COLS: &str = "id, key_value, is_active, proxy_config_id, invalid_reaso
 /// Rows per multi-row `INSERT` of a batch import.
 const INSERT_CHUNK: usize = 500;
 
+/// How long connecting (TCP and handshake) may take: a host that swallows packets must
+/// fail the start or an admin request, not hang it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// MySQL's duplicate-key error.
 const ER_DUP_ENTRY: u16 = 1062;
 
@@ -140,9 +146,9 @@ impl MysqlStore {
     /// Connects (creating the database when it is missing and the user may) and migrates.
     /// With `reset`, the tables are dropped first: every service and key is lost.
     pub async fn open(config: &MysqlConfig, reset: bool) -> StoreResult<MysqlStore> {
-        create_database(config).await;
+        create_database(config).await?;
         let pool = Pool::new(connect_opts(config, Some(&config.database)));
-        let mut conn = pool.get_conn().await.map_err(backend)?;
+        let mut conn = connecting(pool.get_conn()).await?;
         with_migration_lock(&mut conn, reset).await?;
         drop(conn);
         Ok(MysqlStore { pool })
@@ -155,11 +161,7 @@ impl MysqlStore {
         F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, StoreResult<T>> + Send + 'a,
     {
         Box::pin(async move {
-            let mut tx = self
-                .pool
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(backend)?;
+            let mut tx = connecting(self.pool.start_transaction(TxOpts::default())).await?;
             match f(&mut tx).await {
                 Ok(out) => {
                     tx.commit().await.map_err(backend)?;
@@ -175,22 +177,31 @@ impl MysqlStore {
     }
 }
 
-/// `CREATE DATABASE IF NOT EXISTS`, best effort: a user without the right gets a clear
-/// "Unknown database" from the real connection right after.
-async fn create_database(config: &MysqlConfig) {
+/// Waits for a connection at most [`CONNECT_TIMEOUT`].
+async fn connecting<T>(fut: impl Future<Output = Result<T, mysql_async::Error>>) -> StoreResult<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(backend),
+        Err(_) => Err(StoreError::Backend(format!(
+            "no answer from the MySQL server within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `CREATE DATABASE IF NOT EXISTS`. Not being allowed to is fine (the database may exist:
+/// the real connection says "Unknown database" otherwise); not reaching the server is the
+/// error to report.
+async fn create_database(config: &MysqlConfig) -> StoreResult<()> {
+    let mut conn = connecting(Conn::new(connect_opts(config, None))).await?;
     let sql = format!(
         "CREATE DATABASE IF NOT EXISTS {} CHARACTER SET utf8mb4",
         quote_ident(&config.database)
     );
-    let result = async {
-        let mut conn = Conn::new(connect_opts(config, None)).await?;
-        conn.query_drop(sql).await?;
-        conn.disconnect().await
-    }
-    .await;
-    if let Err(e) = result {
+    if let Err(e) = conn.query_drop(sql).await {
         crate::debug!("could not create the MySQL database (it may exist already): {e}");
     }
+    let _ = conn.disconnect().await;
+    Ok(())
 }
 
 /// Migrates while holding a named lock, so that instances starting together take turns.
@@ -604,7 +615,7 @@ impl Store for MysqlStore {
 
     fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            let mut conn = self.pool.get_conn().await.map_err(backend)?;
+            let mut conn = connecting(self.pool.get_conn()).await?;
             conn.ping().await.map_err(backend)
         })
     }
