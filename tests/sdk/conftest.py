@@ -39,7 +39,9 @@ OPENAI_KEYS = ["sk-real-openai-aaaa1111", "sk-real-openai-bbbb2222"]
 OPENAI_SOLO_KEY = "sk-real-openai-solo-3333"
 OPENAI_REVOKED_KEY = "sk-real-openai-revoked-9999"
 ANTHROPIC_KEYS = ["sk-ant-real-aaaa1111", "sk-ant-real-bbbb2222"]
+ANTHROPIC_NO_CREDIT_KEY = "sk-ant-real-nocredit-9999"
 GEMINI_KEYS = ["AIza-real-gemini-aaaa1111", "AIza-real-gemini-bbbb2222"]
+GEMINI_REVOKED_KEY = "AIza-real-gemini-revoked-9999"
 WEATHER_KEYS = ["ws-real-weather-aaaa1111", "ws-real-weather-bbbb2222"]
 
 SDK_TIMEOUT = 15  # seconds; generous for a loaded CI machine, never reached when healthy
@@ -97,7 +99,9 @@ def upstreams():
         openai=fu.FakeUpstream(
             "openai", fu.OpenAI(OPENAI_KEYS + [OPENAI_SOLO_KEY])
         ),
-        anthropic=fu.FakeUpstream("anthropic", fu.Anthropic(ANTHROPIC_KEYS)),
+        anthropic=fu.FakeUpstream(
+            "anthropic", fu.Anthropic(ANTHROPIC_KEYS, broke_keys=[ANTHROPIC_NO_CREDIT_KEY])
+        ),
         gemini=fu.FakeUpstream("gemini", fu.Gemini(GEMINI_KEYS)),
         weather=fu.FakeUpstream("weather", fu.Weather(WEATHER_KEYS)),
     )
@@ -156,7 +160,13 @@ def rotator(upstreams, tmp_path_factory):
     rot.add_service(ANTHROPIC_KEYS, name="Anthropic", slug="claude",
                     api_format="anthropic_native", target_base_url=upstreams.anthropic.url,
                     **llm)
+    rot.add_service([ANTHROPIC_NO_CREDIT_KEY, ANTHROPIC_KEYS[0]], name="Anthropic no credit",
+                    slug="claude-no-credit", api_format="anthropic_native",
+                    target_base_url=upstreams.anthropic.url, **llm)
     rot.add_service(GEMINI_KEYS, name="Gemini", slug="gemini", api_format="gemini_native",
+                    target_base_url=upstreams.gemini.url, **llm)
+    rot.add_service([GEMINI_REVOKED_KEY, GEMINI_KEYS[0]], name="Gemini revoked key",
+                    slug="gemini-revoked", api_format="gemini_native",
                     target_base_url=upstreams.gemini.url, **llm)
     rot.add_service(WEATHER_KEYS, name="Weather", slug="weather", config_type="GENERIC",
                     method="GET", target_url=upstreams.weather.url,
@@ -237,22 +247,22 @@ def openai_client(rotator, api_key=PROXY_KEY, slug="openai", suffix="", cls=None
                max_retries=0, timeout=SDK_TIMEOUT)
 
 
-def anthropic_client(rotator, api_key=PROXY_KEY, cls=None):
+def anthropic_client(rotator, api_key=PROXY_KEY, cls=None, slug="claude"):
     import anthropic
 
     cls = cls or anthropic.Anthropic
-    return cls(base_url=f"{rotator.url}/llm/claude", api_key=api_key,
+    return cls(base_url=f"{rotator.url}/llm/{slug}", api_key=api_key,
                max_retries=0, timeout=SDK_TIMEOUT)
 
 
-def gemini_client(rotator, api_key=PROXY_KEY):
+def gemini_client(rotator, api_key=PROXY_KEY, slug="gemini"):
     from google import genai
     from google.genai import types
 
     return genai.Client(
         api_key=api_key,
         http_options=types.HttpOptions(
-            base_url=f"{rotator.url}/llm/gemini",
+            base_url=f"{rotator.url}/llm/{slug}",
             timeout=SDK_TIMEOUT * 1000,
             retry_options=types.HttpRetryOptions(attempts=1),
         ),

@@ -453,8 +453,9 @@ class OpenAI:
 class Anthropic:
     """api.anthropic.com: /v1/messages."""
 
-    def __init__(self, keys: list[str]) -> None:
+    def __init__(self, keys: list[str], broke_keys: list[str] = ()) -> None:
         self.keys = keys
+        self.broke_keys = list(broke_keys)  # valid keys of an account without credit
 
     @staticmethod
     def error(status: int, type_: str, message: str) -> Reply:
@@ -470,6 +471,11 @@ class Anthropic:
 
     def route(self, req: Recorded) -> Reply:
         keys = req.header_all("x-api-key")
+        if len(keys) == 1 and keys[0] in self.broke_keys:
+            return self.error(
+                400, "invalid_request_error",
+                "Your credit balance is too low to access the Anthropic API. Please go to "
+                "Plans & Billing to upgrade or purchase credits.")
         if len(keys) != 1 or keys[0] not in self.keys:
             return self.error(401, "authentication_error", "invalid x-api-key")
         if len(req.header_all("anthropic-version")) != 1:
@@ -520,8 +526,13 @@ class Gemini:
     def __call__(self, req: Recorded) -> Reply:
         keys = req.header_all("x-goog-api-key")
         if len(keys) != 1 or keys[0] not in self.keys or req.param_all("key"):
-            return self.error(400, "INVALID_ARGUMENT",
-                              "API key not valid. Please pass a valid API key.")
+            # What Google answers for a bad or revoked key: 400, reason API_KEY_INVALID.
+            return json_reply(400, {"error": {
+                "code": 400, "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                             "metadata": {"service": "generativelanguage.googleapis.com"}}]}})
         version, _, rest = req.path.removeprefix("/").partition("/models/")
         if req.method != "POST" or version not in ("v1", "v1beta") or ":" not in rest:
             return self.error(404, "NOT_FOUND", f"path {req.path} not found")
