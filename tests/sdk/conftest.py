@@ -1,6 +1,7 @@
 """Fixtures: the release binary, the fake upstreams, configured services, SDK clients.
 
-The rotator binary is `ROTATOR_BIN` or `<repo>/target/release/api-key-rotator`; a missing
+The rotator binary is `ROTATOR_BIN`, else `${CARGO_TARGET_DIR:-<repo>/target}/release/
+api-key-rotator`; a missing
 binary is an error, never a skip. One rotator and one set of fake upstreams serve the whole
 session; every test starts with empty upstream request logs, and after every test no
 upstream request may contain a proxy key anywhere (method, path, query, headers, body).
@@ -55,7 +56,8 @@ def _free_port() -> int:
 
 def rotator_bin() -> Path:
     env = os.environ.get("ROTATOR_BIN")
-    path = Path(env) if env else REPO / "target" / "release" / "api-key-rotator"
+    target = REPO / os.environ.get("CARGO_TARGET_DIR", "target")  # absolute stays absolute
+    path = Path(env) if env else target / "release" / "api-key-rotator"
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise RuntimeError(
             f"rotator binary not found or not executable: {path} "
@@ -110,10 +112,9 @@ def upstreams():
         u.close()
 
 
-@pytest.fixture(scope="session")
-def rotator(upstreams, tmp_path_factory):
+def start_rotator(work: Path, **extra_env: str) -> Rotator:
+    """Starts the binary in `work` (its cwd and database), waits for /health, logs in."""
     binary = rotator_bin()
-    work = tmp_path_factory.mktemp("rotator")
     port = _free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -123,12 +124,13 @@ def rotator(upstreams, tmp_path_factory):
         "BACKEND_PORT": str(port),
         "DATABASE_PATH": str(work / "db.sqlite"),
         "LOG_LEVEL": "warn",
+        **extra_env,
     }
     log_path = work / "rotator.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [str(binary)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(binary)], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     rot = Rotator(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + 20
     while True:
@@ -143,20 +145,32 @@ def rotator(upstreams, tmp_path_factory):
             proc.kill()
             raise RuntimeError(f"rotator /health not 200 within 20 s:\n{rot.log_tail()}")
         time.sleep(0.05)
-
     r = rot.admin("POST", "/admin/login", json={"username": "admin", "password": ADMIN_PASSWORD})
     assert r.status_code == 200, r.text
     rot.token = r.json()["access_token"]
+    return rot
 
+
+def stop_rotator(rot: Rotator) -> None:
+    rot.proc.terminate()
+    try:
+        rot.proc.wait(5)
+    except subprocess.TimeoutExpired:
+        rot.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def rotator(upstreams, tmp_path_factory):
+    rot = start_rotator(tmp_path_factory.mktemp("rotator"))
     llm = {"config_type": "LLM"}
+    openai_base = upstreams.openai.url + "/v1"
     rot.add_service(OPENAI_KEYS, name="OpenAI", slug="openai", api_format="openai_compatible",
-                    target_base_url=upstreams.openai.url + "/v1", **llm)
+                    target_base_url=openai_base, **llm)
     rot.add_service([OPENAI_SOLO_KEY], name="OpenAI one key", slug="openai-solo",
-                    api_format="openai_compatible",
-                    target_base_url=upstreams.openai.url + "/v1", **llm)
-    rot.add_service([OPENAI_REVOKED_KEY, OPENAI_KEYS[0]], name="OpenAI failover",
-                    slug="openai-failover", api_format="openai_compatible",
-                    target_base_url=upstreams.openai.url + "/v1", **llm)
+                    api_format="openai_compatible", target_base_url=openai_base, **llm)
+    for slug in ("openai-failover", "openai-failover-stream"):
+        rot.add_service([OPENAI_REVOKED_KEY, OPENAI_KEYS[0]], name=slug, slug=slug,
+                        api_format="openai_compatible", target_base_url=openai_base, **llm)
     rot.add_service(ANTHROPIC_KEYS, name="Anthropic", slug="claude",
                     api_format="anthropic_native", target_base_url=upstreams.anthropic.url,
                     **llm)
@@ -172,12 +186,7 @@ def rotator(upstreams, tmp_path_factory):
                     method="GET", target_url=upstreams.weather.url,
                     api_key_location="query", api_key_name="access_key")
     yield rot
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_rotator(rot)
 
 
 ALL_SECRETS_CLIENT_SIDE = PROXY_KEYS

@@ -340,6 +340,8 @@ class OpenAI:
             )
         body = req.json() if req.body else {}
         model = body.get("model", "")
+        if model == "gpt-slow-headers":
+            time.sleep(2.5)
         if model == "gpt-rate-limited":
             return Reply(429, json.dumps({"error": {
                 "message": "Rate limit reached for gpt-4o-mini on requests per min (RPM): "
@@ -374,7 +376,8 @@ class OpenAI:
                 return sse({**base, "choices": [
                     {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
 
-            text = STREAM_TEXT if model != "gpt-long-stream" else [f"{i} " for i in range(40)]
+            text = {"gpt-long-stream": [f"{i} " for i in range(40)],
+                    "gpt-slow-stream": [f"{i} " for i in range(10)]}.get(model, STREAM_TEXT)
             events = [chunk({"role": "assistant", "content": text[0]})]
             events += [chunk({"content": t}) for t in text[1:]]
             events.append(chunk({}, "stop"))

@@ -4,15 +4,17 @@
 #
 #   tests/sdk/run.sh [pytest args...]
 #
-# ROTATOR_BIN overrides the binary (default: target/release/api-key-rotator, built by
-# `make test-sdk`). The virtualenv lives in tests/sdk/.venv and is refreshed from
+# ROTATOR_BIN overrides the binary (default: ${CARGO_TARGET_DIR:-target}/release/
+# api-key-rotator, built by `make test-sdk`). The virtualenv lives in tests/sdk/.venv and is refreshed from
 # requirements.txt on every run (a no-op when nothing changed).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 
-bin="${ROTATOR_BIN:-$repo/target/release/api-key-rotator}"
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" = /* ]] || target="$repo/$target"
+bin="${ROTATOR_BIN:-$target/release/api-key-rotator}"
 if [[ ! -x "$bin" ]]; then
   echo "tests/sdk/run.sh: rotator binary not found or not executable: $bin" >&2
   echo "  build it with 'cargo build --release' (or 'make test-sdk'), or set ROTATOR_BIN" >&2

@@ -283,6 +283,24 @@ def test_a_revoked_key_fails_over_to_a_good_one(rotator, upstreams):
     assert used[-1] == OPENAI_KEYS[0]
 
 
+def test_a_revoked_key_fails_over_before_a_stream_starts(rotator, upstreams):
+    client = openai_client(rotator, slug="openai-failover-stream")
+    for _ in range(2):
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == (
+            "Hello, streaming world"
+        )
+    used = [
+        assert_openai_request(r, "POST", "/v1/chat/completions",
+                              keys=[OPENAI_REVOKED_KEY, OPENAI_KEYS[0]])
+        for r in upstreams.openai.requests
+    ]
+    assert used.count(OPENAI_REVOKED_KEY) >= 1, used
+    assert used.count(OPENAI_KEYS[0]) == 2, used
+
+
 # The SDK refuses an empty api_key, so "missing" omits the Authorization header explicitly.
 @pytest.mark.parametrize("missing", [False, True], ids=["wrong", "missing"])
 def test_bad_proxy_key_is_an_authentication_error(rotator, upstreams, missing):

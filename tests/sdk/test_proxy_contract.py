@@ -75,6 +75,19 @@ def test_every_credential_place_works_and_is_removed(rotator, upstreams, slug, p
     assert req.json() == body
 
 
+def test_gemini_stream_with_the_key_in_the_query(rotator, upstreams):
+    r = requests.post(
+        f"{rotator.url}/llm/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+        f"?alt=sse&key={PROXY_KEY}",
+        json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.text.count("data: ") == 4
+    req = upstreams.gemini.only()
+    assert req.query == "alt=sse"
+    assert_real_key_only(req, "x-goog-api-key", "", GEMINI_KEYS)
+
+
 @pytest.mark.parametrize("slug", list(ROUTES))
 def test_all_credential_places_at_once_are_all_removed(rotator, upstreams, slug):
     path, body, up, (header, prefix), keys, _ = ROUTES[slug]
