@@ -36,20 +36,24 @@ fn base_env(dir: &std::path::Path) -> HashMap<String, String> {
     .collect()
 }
 
-/// Starts the binary with the base environment plus `extra` (nothing inherited, no
-/// `.env`) and returns its exit status and everything it printed, killing it if it is
-/// still running after `limit`.
-fn run(extra: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
+/// Starts the binary with exactly `env` (nothing inherited) and `dotenv` as its `./.env`,
+/// and stops it when it exits, when its log contains `until`, or after `limit`. Returns
+/// its exit status (`None` when it was stopped) and everything it printed.
+fn launch(
+    env: &HashMap<String, String>,
+    dotenv: Option<&str>,
+    until: Option<&str>,
+    limit: Duration,
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut env = base_env(dir.path());
-    for (k, v) in extra {
-        env.insert(k.to_string(), v.to_string());
+    if let Some(text) = dotenv {
+        std::fs::write(dir.path().join(".env"), text).unwrap();
     }
     let log = dir.path().join("out.log");
     let file = std::fs::File::create(&log).unwrap();
     let mut child = Command::new(BIN)
         .env_clear()
-        .envs(&env)
+        .envs(env)
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
@@ -57,50 +61,63 @@ fn run(extra: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
         .spawn()
         .expect("binary starts");
     let start = Instant::now();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
     let code = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status.code();
         }
-        if start.elapsed() > limit {
+        if start.elapsed() > limit || until.is_some_and(|u| read().contains(u)) {
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    (code, std::fs::read_to_string(&log).unwrap_or_default())
+    (code, read())
 }
 
-/// Runs the binary until its log contains `needle` (or `limit` passes), then stops it.
-fn log_until(needle: &str, limit: Duration) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("out.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(base_env(dir.path()))
-        .current_dir(dir.path())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("binary starts");
-    let start = Instant::now();
-    let mut text = String::new();
-    while start.elapsed() < limit && !text.contains(needle) {
-        std::thread::sleep(Duration::from_millis(20));
-        text = std::fs::read_to_string(&log).unwrap_or_default();
+/// Runs the binary with the base environment plus `extra` until it exits (or `limit`).
+fn run(extra: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut env = base_env(scratch.path());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    text
+    launch(&env, None, None, limit)
+}
+
+/// Runs the binary with `env` and `dotenv` until it says it is listening, then stops it.
+fn start_up_log(env: &HashMap<String, String>, dotenv: Option<&str>) -> String {
+    let (code, log) = launch(env, dotenv, Some("listening on"), Duration::from_secs(20));
+    assert_eq!(code, None, "still running when stopped:\n{log}");
+    log
 }
 
 #[test]
 fn with_no_backend_variables_it_uses_sqlite_and_memory() {
-    let log = log_until("listening on", Duration::from_secs(20));
+    let scratch = tempfile::tempdir().unwrap();
+    let log = start_up_log(&base_env(scratch.path()), None);
     assert!(log.contains("Database Type: sqlite"), "{log}");
     assert!(log.contains("Cache Type: memory"), "{log}");
-    assert!(log.contains("listening on"), "{log}");
+}
+
+/// The original's examples set DB_HOST and REDIS_HOST, so copying one to `.env` silently
+/// switched a local run to MySQL and Redis. Ours keep those lines commented out.
+#[test]
+fn copying_either_env_example_keeps_sqlite_and_memory() {
+    for name in [".env.example.en", ".env.example.cn"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let example = std::fs::read_to_string(&path).expect("example exists");
+        // Only the port and interface come from the real environment (8000 may be taken).
+        let env: HashMap<String, String> = [
+            ("BACKEND_PORT".to_string(), free_port()),
+            ("BIND_ADDRESS".to_string(), "127.0.0.1".to_string()),
+        ]
+        .into();
+        let log = start_up_log(&env, Some(&example));
+        assert!(log.contains("Database Type: sqlite"), "{name}:\n{log}");
+        assert!(log.contains("Cache Type: memory"), "{name}:\n{log}");
+    }
 }
 
 /// The lightweight binary must stop with a message that names the enterprise build.
