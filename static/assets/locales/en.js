@@ -93,7 +93,7 @@ export default {
   'form.llmHint': 'OpenAI, Anthropic, Gemini or compatible, through /llm/<slug>.',
   'form.name': 'Name',
   'form.slug': 'Slug',
-  'form.slugHint': 'Part of the proxy URL: lowercase letters, digits and hyphens.',
+  'form.slugHint': 'Part of the proxy URL: up to 64 lowercase letters, digits, “-” and “_”.',
   'form.method': 'HTTP method',
   'form.methodAny': 'ANY (every method)',
   'form.methodHint': 'The method clients may use.',

@@ -93,7 +93,7 @@ export default {
   'form.llmHint': 'OpenAI、Anthropic、Gemini 或兼容接口，通过 /llm/<slug> 调用。',
   'form.name': '名称',
   'form.slug': '标识（Slug）',
-  'form.slugHint': '代理地址的一部分：小写字母、数字和连字符。',
+  'form.slugHint': '代理地址的一部分：最多 64 个小写字母、数字、“-”和“_”。',
   'form.method': 'HTTP 方法',
   'form.methodAny': 'ANY（所有方法）',
   'form.methodHint': '客户端可以使用的请求方法。',

@@ -34,6 +34,11 @@ describe('layout and keyboard', () => {
     await assertNoHorizontalOverflow(page, 'services');
     await screenshot(page, 'services-phone');
 
+    await serviceRow(page, 'gemini').getByTestId('service-use').click();
+    await page.getByTestId('usage-dialog').waitFor();
+    await assertNoHorizontalOverflow(page, 'usage dialog');
+    await page.keyboard.press('Escape');
+
     await page.goto('/#/services/new');
     await page.getByTestId('service-form').waitFor();
     await assertNoHorizontalOverflow(page, 'service form');

@@ -38,11 +38,11 @@ describe('services', () => {
     await page.getByTestId('input-target_url').fill('https://api.weatherstack.com/current');
     await page.getByTestId('input-api_key_location').selectOption('query');
     await page.getByTestId('input-api_key_name').fill('access_key');
-    await screenshot(page, 'service-form', { height: 1120 });
     tab.expectHttpError(400);
     await page.getByTestId('form-submit').click();
     const slugError = page.getByTestId('error-slug');
     await slugError.waitFor();
+    await screenshot(page, 'service-form', { height: 1140 });
     assert.ok((await slugError.textContent()).trim().length > 0, 'the server message is shown under the slug');
     assert.equal(await page.getByTestId('error-name').isVisible(), false);
     assert.equal(await page.getByTestId('input-slug').getAttribute('aria-invalid'), 'true');
