@@ -68,7 +68,12 @@ describe('services', () => {
     assert.equal(await page.getByTestId('input-target_base_url').getAttribute('placeholder'), 'https://api.anthropic.com');
     await page.getByTestId('input-target_base_url').fill('https://api.anthropic.com');
     await page.getByTestId('advanced').locator('summary').click();
+    await page.getByTestId('input-max_retries').fill('99');
+    tab.expectHttpError(400);
+    await page.getByTestId('form-submit').click();
+    await page.getByTestId('error-max_retries').waitFor();
     await page.getByTestId('input-max_retries').fill('3');
+    assert.equal(await page.getByTestId('error-max_retries').isVisible(), false, 'the error goes once the field is edited');
     tab.expectHttpError(409);
     await page.getByTestId('form-submit').click();
     await page.getByTestId('error-slug').waitFor();
@@ -137,6 +142,21 @@ describe('services', () => {
     await serviceRow(page, 'weather').getByTestId('service-status').click();
     await confirm(page);
     await page.waitForFunction(() => document.querySelector('[data-slug="weather"] [data-testid="service-status"]').getAttribute('aria-checked') === 'true');
+  }));
+
+  it('shows confirmations and messages in the chosen language', () => suite.withPage({}, async ({ page }) => {
+    await signIn(page);
+    await page.getByTestId('locale-select').selectOption('zh-CN');
+    await serviceRow(page, 'weather').getByTestId('service-delete').click();
+    await assertText(page.getByTestId('confirm-dialog').locator('h2'), '删除服务？');
+    await assertContains(page.getByTestId('confirm-message'), '删除“Weather”');
+    await assertText(page.getByTestId('confirm-cancel'), '取消');
+    await page.getByTestId('confirm-cancel').click();
+    await serviceRow(page, 'weather').getByTestId('service-use').click();
+    await page.getByTestId('usage-dialog').getByTestId('copy-url').click();
+    await page.getByTestId('toast').filter({ hasText: '已复制到剪贴板。' }).waitFor();
+    await page.keyboard.press('Escape');
+    await page.getByTestId('locale-select').selectOption('en');
   }));
 
   it('deletes a service after confirmation', () => suite.withPage({}, async ({ page }) => {
