@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -189,9 +188,6 @@ def rotator(upstreams, tmp_path_factory):
     stop_rotator(rot)
 
 
-ALL_SECRETS_CLIENT_SIDE = PROXY_KEYS
-
-
 @pytest.fixture(autouse=True)
 def clean_upstreams_and_check_leaks(request, upstreams):
     for u in vars(upstreams).values():
@@ -200,7 +196,7 @@ def clean_upstreams_and_check_leaks(request, upstreams):
     leaks = []
     for u in vars(upstreams).values():
         for r in u.requests:
-            for secret in ALL_SECRETS_CLIENT_SIDE:
+            for secret in PROXY_KEYS:
                 if secret in r.everything():
                     leaks.append(f"{u.name}: {r.method} {r.path}?{r.query} carries {secret!r}")
     assert not leaks, "proxy key reached an upstream:\n" + "\n".join(leaks)

@@ -140,7 +140,6 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._handshake: Handshake | None = None
-        self.last_stream_sent: list[float] = []
         # One ("complete" | "aborted", events written) per stream, when it ends.
         self.stream_ends: queue.Queue[tuple[str, int]] = queue.Queue()
         upstream = self
@@ -278,7 +277,6 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             end = "aborted"
-        self.owner.last_stream_sent = sent
         self.owner.stream_ends.put((end, len(sent)))
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
