@@ -1,6 +1,6 @@
 // The key list of the key manager: state, usage and per-key actions, paged.
 import { h, replace } from '../dom.js';
-import { formatDateTime, formatNumber, t } from '../i18n.js';
+import { formatDateTime, t } from '../i18n.js';
 import { api } from '../api.js';
 import { keyState } from '../format.js';
 import { busy, confirmDialog, reportError, switchButton, toast } from '../ui.js';
