@@ -124,7 +124,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.var, self.message)
+        write!(f, "{} {}", self.var, self.message)
     }
 }
 

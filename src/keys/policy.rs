@@ -56,7 +56,7 @@ pub fn classify(
     if code < 400 {
         return Verdict::Success;
     }
-    if let Some(phrase) = body.and_then(|b| find_phrase(b, phrases)) {
+    if let Some(phrase) = body.and_then(|b| find_phrase(&readable(headers, b), phrases)) {
         return Verdict::Invalid(format!("upstream answered {code}: {phrase}"));
     }
     match code {
@@ -72,6 +72,40 @@ pub fn classify(
         500.. => Verdict::ServerError,
         _ => Verdict::ClientFault,
     }
+}
+
+/// Longest decoded error body searched for phrases.
+const MAX_DECODED: usize = 256 * 1024;
+
+/// The error body as the provider wrote it: gzip and deflate bodies (SDKs ask for them)
+/// are decoded, as far as the bytes we have go.
+pub fn readable<'a>(headers: &HeaderMap, raw: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+    use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let decoded = match encoding.as_deref() {
+        Some("gzip" | "x-gzip") => decode(MultiGzDecoder::new(raw)),
+        Some("deflate") => {
+            decode(ZlibDecoder::new(raw)).or_else(|| decode(DeflateDecoder::new(raw)))
+        }
+        _ => None,
+    };
+    decoded.map_or(std::borrow::Cow::Borrowed(raw), std::borrow::Cow::Owned)
+}
+
+/// Reads what a decoder yields before its input ends or breaks.
+fn decode(mut r: impl std::io::Read) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while out.len() < MAX_DECODED {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn find_phrase<'a>(body: &[u8], phrases: &'a [String]) -> Option<&'a str> {
@@ -281,6 +315,43 @@ mod tests {
             Verdict::Invalid("upstream answered 400: API_KEY_INVALID".into())
         );
         assert_eq!(v(503, None), Verdict::ServerError);
+    }
+
+    #[test]
+    fn phrases_are_found_in_compressed_bodies() {
+        use std::io::Write;
+        let p = vec!["API_KEY_INVALID".to_string()];
+        let body =
+            br#"{"error":{"status":"INVALID_ARGUMENT","details":[{"reason":"API_KEY_INVALID"}]}}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(body).unwrap();
+        let gz = gz.finish().unwrap();
+        let h = headers(&[("content-encoding", "gzip")]);
+        let v = classify(StatusCode::BAD_REQUEST, &h, Some(&gz), &p, NOW);
+        assert_eq!(
+            v,
+            Verdict::Invalid("upstream answered 400: API_KEY_INVALID".into())
+        );
+        // A cut-off body decodes as far as it goes.
+        let v = classify(
+            StatusCode::BAD_REQUEST,
+            &h,
+            Some(&gz[..gz.len() - 8]),
+            &p,
+            NOW,
+        );
+        assert!(matches!(v, Verdict::Invalid(_)), "{v:?}");
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(body).unwrap();
+        let z = z.finish().unwrap();
+        let v = classify(
+            StatusCode::BAD_REQUEST,
+            &headers(&[("content-encoding", "deflate")]),
+            Some(&z),
+            &p,
+            NOW,
+        );
+        assert!(matches!(v, Verdict::Invalid(_)));
     }
 
     #[test]

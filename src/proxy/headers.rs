@@ -80,6 +80,38 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
     }
 }
 
+/// Limits `Accept-Encoding` to codings the proxy can read (gzip, deflate), so an error
+/// body can always be searched for dead-key phrases; the body still reaches the client
+/// compressed, exactly as the upstream sent it.
+pub fn keep_decodable_encodings(h: &mut HeaderMap) {
+    let Some(value) = h.get(header::ACCEPT_ENCODING) else {
+        return;
+    };
+    let kept: Vec<&str> = value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|token| {
+            let coding = token
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(coding.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
+        })
+        .collect();
+    match HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            h.insert(header::ACCEPT_ENCODING, v);
+        }
+        _ => {
+            h.remove(header::ACCEPT_ENCODING);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +169,16 @@ mod tests {
         assert_eq!(h["x-api-key"], "real");
         assert!(h["x-api-key"].is_sensitive());
         assert!(h.get("x-proxy-key").is_none() && h.get("host").is_none());
+    }
+
+    #[test]
+    fn only_decodable_encodings_are_asked_for() {
+        let mut h = map(&[("accept-encoding", "gzip, deflate, br, zstd;q=0.5")]);
+        keep_decodable_encodings(&mut h);
+        assert_eq!(h["accept-encoding"], "gzip, deflate");
+        let mut h = map(&[("accept-encoding", "br")]);
+        keep_decodable_encodings(&mut h);
+        assert!(h.get("accept-encoding").is_none());
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub async fn handle(
     }
     let rest = action(format, &svc.spec.upstream.base_path, rest);
     headers::clean_request(&mut parts.headers, &headers::LLM_CREDENTIALS);
+    headers::keep_decodable_encodings(&mut parts.headers);
     if format == ApiFormat::Anthropic && !parts.headers.contains_key("anthropic-version") {
         parts.headers.insert(
             "anthropic-version",
