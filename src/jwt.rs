@@ -1,7 +1,9 @@
 //! HS256 JSON Web Tokens for admin sessions (RFC 7519), written against RFC 8725's advice:
 //! the algorithm is pinned (the header's `alg` must be `HS256`, nothing else is tried),
 //! the signature is verified in constant time before the claims are read, `exp` is
-//! required, `nbf`/`iat` are checked with a 60 s leeway, and an audience claim keeps
+//! required and strict (this service issues and checks its own tokens, so there is no
+//! issuer clock to forgive), `nbf`/`iat` get a 60 s leeway for the clocks of several
+//! instances, and an audience claim keeps
 //! any other token from passing as an admin session.
 
 use base64::Engine as _;
@@ -12,7 +14,7 @@ use sha2::Sha256;
 
 /// The audience every admin token carries.
 pub const AUDIENCE: &str = "api-key-rotator/admin";
-/// Allowed clock skew for `exp`, `nbf` and `iat`.
+/// Allowed clock skew for `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 60;
 /// Tokens longer than this are refused before any work.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -114,7 +116,7 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Result<Claims, JwtError> 
     if claims.aud != AUDIENCE {
         return Err(JwtError::Audience);
     }
-    if now >= claims.exp.saturating_add(LEEWAY_SECS) {
+    if now >= claims.exp {
         return Err(JwtError::Expired);
     }
     if now.saturating_add(LEEWAY_SECS) < claims.nbf || now.saturating_add(LEEWAY_SECS) < claims.iat

@@ -152,10 +152,6 @@ def test_bad_proxy_key_is_an_authentication_error(rotator, upstreams, missing):
     assert upstreams.anthropic.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: the dead-key phrase check (forward.rs judge/policy::classify) reads the raw "
-    "upstream error body, which is gzip-compressed because the SDK's Accept-Encoding: gzip "
-    "is forwarded; Anthropic's 400 'credit balance is too low' is never recognised and the key stays in rotation"))
 def test_a_key_without_credit_is_taken_out_of_rotation(rotator, upstreams):
     """Anthropic answers a key whose account has no credit with 400 "credit balance is too
     low": the proxy must recognise the phrase and stop using that key, whatever the

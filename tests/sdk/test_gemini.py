@@ -135,10 +135,6 @@ def test_bad_proxy_key_is_an_authentication_error(rotator, upstreams, missing):
     assert upstreams.gemini.requests == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy bug: the dead-key phrase check (forward.rs judge/policy::classify) reads the raw "
-    "upstream error body, which is gzip-compressed because the SDK's Accept-Encoding: gzip "
-    "is forwarded; Google's 400 API_KEY_INVALID is never recognised and the key stays in rotation"))
 def test_a_revoked_key_is_taken_out_of_rotation(rotator, upstreams):
     """Google answers a revoked key with 400 API_KEY_INVALID (not 401): the proxy must
     recognise it (a dead-key phrase) and stop using that key, whatever the encoding of
