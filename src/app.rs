@@ -3,18 +3,14 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 
 use crate::auth::{LoginThrottle, ProxyKeys};
-use crate::body::{Body, BoxError};
+use crate::body::Body;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ApiError, json_response};
@@ -135,7 +131,8 @@ async fn dispatch(
     }
 }
 
-fn only_get(method: &Method) -> Result<(), ApiError> {
+/// 405 for anything but GET and HEAD.
+pub(crate) fn only_get(method: &Method) -> Result<(), ApiError> {
     if method == Method::GET || method == Method::HEAD {
         Ok(())
     } else {
@@ -208,12 +205,8 @@ struct AccessLine {
 impl AccessLine {
     fn attach(self, resp: Response<Body>) -> Response<Body> {
         let (parts, body) = resp.into_parts();
-        let logged = Logged {
-            inner: body,
-            bytes: 0,
-            line: Some(self),
-        };
-        Response::from_parts(parts, logged.boxed_unsync())
+        let body = crate::body::watch(body, move |bytes, complete| self.write(bytes, complete));
+        Response::from_parts(parts, body)
     }
 
     fn write(self, bytes: u64, complete: bool) {
@@ -227,55 +220,5 @@ impl AccessLine {
             bytes,
             if complete { "" } else { " (client went away)" }
         );
-    }
-}
-
-struct Logged {
-    inner: Body,
-    bytes: u64,
-    line: Option<AccessLine>,
-}
-
-impl hyper::body::Body for Logged {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(line) = this.line.take() {
-                    line.write(this.bytes, true);
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        if let Some(line) = self.line.take() {
-            let complete = self.inner.is_end_stream();
-            line.write(self.bytes, complete);
-        }
     }
 }

@@ -109,3 +109,64 @@ impl hyper::body::Body for Chain {
         self.head.is_none() && self.rest.is_end_stream()
     }
 }
+
+/// Wraps `inner` so that `done(bytes, complete)` runs once: when the body ends
+/// (`complete` = true) or when it is dropped before that (the client went away).
+pub fn watch<F>(inner: Body, done: F) -> Body
+where
+    F: FnOnce(u64, bool) + Send + Unpin + 'static,
+{
+    Watched {
+        inner,
+        bytes: 0,
+        done: Some(done),
+    }
+    .boxed_unsync()
+}
+
+struct Watched<F: FnOnce(u64, bool)> {
+    inner: Body,
+    bytes: u64,
+    done: Option<F>,
+}
+
+impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Watched<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(None) => {
+                if let Some(done) = this.done.take() {
+                    done(this.bytes, true);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(u64, bool)> Drop for Watched<F> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes, self.inner.is_end_stream());
+        }
+    }
+}

@@ -434,23 +434,11 @@ fn cache_config(vars: &Vars<'_>) -> Result<CacheConfig, ConfigError> {
     let db: u32 = vars.parse("REDIS_DB", 0, "a database number")?;
     let auth = vars
         .get("REDIS_PASSWORD")
-        .map(|p| format!(":{}@", percent_encode(&p)))
+        .map(|p| format!(":{}@", crate::proxy::url::encode_component(&p)))
         .unwrap_or_default();
     Ok(CacheConfig::Redis {
         url: Secret::new(format!("redis://{auth}{}:{port}/{db}", host.trim())),
     })
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn percent_decode(s: &str) -> String {

@@ -2,7 +2,7 @@
 //! a strict Content-Security-Policy.
 
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response};
 
 use crate::body::{self, Body};
 use crate::error::ApiError;
@@ -35,17 +35,6 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-fn check_method(method: &Method) -> Result<(), ApiError> {
-    if method == Method::GET || method == Method::HEAD {
-        Ok(())
-    } else {
-        Err(
-            ApiError::admin(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-                .with_allow("GET, HEAD"),
-        )
-    }
-}
-
 fn respond(name: &str, bytes: &'static [u8]) -> Response<Body> {
     let mut resp = Response::new(body::full(bytes));
     let h = resp.headers_mut();
@@ -63,13 +52,13 @@ fn respond(name: &str, bytes: &'static [u8]) -> Response<Body> {
 
 /// `/` and any non-API path: `index.html`.
 pub fn page(method: &Method) -> Result<Response<Body>, ApiError> {
-    check_method(method)?;
+    crate::app::only_get(method)?;
     Ok(respond("index.html", find("index.html").unwrap_or(NO_PAGE)))
 }
 
 /// `/assets/<name>`.
 pub fn asset(method: &Method, name: &str) -> Result<Response<Body>, ApiError> {
-    check_method(method)?;
+    crate::app::only_get(method)?;
     let path = format!("assets/{name}");
     find(&path)
         .map(|bytes| respond(&path, bytes))

@@ -206,13 +206,15 @@ fn spawn_binary(dir: &std::path::Path, extra: &[(&str, &str)]) -> (std::process:
         .envs(extra.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return (child, port);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the binary did not start");
 }
 

@@ -4,21 +4,18 @@
 //! Failover is only possible before response headers go downstream; once they have,
 //! the body streams frame by frame and a failure can only cut the stream.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Outgoing, cors, headers};
 use crate::app::AppState;
-use crate::body::{self, Body, BoxError, Buffered};
+use crate::body::{self, Body, Buffered};
 use crate::cache::KeyEvent;
 use crate::error::ApiError;
 use crate::keys::policy::{self, Verdict};
@@ -292,47 +289,11 @@ fn finish(
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     svc.metrics.response(parts.status.as_u16());
-    Response::from_parts(
-        parts,
-        Relay::new(body, state.metrics.open_streams.clone()).boxed_unsync(),
-    )
-}
-
-/// A proxied response body: counted in the open-streams gauge while it lives.
-struct Relay {
-    inner: Body,
-    gauge: Arc<AtomicI64>,
-}
-
-impl Relay {
-    fn new(inner: Body, gauge: Arc<AtomicI64>) -> Relay {
-        gauge.fetch_add(1, Relaxed);
-        Relay { inner, gauge }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.gauge.fetch_sub(1, Relaxed);
-    }
-}
-
-impl hyper::body::Body for Relay {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    // Counted in the open-streams gauge while the body lives.
+    let gauge = state.metrics.open_streams.clone();
+    gauge.fetch_add(1, Relaxed);
+    let body = body::watch(body, move |_, _| {
+        gauge.fetch_sub(1, Relaxed);
+    });
+    Response::from_parts(parts, body)
 }

@@ -321,59 +321,52 @@ fn now_text() -> String {
     crate::timefmt::rfc3339(crate::timefmt::now_secs())
 }
 
+/// The settable columns of a service, in the order of the INSERT and UPDATE below.
+fn service_values(f: &ServiceFields) -> Vec<&dyn rusqlite::ToSql> {
+    vec![
+        &f.name,
+        &f.slug,
+        &f.config_type,
+        &f.is_active,
+        &f.api_key_location,
+        &f.api_key_name,
+        &f.method,
+        &f.target_url,
+        &f.target_base_url,
+        &f.api_format,
+        &f.output_format,
+        &f.max_retries,
+        &f.retry_on,
+        &f.probe_path,
+    ]
+}
+
 fn insert_service(tx: &Transaction<'_>, f: &ServiceFields) -> StoreResult<i64> {
     let now = now_text();
+    let mut values = service_values(f);
+    values.push(&now);
     tx.execute(
         "INSERT INTO proxy_configs (name, slug, config_type, is_active, api_key_location, \
          api_key_name, method, target_url, target_base_url, api_format, output_format, \
          max_retries, retry_on, probe_path, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
-        params![
-            f.name,
-            f.slug,
-            f.config_type,
-            f.is_active,
-            f.api_key_location,
-            f.api_key_name,
-            f.method,
-            f.target_url,
-            f.target_base_url,
-            f.api_format,
-            f.output_format,
-            f.max_retries,
-            f.retry_on,
-            f.probe_path,
-            now
-        ],
+        values.as_slice(),
     )
     .map_err(backend)?;
     Ok(tx.last_insert_rowid())
 }
 
 fn update_service_row(tx: &Transaction<'_>, id: i64, f: &ServiceFields) -> StoreResult<()> {
+    let now = now_text();
+    let mut values = service_values(f);
+    values.push(&now);
+    values.push(&id);
     tx.execute(
-        "UPDATE proxy_configs SET name = ?2, slug = ?3, config_type = ?4, is_active = ?5, \
-         api_key_location = ?6, api_key_name = ?7, method = ?8, target_url = ?9, \
-         target_base_url = ?10, api_format = ?11, output_format = ?12, max_retries = ?13, \
-         retry_on = ?14, probe_path = ?15, updated_at = ?16 WHERE id = ?1",
-        params![
-            id,
-            f.name,
-            f.slug,
-            f.config_type,
-            f.is_active,
-            f.api_key_location,
-            f.api_key_name,
-            f.method,
-            f.target_url,
-            f.target_base_url,
-            f.api_format,
-            f.output_format,
-            f.max_retries,
-            f.retry_on,
-            f.probe_path,
-            now_text()
-        ],
+        "UPDATE proxy_configs SET name = ?1, slug = ?2, config_type = ?3, is_active = ?4, \
+         api_key_location = ?5, api_key_name = ?6, method = ?7, target_url = ?8, \
+         target_base_url = ?9, api_format = ?10, output_format = ?11, max_retries = ?12, \
+         retry_on = ?13, probe_path = ?14, updated_at = ?15 WHERE id = ?16",
+        values.as_slice(),
     )
     .map_err(backend)?;
     Ok(())
