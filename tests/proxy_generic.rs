@@ -562,3 +562,52 @@ async fn a_client_that_disconnects_cancels_the_upstream_stream() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_added_and_removed_under_traffic_never_break_a_request() {
+    let up = upstream(|_| ok_json(json!({}))).await;
+    let s = Arc::new(start(&[]).await);
+    let id = s.generic_service("busy", &up.url(""), &["k0"]).await;
+    let url = s.url("/proxy/busy/x");
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for _ in 0..150 {
+                    codes.push(call(Method::GET, &url, &[KEY_HEADER], "").await.0.as_u16());
+                }
+                codes
+            })
+        })
+        .collect();
+    for round in 0..15 {
+        s.add_keys(id, &[&format!("k{}", round + 1)]).await;
+        let keys = s.keys(id).await;
+        if keys.len() > 2 {
+            let victim = &keys[round % keys.len()];
+            s.admin(
+                Method::DELETE,
+                &format!("/admin/keys/{}", victim["id"]),
+                None,
+            )
+            .await;
+        }
+        if round % 5 == 4 {
+            s.admin(
+                Method::DELETE,
+                &format!("/admin/proxy-configs/{id}/keys"),
+                None,
+            )
+            .await;
+        }
+    }
+    for task in load {
+        for code in task.await.unwrap() {
+            assert!(
+                code == 200 || code == 503,
+                "only served or 'no keys', got {code}"
+            );
+        }
+    }
+}
