@@ -113,6 +113,7 @@ async fn the_proxy_key_never_reaches_the_upstream_and_hop_by_hop_headers_are_str
         ("proxy-authorization", "Basic abc"),
         ("x-custom", "kept"),
         ("x-forwarded-for", "10.1.1.1"),
+        ("expect", "100-continue"),
     ];
     let (status, h, body) =
         call(Method::POST, &s.url("/proxy/svc/echo"), &headers, "payload").await;

@@ -52,12 +52,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a client's request headers for the upstream: strips hop-by-hop headers and
-/// `Host` (the client sets the upstream's from the URI), removes `X-Proxy-Key` and the
-/// given credential headers.
+/// Rewrites a client's request headers for the upstream: strips hop-by-hop headers,
+/// `Host` (the client sets the upstream's from the URI) and `Expect`, removes
+/// `X-Proxy-Key` and the given credential headers.
 pub fn clean_request(h: &mut HeaderMap, credentials: &[HeaderName]) {
     strip_hop_by_hop(h);
     h.remove(header::HOST);
+    // `Expect: 100-continue` was answered by this server when the body was first read;
+    // the upstream gets the body right away.
+    h.remove(header::EXPECT);
     h.remove(&X_PROXY_KEY);
     for name in credentials {
         h.remove(name);
