@@ -8,6 +8,7 @@
 #   redis-server   on PATH         (the outage test starts and kills a private one)
 #
 # A server that does not answer is an error, never a skip.
+# `--check` only checks that the servers answer (scripts/dist.sh uses it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +40,7 @@ fi
 pong=$(timeout 5 bash -c "exec 3<>/dev/tcp/$redis_host/$redis_port && printf 'PING\r\n' >&3 && head -c 5 <&3" 2>/dev/null || true)
 [[ $pong == "+PONG" ]] || fail "Redis is not reachable at $redis_host:$redis_port (set TEST_REDIS_URL, or start it)"
 command -v redis-server >/dev/null || fail "redis-server is not on PATH (the outage test runs a private one)"
+[[ ${1:-} == --check ]] && exit 0
 
 echo "== enterprise tests: MySQL $mysql_host:$mysql_port, Redis $redis_host:$redis_port"
 start=$(date +%s)

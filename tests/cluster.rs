@@ -58,6 +58,19 @@ async fn served_within_a_second(inst: &Instance, slug: &str) -> Duration {
     .await
 }
 
+/// Sends `n` proxied GETs one after the other, alternating between the instances.
+async fn alternate(a: &Instance, b: &Instance, n: usize, slug: &str, path: &str) {
+    for i in 0..n {
+        let inst = if i % 2 == 0 { a } else { b };
+        assert_eq!(
+            inst.proxy(slug, path).await,
+            200,
+            "request {i} via {}",
+            inst.port
+        );
+    }
+}
+
 /// Asserts that consecutive keys follow the round robin over `keys`, whichever instance
 /// sent them: what a shared counter gives, and what per-instance cursors do not.
 fn assert_global_round_robin(seen: &[String], keys: &[&str]) {
@@ -131,10 +144,7 @@ async fn rotation_is_global_across_instances() {
     let before = counter();
 
     // Sequential, alternating: each request takes the key after the previous one's.
-    for i in 0..60 {
-        let inst = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(inst.proxy("rr", "/seq").await, 200);
-    }
+    alternate(&a, &b, 60, "rr", "/seq").await;
     assert_global_round_robin(&keys_seen(&up, "/seq"), &keys);
 
     // Concurrent, spread over both: 600 requests in all hit each key 200 times.
@@ -252,10 +262,7 @@ async fn requests_survive_a_redis_outage_and_instances_rejoin() {
 
     redis.kill();
     let start = Instant::now();
-    for i in 0..100 {
-        let inst = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(inst.proxy("sturdy", "/down").await, 200, "request {i}");
-    }
+    alternate(&a, &b, 100, "sturdy", "/down").await;
     let took = start.elapsed();
     // Without the breaker each request would wait for the INCR timeout (200 ms).
     assert!(took < Duration::from_secs(5), "100 requests took {took:?}");
@@ -278,10 +285,7 @@ async fn requests_survive_a_redis_outage_and_instances_rejoin() {
         .await;
     }
     // Rotation is global again...
-    for i in 0..30 {
-        let inst = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(inst.proxy("sturdy", "/up").await, 200);
-    }
+    alternate(&a, &b, 30, "sturdy", "/up").await;
     assert_global_round_robin(&keys_seen(&up, "/up"), &keys);
     // ...and notices flow again (B resubscribed).
     a.add_keys(id, &["k4"]).await;
