@@ -69,10 +69,12 @@ async fn populate(store: &dyn Store) {
 }
 
 type KeyState = (bool, KeyHealth, KeyStats);
+/// Service fields by slug, and key states by (slug, key value).
+type Comparable = (Vec<ServiceFields>, Vec<((String, String), KeyState)>);
 
 /// What must survive a move: service fields by slug, key states by (slug, value). Ids and
 /// timestamps belong to the target database.
-fn comparable(d: &Dump) -> (Vec<ServiceFields>, Vec<((String, String), KeyState)>) {
+fn comparable(d: &Dump) -> Comparable {
     let slugs: HashMap<i64, &str> = d
         .services
         .iter()
