@@ -1,0 +1,457 @@
+//! The markdown report of a run: medians over repeats, ratios, and the targets.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::stats::Spread;
+
+/// `YYYY-MM-DDTHHMMZ` (UTC) for file names.
+pub fn stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60
+    )
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// Values of `field` over the runs matching `pred`.
+fn pick(runs: &Value, pred: impl Fn(&Value) -> bool, field: impl Fn(&Value) -> f64) -> Vec<f64> {
+    runs.as_array()
+        .map(|a| a.iter().filter(|r| pred(r)).map(&field).collect())
+        .unwrap_or_default()
+}
+
+fn med(v: &[f64]) -> f64 {
+    Spread::of(v).median
+}
+
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    let n = x.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn ms(us: f64) -> String {
+    if !us.is_finite() {
+        return "–".into();
+    }
+    let v = us / 1000.0;
+    if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn mb(kb: f64) -> String {
+    if kb.is_finite() {
+        format!("{:.1} MB", kb / 1024.0)
+    } else {
+        "–".into()
+    }
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok { "✅ met" } else { "❌ not met" }
+}
+
+fn rps(raw: &Value, route: &str, target: &str) -> Spread {
+    let v = pick(
+        &raw["throughput"],
+        |r| r["route"] == route && r["target"] == target,
+        |r| f(&r["rps"]),
+    );
+    Spread::of(&v)
+}
+
+fn cpu(raw: &Value, route: &str, target: &str) -> f64 {
+    med(&pick(
+        &raw["throughput"],
+        |r| r["route"] == route && r["target"] == target,
+        |r| f(&r["cpu_us_per_req"]),
+    ))
+}
+
+/// Median over repeats of one latency percentile.
+fn lat(raw: &Value, route: &str, frac: f64, target: &str, p: &str) -> f64 {
+    med(&pick(
+        &raw["latency"],
+        |r| r["route"] == route && r["target"] == target && f(&r["load_fraction"]) == frac,
+        |r| f(&r["result"]["latency_us"][p]),
+    ))
+}
+
+/// Median over repeats of (target − direct) for one percentile, paired by repeat.
+fn added(raw: &Value, route: &str, frac: f64, target: &str, p: &str) -> f64 {
+    let of = |t: &str| {
+        pick(
+            &raw["latency"],
+            |r| r["route"] == route && r["target"] == t && f(&r["load_fraction"]) == frac,
+            |r| f(&r["result"]["latency_us"][p]),
+        )
+    };
+    let (a, d) = (of(target), of("direct"));
+    let diffs: Vec<f64> = a.iter().zip(&d).map(|(x, y)| x - y).collect();
+    med(&diffs)
+}
+
+fn rate(raw: &Value, route: &str, frac: f64) -> f64 {
+    med(&pick(
+        &raw["latency"],
+        |r| r["route"] == route && f(&r["load_fraction"]) == frac,
+        |r| f(&r["result"]["rate"]),
+    ))
+}
+
+fn sse(raw: &Value, target: &str, field: &str, p: &str) -> Vec<f64> {
+    pick(
+        &raw["sse"],
+        |r| r["target"] == target,
+        |r| f(&r["result"][field][p]),
+    )
+}
+
+fn pm(s: &Spread) -> String {
+    format!("{} ±{:.0}%", thousands(s.median), s.pm_pct())
+}
+
+pub fn markdown(raw: &Value) -> String {
+    let mut o = String::new();
+    let c = &raw["conditions"];
+    let _ = writeln!(o, "## Results {}\n", c["date_utc"].as_str().unwrap_or(""));
+    let _ = writeln!(
+        o,
+        "Conditions: {} × {} ({} cores), Linux {}, {}, {}; load average {:.2} at start, {:.2} at end; \
+         {} interleaved repeats of {} s (+{} s warm-up) per measurement, {} keep-alive connections; \
+         CPU pinning: {}; the whole run took {} s. Proxy: tokio default workers (one per core); \
+         nginx: `worker_processes {}`. Medians over repeats; ± is half the range.\n",
+        c["cores"],
+        c["cpu"].as_str().unwrap_or("?"),
+        c["cores"],
+        c["kernel"].as_str().unwrap_or("?"),
+        c["nginx"].as_str().unwrap_or("nginx ?"),
+        c["wrk"].as_str().unwrap_or("wrk ?"),
+        f(&c["loadavg_start"]),
+        f(&c["loadavg_end"]),
+        c["reps"],
+        c["seconds"],
+        c["warmup_seconds"],
+        c["connections"],
+        c["pin"].as_str().unwrap_or("none"),
+        c["seconds_total"],
+        c["nginx_workers"],
+    );
+
+    // Headline table.
+    let _ = writeln!(o, "### Summary\n");
+    let _ = writeln!(
+        o,
+        "| measurement | direct | nginx | ours | ours ÷ nginx | ours ÷ direct |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|");
+    for (route, label) in [
+        ("rest", "/proxy GET tiny JSON"),
+        ("llm", "/llm POST 1 KB JSON"),
+    ] {
+        let (d, n, u) = (
+            rps(raw, route, "direct"),
+            rps(raw, route, "nginx"),
+            rps(raw, route, "ours"),
+        );
+        let _ = writeln!(
+            o,
+            "| {label}: req/s at saturation (wrk -c{}) | {} | {} | {} | **{}** | {} |",
+            c["connections"],
+            pm(&d),
+            pm(&n),
+            pm(&u),
+            ratio(u.median, n.median),
+            ratio(u.median, d.median)
+        );
+        for frac in [0.25, 0.5] {
+            let cell = |t: &str| {
+                format!(
+                    "{} / {} / {}",
+                    ms(lat(raw, route, frac, t, "p50")),
+                    ms(lat(raw, route, frac, t, "p99")),
+                    ms(lat(raw, route, frac, t, "p999"))
+                )
+            };
+            let r = |p: &str| {
+                ratio(
+                    lat(raw, route, frac, "ours", p),
+                    lat(raw, route, frac, "nginx", p),
+                )
+            };
+            let rd = |p: &str| {
+                ratio(
+                    lat(raw, route, frac, "ours", p),
+                    lat(raw, route, frac, "direct", p),
+                )
+            };
+            let _ = writeln!(
+                o,
+                "| {label}: latency p50 / p99 / p99.9 ms at {} req/s ({:.0} % of nginx) | {} | {} | {} | {} / {} | {} / {} |",
+                thousands(rate(raw, route, frac)),
+                frac * 100.0,
+                cell("direct"),
+                cell("nginx"),
+                cell("ours"),
+                r("p50"),
+                r("p99"),
+                rd("p50"),
+                rd("p99"),
+            );
+        }
+        let _ = writeln!(
+            o,
+            "| {label}: latency added over direct at 50 %, p50 / p99 ms | – | {} / {} | **{} / {}** | | |",
+            ms(added(raw, route, 0.5, "nginx", "p50")),
+            ms(added(raw, route, 0.5, "nginx", "p99")),
+            ms(added(raw, route, 0.5, "ours", "p50")),
+            ms(added(raw, route, 0.5, "ours", "p99")),
+        );
+        let _ = writeln!(
+            o,
+            "| {label}: CPU µs per request at saturation (server process only) | {:.1} | {:.1} | {:.1} | {} | |",
+            cpu(raw, route, "direct"),
+            cpu(raw, route, "nginx"),
+            cpu(raw, route, "ours"),
+            ratio(cpu(raw, route, "ours"), cpu(raw, route, "nginx")),
+        );
+    }
+    let info = rps(raw, "rest", "ours-info");
+    let warn = rps(raw, "rest", "ours");
+    let _ = writeln!(
+        o,
+        "| /proxy GET with `LOG_LEVEL=info` (one access-log line per request): req/s | | | {} | {} | {} of `warn` |",
+        pm(&info),
+        ratio(info.median, rps(raw, "rest", "nginx").median),
+        ratio(info.median, warn.median)
+    );
+    let ttfb = |t: &str| med(&sse(raw, t, "ttfb_us", "p50"));
+    let worst =
+        |t: &str, field: &str, p: &str| sse(raw, t, field, p).into_iter().fold(f64::NAN, f64::max);
+    let _ = writeln!(
+        o,
+        "| SSE: time to first event, p50 ms | {} | {} | {} | added {} ms | added **{} ms** |",
+        ms(ttfb("direct")),
+        ms(ttfb("nginx")),
+        ms(ttfb("ours")),
+        ms(ttfb("nginx") - ttfb("direct")),
+        ms(ttfb("ours") - ttfb("direct")),
+    );
+    let _ = writeln!(
+        o,
+        "| SSE: event delivery delay p99 / max ms | {} / {} | {} / {} | {} / {} | | |",
+        ms(med(&sse(raw, "direct", "delay_us", "p99"))),
+        ms(worst("direct", "delay_us", "max")),
+        ms(med(&sse(raw, "nginx", "delay_us", "p99"))),
+        ms(worst("nginx", "delay_us", "max")),
+        ms(med(&sse(raw, "ours", "delay_us", "p99"))),
+        ms(worst("ours", "delay_us", "max")),
+    );
+    let gap = |t: &str| worst(t, "gap_us", "max") - 20_000.0;
+    let _ = writeln!(
+        o,
+        "| SSE: largest gap between events beyond the upstream's 20 ms, ms | {} | {} | **{}** | | |",
+        ms(gap("direct")),
+        ms(gap("nginx")),
+        ms(gap("ours")),
+    );
+    let m = &raw["memory"];
+    let mem = |t: &str, k: &str| f(&m[t][k]);
+    let _ = writeln!(
+        o,
+        "| RSS idle (fresh process; nginx: master + workers after the run) | | {} | **{}** | {} | |",
+        mb(mem("nginx", "idle_rss_kb")),
+        mb(mem("ours", "idle_rss_kb")),
+        ratio(mem("ours", "idle_rss_kb"), mem("nginx", "idle_rss_kb"))
+    );
+    let _ = writeln!(
+        o,
+        "| RSS with {} open SSE streams ({} / {} opened) | | {} | **{}** | {} | |",
+        m["ours"]["streams"]["opened"].as_u64().unwrap_or(0),
+        m["ours"]["streams"]["opened"].as_u64().unwrap_or(0),
+        m["nginx"]["streams"]["opened"].as_u64().unwrap_or(0),
+        mb(mem("nginx", "open_rss_kb")),
+        mb(mem("ours", "open_rss_kb")),
+        ratio(mem("ours", "open_rss_kb"), mem("nginx", "open_rss_kb"))
+    );
+    let _ = writeln!(
+        o,
+        "| RSS 2 s after the streams closed | | {} | {} | | |",
+        mb(mem("nginx", "after_rss_kb")),
+        mb(mem("ours", "after_rss_kb")),
+    );
+    let light = f(&raw["sizes"]["lightweight_bytes"]);
+    let ent = f(&raw["sizes"]["enterprise_bytes"]);
+    let _ = writeln!(
+        o,
+        "| Release binary, lightweight / enterprise | | | **{}** / {} | | |",
+        mb(light / 1024.0),
+        mb(ent / 1024.0)
+    );
+    let start_ms = med(&pick(
+        &raw["start"]["lightweight"],
+        |_| true,
+        |r| f(&r["ms_to_first_request"]),
+    ));
+    let idle_after_start = med(&pick(
+        &raw["start"]["lightweight"],
+        |_| true,
+        |r| f(&r["idle_rss_kb"]),
+    ));
+    let e = &raw["enterprise"];
+    let ent_start = med(&pick(
+        &e["start"],
+        |_| true,
+        |r| f(&r["ms_to_first_request"]),
+    ));
+    let _ = writeln!(
+        o,
+        "| Start → first proxied request served, ms (lightweight / enterprise with MySQL + Redis) | | | {} / {} | | |",
+        ms(start_ms * 1000.0),
+        ms(ent_start * 1000.0)
+    );
+    let ent_rps = |t: &str| Spread::of(&pick(&e["runs"], |r| r["target"] == t, |r| f(&r["rps"])));
+    let (em, er) = (ent_rps("ent-memory"), ent_rps("ent-redis"));
+    let redis_ratio = er.median / em.median;
+    if e["status"] == "measured" {
+        let el = |t: &str, p: &str| {
+            med(&pick(
+                &e["runs"],
+                |r| r["target"] == t,
+                |r| f(&r["latency_at_rate"]["latency_us"][p]),
+            ))
+        };
+        let _ = writeln!(
+            o,
+            "| Enterprise /proxy GET req/s: memory rotation / Redis rotation (MySQL store) | | | {} / {} | | Redis ÷ memory **{:.2}×** |",
+            pm(&em),
+            pm(&er),
+            redis_ratio
+        );
+        let _ = writeln!(
+            o,
+            "| Enterprise latency p50 / p99 ms at {} req/s: memory / Redis | | | {} / {} — {} / {} | | |",
+            thousands(f(&e["rate"])),
+            ms(el("ent-memory", "p50")),
+            ms(el("ent-memory", "p99")),
+            ms(el("ent-redis", "p50")),
+            ms(el("ent-redis", "p99")),
+        );
+    } else {
+        let _ = writeln!(
+            o,
+            "| Enterprise: Redis ÷ memory rotation | | | pending: {} | | |",
+            e["reason"].as_str().unwrap_or("?")
+        );
+    }
+
+    // Targets.
+    let _ = writeln!(o, "\n### Targets\n");
+    let _ = writeln!(o, "| target | measured | |");
+    let _ = writeln!(o, "|---|---|---|");
+    for (route, label) in [("rest", "/proxy"), ("llm", "/llm")] {
+        let r = rps(raw, route, "ours").median / rps(raw, route, "nginx").median;
+        let _ = writeln!(
+            o,
+            "| throughput ≥ 1.0× nginx ({label}) | {r:.2}× | {} |",
+            yes(r >= 1.0)
+        );
+        let (p50, p99) = (
+            added(raw, route, 0.5, "ours", "p50"),
+            added(raw, route, 0.5, "ours", "p99"),
+        );
+        let _ = writeln!(
+            o,
+            "| added latency at 50 % load ({label}): p50 ≤ 0.1 ms, p99 ≤ 1 ms | {} / {} ms | {} |",
+            ms(p50),
+            ms(p99),
+            yes(p50 <= 100.0 && p99 <= 1000.0)
+        );
+    }
+    let added_ttfb = ttfb("ours") - ttfb("direct");
+    let _ = writeln!(
+        o,
+        "| SSE added TTFB ≤ 1 ms | {} ms | {} |",
+        ms(added_ttfb),
+        yes(added_ttfb <= 1000.0)
+    );
+    let _ = writeln!(
+        o,
+        "| no Nagle/delayed-ACK stalls (largest extra gap < 5 ms) | {} ms | {} |",
+        ms(gap("ours")),
+        yes(gap("ours") < 5000.0)
+    );
+    let idle = mem("ours", "idle_rss_kb").max(idle_after_start);
+    let _ = writeln!(
+        o,
+        "| idle RSS ≤ 10 MB | {} | {} |",
+        mb(idle),
+        yes(idle <= 10.0 * 1024.0)
+    );
+    let open = mem("ours", "open_rss_kb");
+    let _ = writeln!(
+        o,
+        "| 1,000 open streams ≤ 50 MB | {} | {} |",
+        mb(open),
+        yes(open <= 50.0 * 1024.0 && m["ours"]["streams"]["opened"].as_u64() == Some(1000))
+    );
+    let _ = writeln!(
+        o,
+        "| lightweight binary ≤ 10 MB | {} | {} |",
+        mb(light / 1024.0),
+        yes(light <= 10.0 * 1024.0 * 1024.0)
+    );
+    if e["status"] == "measured" {
+        let _ = writeln!(
+            o,
+            "| Redis mode ≥ 0.8× memory mode | {redis_ratio:.2}× | {} |",
+            yes(redis_ratio >= 0.8)
+        );
+    } else {
+        let _ = writeln!(o, "| Redis mode ≥ 0.8× memory mode | pending | |");
+    }
+    o
+}
