@@ -116,7 +116,8 @@ impl RedisCache {
         if admit == Admit::Skip {
             return local_ticket(svc);
         }
-        let incr = redis::cmd("INCR").arg(counter_key(svc.id)).to_owned();
+        let mut incr = redis::cmd("INCR");
+        incr.arg(counter_key(svc.id));
         match self.command::<i64>(incr, INCR_TIMEOUT, admit).await {
             // INCR starts at 1; the original picks (counter - 1) mod n.
             Some(n) => n.saturating_sub(1).max(0) as u64,
@@ -244,10 +245,8 @@ impl RedisCache {
         if admit == Admit::Skip {
             return;
         }
-        let publish = redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(text)
-            .to_owned();
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&self.channel).arg(text);
         let _ = self.command::<i64>(publish, COMMAND_TIMEOUT, admit).await;
     }
 
