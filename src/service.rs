@@ -12,6 +12,8 @@ use crate::store::ServiceFields;
 pub const MAX_SLUG_LEN: usize = 64;
 /// Longest name (the original's column is varchar(100) on MySQL).
 pub const MAX_NAME_LEN: usize = 100;
+/// Longest `api_key_name` (the original's column is varchar(100) on MySQL).
+pub const MAX_KEY_NAME_LEN: usize = 100;
 /// Most extra attempts a service may ask for.
 pub const MAX_RETRIES_LIMIT: i64 = 10;
 /// Extra attempts when the service does not say.
@@ -240,6 +242,12 @@ fn placement(kind: Kind, f: &ServiceFields) -> Result<Placement, FieldError> {
     }
     let name = non_empty(&f.api_key_name);
     if let Some(n) = name {
+        if n.len() > MAX_KEY_NAME_LEN {
+            return Err(field_err(
+                "api_key_name",
+                format!("api_key_name is longer than {MAX_KEY_NAME_LEN} characters"),
+            ));
+        }
         if HeaderName::from_bytes(n.as_bytes()).is_err() || n.contains(['=', '&', '?', '#']) {
             return Err(field_err(
                 "api_key_name",
@@ -447,6 +455,12 @@ mod tests {
         assert_eq!(
             e(ServiceFields {
                 api_key_name: Some("a b".into()),
+                ..generic("http://x")
+            }),
+            "api_key_name"
+        );        assert_eq!(
+            e(ServiceFields {
+                api_key_name: Some("x".repeat(101)),
                 ..generic("http://x")
             }),
             "api_key_name"

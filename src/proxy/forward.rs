@@ -47,8 +47,10 @@ pub async fn run(
     // connection error.
     let mut last_failure: Option<Response<Body>> = None;
     let mut last_error: Option<ApiError> = None;
+    // One rotation ticket per request (one Redis round trip at most); a failover walks on
+    // from it, skipping the keys already tried.
+    let ticket = state.cache.ticket(svc).await;
     for attempt in 1..=max_attempts {
-        let ticket = state.cache.ticket(svc).await;
         let now = now_ms();
         let (idx, key) = match svc.pool.pick(ticket, &tried[..attempt - 1], now) {
             Pick::Key(idx, key) => (idx, key),
