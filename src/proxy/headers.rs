@@ -80,15 +80,42 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     let value = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.to_string(),
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}")),
+        None => ip_value(peer),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Ok(v) = value {
         h.insert(&XFF, v);
     }
     if !h.contains_key(&XFP) {
         h.insert(&XFP, HeaderValue::from_static("http"));
     }
+}
+
+/// The header value of an address. IPv4 (the usual case) is written digit by digit:
+/// `to_string` goes through the formatting machinery, a tenth of a request's own work.
+fn ip_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string());
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n])
 }
 
 /// Limits `Accept-Encoding` to codings the proxy can read (gzip, deflate), so an error
@@ -190,6 +217,21 @@ mod tests {
         let mut h = map(&[("accept-encoding", "br")]);
         keep_decodable_encodings(&mut h);
         assert!(h.get("accept-encoding").is_none());
+    }
+
+    #[test]
+    fn addresses_are_written_as_to_string_does() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.100.1",
+            "::1",
+            "fe80::1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
     }
 
     #[test]
