@@ -6,7 +6,8 @@
 //! Nothing is resolved or joined the way a browser would, and the result is checked to
 //! have exactly the configured scheme and authority before it is used.
 
-use http::uri::{Authority, Scheme};
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 
 /// A configured upstream base URL, parsed once when the snapshot is built.
@@ -99,6 +100,15 @@ fn check_segment(seg: &str) -> Result<(), PathError> {
             "characters outside RFC 3986 path characters must be percent-encoded",
         ));
     }
+    if !seg.contains('%') {
+        // Nothing to decode, and `pchar` already excludes `/`, `\` and control
+        // characters: only the dot segments are left to refuse.
+        return if seg == "." || seg == ".." {
+            Err(PathError("'.' and '..' path segments are not allowed"))
+        } else {
+            Ok(())
+        };
+    }
     let decoded =
         percent_decode(seg.as_bytes()).ok_or(PathError("malformed percent-escape in path"))?;
     if decoded == b"." || decoded == b".." {
@@ -131,16 +141,9 @@ pub fn compose(
     inject: Option<QueryParam<'_>>,
 ) -> Result<Uri, PathError> {
     check_rest(rest)?;
-    let mut s = String::with_capacity(
-        up.scheme.as_str().len()
-            + up.authority.as_str().len()
-            + up.base_path.len()
-            + rest.len()
-            + 64,
-    );
-    s.push_str(up.scheme.as_str());
-    s.push_str("://");
-    s.push_str(up.authority.as_str());
+    // Only the path and query are text; scheme and authority are the configured ones,
+    // copied as they are (no re-parse).
+    let mut s = String::with_capacity(up.base_path.len() + rest.len() + 64);
     s.push_str(&up.base_path);
     if !rest.is_empty() || up.base_path.is_empty() {
         s.push('/');
@@ -159,8 +162,8 @@ pub fn compose(
     {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
             let name = param_name(pair);
-            if injected_name.is_some_and(|n| n.as_bytes() == name.as_slice())
-                || drop.iter().any(|d| d.as_bytes() == name.as_slice())
+            if injected_name.is_some_and(|n| n.as_bytes() == &*name)
+                || drop.iter().any(|d| d.as_bytes() == &*name)
             {
                 continue;
             }
@@ -173,9 +176,13 @@ pub fn compose(
             &format!("{}={}", encode_component(p.name), encode_component(p.value)),
         );
     }
-    let uri: Uri = s
-        .parse()
+    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(s))
         .map_err(|_| PathError("the path cannot be forwarded"))?;
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(up.scheme.clone());
+    parts.authority = Some(up.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    let uri = Uri::from_parts(parts).map_err(|_| PathError("the path cannot be forwarded"))?;
     if uri.scheme() != Some(&up.scheme) || uri.authority() != Some(&up.authority) {
         return Err(PathError("the path would change the upstream host"));
     }
@@ -183,9 +190,15 @@ pub fn compose(
 }
 
 /// The decoded name of a `name=value` query pair (`+` as space).
-fn param_name(pair: &str) -> Vec<u8> {
-    let raw = pair.split('=').next().unwrap_or("").replace('+', " ");
-    percent_decode(raw.as_bytes()).unwrap_or_else(|| raw.into_bytes())
+fn param_name(pair: &str) -> std::borrow::Cow<'_, [u8]> {
+    let raw = pair.split('=').next().unwrap_or("");
+    if !raw.contains(['+', '%']) {
+        return raw.as_bytes().into();
+    }
+    let raw = raw.replace('+', " ");
+    percent_decode(raw.as_bytes())
+        .unwrap_or_else(|| raw.into_bytes())
+        .into()
 }
 
 /// Percent-encodes everything but unreserved characters.
