@@ -75,7 +75,8 @@ pub struct Outgoing {
     pub method: Method,
     pub headers: HeaderMap,
     pub body: OutBody,
-    /// The client path after the slug (already checked).
+    /// The client path after the slug (already checked) and query, when the key goes in
+    /// the query (otherwise empty: the URI is composed once, in `fixed_uri`).
     rest: String,
     query: Option<String>,
     /// Client query parameters that are credentials and never go upstream.
@@ -92,7 +93,6 @@ impl Outgoing {
         drop_params: &'static [&'static str],
         body: OutBody,
     ) -> Result<Outgoing, ApiError> {
-        let query = parts.uri.query().map(str::to_string);
         let fixed_uri = match svc.spec.placement {
             Placement::Query { .. } => {
                 url::check_rest(rest).map_err(bad_path)?;
@@ -102,18 +102,23 @@ impl Outgoing {
                 url::compose(
                     &svc.spec.upstream,
                     rest,
-                    query.as_deref(),
+                    parts.uri.query(),
                     drop_params,
                     None,
                 )
                 .map_err(bad_path)?,
             ),
         };
+        // Path and query are only kept when each attempt composes its own URI.
+        let (rest, query) = match fixed_uri {
+            Some(_) => (String::new(), None),
+            None => (rest.to_string(), parts.uri.query().map(str::to_string)),
+        };
         Ok(Outgoing {
             method: parts.method,
             headers: parts.headers,
             body,
-            rest: rest.to_string(),
+            rest,
             query,
             drop_params,
             fixed_uri,
