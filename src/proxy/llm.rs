@@ -134,7 +134,13 @@ impl BodyKey {
 
 /// Finds a top-level `api_key` string member, scanning the JSON without rebuilding it.
 pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
-    if !json.windows(9).any(|w| w == b"\"api_key\"") {
+    // The quick test every request pays for: std's substring search (vectorised) on
+    // the text; a byte-window scan, ten times slower, only for a body that is not UTF-8.
+    let mentioned = match std::str::from_utf8(json) {
+        Ok(text) => text.contains("\"api_key\""),
+        Err(_) => json.windows(9).any(|w| w == b"\"api_key\""),
+    };
+    if !mentioned {
         return None;
     }
     let mut i = skip_ws(json, 0);
