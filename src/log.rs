@@ -59,14 +59,28 @@ pub fn enabled(level: Level) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
+thread_local! {
+    /// The second of the last line formatted on this thread, and its RFC 3339 text
+    /// without the `Z`: at thousands of lines a second, most lines reuse it.
+    static SECOND: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
 /// Formats one line and hands it to the writer thread (stderr).
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
-    let line = format!(
-        "{} {} {}\n",
-        crate::timefmt::rfc3339_millis(crate::timefmt::now_ms()),
-        level.label(),
-        args
-    );
+    use std::fmt::Write as _;
+    let ms = crate::timefmt::now_ms();
+    let mut line = String::with_capacity(128);
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != ms / 1000 {
+            let mut text = crate::timefmt::rfc3339(ms / 1000);
+            text.pop(); // the `Z`
+            *cached = (ms / 1000, text);
+        }
+        line.push_str(&cached.1);
+    });
+    let _ = writeln!(line, ".{:03}Z {} {}", ms % 1000, level.label(), args);
     match SINK.get_or_init(spawn_writer).try_send(Msg::Line(line)) {
         // A full queue means stderr is stuck; dropping a line beats stalling requests.
         Ok(()) | Err(TrySendError::Full(_)) => {}
