@@ -135,7 +135,8 @@ if [[ $MODE == profile ]]; then
     "$HARNESS" hammer --port "$PORT" --route "$ROUTE" --n "$N"
     callgrind_control -d "$VG" >/dev/null
     sleep 1
-    DUMP=$(ls -t "$WORK"/callgrind.out* | head -1)
+    DUMP=$WORK/callgrind.out.1 # the dump asked for above (callgrind.out is written at exit)
+    [[ -s $DUMP ]] || die "callgrind wrote no dump"
     set +o pipefail # `| head` below closes pipes early on purpose
     callgrind_annotate "$DUMP" >"$WORK/self.txt" 2>/dev/null || die "callgrind_annotate failed"
     callgrind_annotate --inclusive=yes "$DUMP" >"$WORK/inclusive.txt" 2>/dev/null || true

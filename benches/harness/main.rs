@@ -73,6 +73,29 @@ fn main() {
             };
             hammer(SocketAddr::from(([127, 0, 0, 1], port)), kind, route, n);
         }
+        Some("openloop") => {
+            // One open-loop run, for harness development: prints the result as JSON.
+            let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
+            let rate: f64 = get("--rate").and_then(|p| p.parse().ok()).expect("--rate");
+            let secs: u64 = get("--seconds").and_then(|p| p.parse().ok()).unwrap_or(5);
+            let route = match get("--route").as_deref() {
+                Some("llm") => Route::Llm,
+                _ => Route::Rest,
+            };
+            let kind = match get("--kind").as_deref() {
+                Some("direct") => Kind::Direct,
+                _ => Kind::Ours,
+            };
+            let r = openloop::run(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                &targets::request(kind, route, ""),
+                rate,
+                Duration::from_secs(1),
+                Duration::from_secs(secs),
+                64,
+            );
+            println!("{}", serde_json::to_string(&r).expect("json"));
+        }
         Some("setup") => {
             let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
             let up: u16 = get("--upstream")
