@@ -138,12 +138,15 @@ if [[ $MODE == profile ]]; then
     DUMP=$WORK/callgrind.out.1 # the dump asked for above (callgrind.out is written at exit)
     [[ -s $DUMP ]] || die "callgrind wrote no dump"
     set +o pipefail # `| head` below closes pipes early on purpose
-    callgrind_annotate "$DUMP" >"$WORK/self.txt" 2>/dev/null || die "callgrind_annotate failed"
-    callgrind_annotate --inclusive=yes "$DUMP" >"$WORK/inclusive.txt" 2>/dev/null || true
+    callgrind_annotate --auto=no --threshold=100 "$DUMP" >"$WORK/self.txt" 2>/dev/null ||
+        die "callgrind_annotate failed"
+    callgrind_annotate --auto=no --threshold=100 --inclusive=yes "$DUMP" >"$WORK/inclusive.txt" 2>/dev/null || true
     TOTAL=$(sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$WORK/self.txt" | tr -d ,)
     [[ -n $TOTAL ]] || die "no instruction total in the callgrind dump"
     mkdir -p benches/results
-    OUT=benches/results/callgrind-$ROUTE-latest.txt
+    LEVEL_TAG=""
+    [[ ${LOG_LEVEL:-warn} != warn ]] && LEVEL_TAG="-${LOG_LEVEL}"
+    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-latest.txt
     {
         echo "# callgrind: $N sequential $ROUTE requests on one keep-alive connection (after 500 warm-up"
         echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}; proxy process only (user space)."

@@ -5,6 +5,7 @@
 //!             [--reps N] [--seconds S] [--pin none|split] [--quick]
 //! harness upstream --port P [--threads N]     the upstream server (started by `run`)
 //! harness hammer --port P --route rest|llm --n N    N sequential requests (profiling)
+//! harness report benches/results/<date>.json          the tables of a recorded run
 //! ```
 //!
 //! Method and results: docs/BENCHMARKS.md. Raw results: benches/results/.
@@ -40,7 +41,7 @@ pub struct Opts {
     pub seconds: u64,
     pub warmup: u64,
     pub conns: usize,
-    /// `split`: proxy/nginx on CPU 0, upstream and load generators on CPU 1.
+    /// `split`: proxy/nginx on CPU 0, upstream and load generators on CPU 1; `none`.
     pub pin: String,
     pub streams: usize,
 }
@@ -95,6 +96,13 @@ fn main() {
                 64,
             );
             println!("{}", serde_json::to_string(&r).expect("json"));
+        }
+        Some("report") => {
+            // The tables of a recorded run, again (after the report code changed).
+            let path = args.get(1).expect("harness report <results.json>");
+            let text = std::fs::read_to_string(path).expect("read results");
+            let raw: Value = serde_json::from_str(&text).expect("results JSON");
+            print!("{}", report::markdown(&raw));
         }
         Some("setup") => {
             let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
@@ -188,6 +196,15 @@ fn pins(mode: &str) -> Pins {
     }
 }
 
+/// CPUs the servers under test may use: tokio's default runtime starts one worker per
+/// CPU of its affinity mask, and nginx gets as many `worker_processes`.
+fn server_cpus(pin: &Pins) -> usize {
+    match &pin.server {
+        Some(set) => set.split(',').count(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -196,6 +213,14 @@ fn run(o: &Opts) {
     let started = Instant::now();
     let work = procs::work_dir(&o.work);
     let pin = pins(&o.pin);
+    if let Some(cpus) = &pin.client {
+        // The harness is a load generator too (open loop, SSE, memory): on the client CPU,
+        // with every thread it starts from now on.
+        let _ = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpus, &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
     let mut raw = json!({});
     raw["conditions"] = conditions(o);
     log(&format!(
@@ -252,7 +277,13 @@ fn run(o: &Opts) {
 
     // The targets of the comparison.
     let nginx_port = procs::free_port();
-    let nginx = targets::spawn_nginx(&work, nginx_port, up_port, 2, pin.server.as_deref());
+    let nginx = targets::spawn_nginx(
+        &work,
+        nginx_port,
+        up_port,
+        server_cpus(&pin),
+        pin.server.as_deref(),
+    );
     let nginx_t = Target {
         name: "nginx".into(),
         kind: Kind::Nginx,
@@ -430,7 +461,9 @@ fn run(o: &Opts) {
     raw["conditions"]["seconds_total"] = json!(started.elapsed().as_secs());
     raw["conditions"]["loadavg_end"] = json!(procs::loadavg());
     let md = report::markdown(&raw);
-    let stamp = report::stamp();
+    let stamp = raw["conditions"]["date_utc"]
+        .as_str()
+        .map_or_else(report::stamp, str::to_string);
     std::fs::create_dir_all(&o.results).expect("results dir");
     let json_path = o.results.join(format!("{stamp}.json"));
     std::fs::write(
@@ -473,7 +506,12 @@ fn conditions(o: &Opts) -> Value {
     json!({
         "date_utc": report::stamp(),
         "cpu": cpu,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        // Counted from /proc/cpuinfo: when pinned, this process sees only its own CPU.
+        "cores": std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count(),
         "kernel": cmd("uname", &["-r"]),
         "loadavg_start": procs::loadavg(),
         "nginx": cmd(targets::which("nginx").map(|p| p.display().to_string()).as_deref().unwrap_or("nginx"), &["-v"]),
@@ -484,8 +522,8 @@ fn conditions(o: &Opts) -> Value {
         "connections": o.conns,
         "pin": o.pin,
         "client_nice": procs::own_nice(),
-        "proxy_workers": "tokio default (one per core)",
-        "nginx_workers": 2,
+        "proxy_workers": server_cpus(&pins(&o.pin)),
+        "nginx_workers": server_cpus(&pins(&o.pin)),
     })
 }
 
