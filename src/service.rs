@@ -458,7 +458,8 @@ mod tests {
                 ..generic("http://x")
             }),
             "api_key_name"
-        );        assert_eq!(
+        );
+        assert_eq!(
             e(ServiceFields {
                 api_key_name: Some("x".repeat(101)),
                 ..generic("http://x")
