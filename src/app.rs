@@ -29,7 +29,8 @@ pub struct AppState {
     pub cache: Cache,
     pub snapshot: SnapshotCell,
     pub registry: KeyRegistry,
-    pub client: HttpClient,
+    /// One upstream client (and connection pool) per shard.
+    clients: Vec<HttpClient>,
     pub metrics: Metrics,
     pub proxy_keys: ProxyKeys,
     pub login_throttle: LoginThrottle,
@@ -45,7 +46,9 @@ impl AppState {
         cache: Cache,
     ) -> Result<Arc<AppState>, String> {
         let state = Arc::new(AppState {
-            client: crate::proxy::client::build(config.connect_timeout),
+            clients: (0..config.worker_threads.max(1))
+                .map(|_| crate::proxy::client::build(config.connect_timeout))
+                .collect(),
             proxy_keys: ProxyKeys::new(&config.proxy_keys),
             config,
             store,
@@ -61,6 +64,13 @@ impl AppState {
             .await
             .map_err(|e| format!("Failed to load services: {e}"))?;
         Ok(state)
+    }
+
+    /// The upstream client of the shard running this code: its connections live on this
+    /// thread's runtime, so a request never waits on another thread.
+    #[inline]
+    pub fn client(&self) -> &HttpClient {
+        &self.clients[crate::server::shard() % self.clients.len()]
     }
 
     /// Rebuilds the snapshot from the store.

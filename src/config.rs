@@ -92,6 +92,8 @@ pub struct Config {
     pub proxy_keys: Vec<Secret>,
     pub bind_address: IpAddr,
     pub port: u16,
+    /// Threads serving requests (`WORKER_THREADS`, default: one per CPU).
+    pub worker_threads: usize,
     pub public_base_url: String,
     pub log_level: Level,
     pub reset_db_tables: bool,
@@ -301,6 +303,10 @@ impl Config {
                 "an IP address",
             )?,
             port,
+            worker_threads: match vars.parse("WORKER_THREADS", 0usize, "a number of threads")? {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n.min(1024),
+            },
             public_base_url,
             log_level,
             reset_db_tables: vars.flag("RESET_DB_TABLES")?,

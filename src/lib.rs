@@ -124,7 +124,7 @@ async fn run(
             _ = stopped.changed() => {}
         }
     };
-    server::serve(listener, state.clone(), stopped).await;
+    server::serve_sharded(listener, state.clone(), stopped).await;
     // Tell the flusher and background tasks, then wait for the last statistics write.
     let _ = stop.send(true);
     if let Some(task) = background {

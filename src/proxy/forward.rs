@@ -67,7 +67,7 @@ pub async fn run(
         let is_last = attempt == max_attempts;
         let req = out.request(svc, &key.secret, key.header.as_ref(), is_last)?;
         let sent = Instant::now();
-        let resp = match tokio::time::timeout_at(deadline, state.client.request(req)).await {
+        let resp = match tokio::time::timeout_at(deadline, state.client().request(req)).await {
             Err(_) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
                 svc.metrics.response(504);

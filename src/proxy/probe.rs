@@ -80,7 +80,7 @@ pub async fn probe_key(
     let started = Instant::now();
     let answer = tokio::time::timeout(
         PROBE_TIMEOUT.min(state.config.proxy_timeout),
-        state.client.request(req),
+        state.client().request(req),
     )
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
