@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{ApiError, json_response};
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
-use crate::proxy::client::HttpClient;
+use crate::proxy::client::Upstreams;
 use crate::router::{self, Route};
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::store::Store;
@@ -29,8 +29,8 @@ pub struct AppState {
     pub cache: Cache,
     pub snapshot: SnapshotCell,
     pub registry: KeyRegistry,
-    /// One upstream client (and connection pool) per shard.
-    clients: Vec<HttpClient>,
+    /// Upstream connection pools (one slot per shard).
+    pub upstreams: Upstreams,
     pub metrics: Metrics,
     pub proxy_keys: ProxyKeys,
     pub login_throttle: LoginThrottle,
@@ -46,9 +46,11 @@ impl AppState {
         cache: Cache,
     ) -> Result<Arc<AppState>, String> {
         let state = Arc::new(AppState {
-            clients: (0..config.worker_threads.max(1))
-                .map(|_| crate::proxy::client::build(config.connect_timeout))
-                .collect(),
+            upstreams: Upstreams::new(
+                config.connect_timeout,
+                config.worker_threads,
+                config.upstream_ca_file.as_deref(),
+            )?,
             proxy_keys: ProxyKeys::new(&config.proxy_keys),
             config,
             store,
@@ -66,18 +68,17 @@ impl AppState {
         Ok(state)
     }
 
-    /// The upstream client of the shard running this code: its connections live on this
-    /// thread's runtime, so a request never waits on another thread.
-    #[inline]
-    pub fn client(&self) -> &HttpClient {
-        &self.clients[crate::server::shard() % self.clients.len()]
-    }
-
     /// Rebuilds the snapshot from the store.
     pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
         let _guard = self.reload_lock.lock().await;
         let dump = self.store.load_all().await?;
-        let snap = Snapshot::build(&dump, &self.registry, &self.metrics, now_ms());
+        let snap = Snapshot::build(
+            &dump,
+            &self.registry,
+            &self.metrics,
+            &self.upstreams,
+            now_ms(),
+        );
         self.snapshot.store(snap);
         Ok(())
     }

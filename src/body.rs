@@ -29,11 +29,11 @@ pub fn stream(incoming: Incoming) -> Body {
 }
 
 /// What [`read_up_to`] found.
-pub enum Buffered {
+pub enum Buffered<B> {
     /// The whole body, at most `limit` bytes.
     Complete(Bytes),
     /// The body is longer than `limit`: what was read so far and the unread rest.
-    Partial(Bytes, Incoming),
+    Partial(Bytes, B),
 }
 
 /// Why a body could not be read.
@@ -42,12 +42,16 @@ pub enum ReadError {
     /// The body is longer than the limit.
     TooLarge,
     /// The peer failed or went away mid-body.
-    Io(hyper::Error),
+    Io(BoxError),
 }
 
 /// Reads a body of at most `limit` bytes; longer ones are returned as [`Buffered::Partial`]
-/// (and rejected before reading when `Content-Length` already says so).
-pub async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Buffered, hyper::Error> {
+/// (without reading when the announced length already says so).
+pub async fn read_up_to<B>(mut body: B, limit: usize) -> Result<Buffered<B>, BoxError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     if body.is_end_stream() {
         return Ok(Buffered::Complete(Bytes::new()));
     }
@@ -56,7 +60,7 @@ pub async fn read_up_to(mut body: Incoming, limit: usize) -> Result<Buffered, hy
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
             buf.extend_from_slice(&data);
             if buf.len() > limit {
                 return Ok(Buffered::Partial(buf.freeze(), body));
@@ -74,19 +78,22 @@ pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, ReadErr
     }
 }
 
-/// A body that first yields `prefix`, then the rest of `incoming`: how a request body
-/// that turned out too long to buffer still goes upstream whole.
-pub fn chain(prefix: Bytes, incoming: Incoming) -> Body {
+/// A body that first yields `prefix`, then `rest`: how a body that turned out too long to
+/// buffer still goes on whole.
+pub fn chain(prefix: Bytes, rest: Body) -> Body {
+    if prefix.is_empty() {
+        return rest;
+    }
     Chain {
-        head: (!prefix.is_empty()).then_some(prefix),
-        rest: incoming,
+        head: Some(prefix),
+        rest,
     }
     .boxed_unsync()
 }
 
 struct Chain {
     head: Option<Bytes>,
-    rest: Incoming,
+    rest: Body,
 }
 
 impl hyper::body::Body for Chain {
@@ -100,9 +107,7 @@ impl hyper::body::Body for Chain {
         if let Some(head) = self.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(BoxError::from)))
+        Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -102,6 +102,8 @@ pub struct Config {
     /// How long to wait for upstream response headers.
     pub proxy_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for upstreams, besides the public roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
     /// How long a shutdown waits for open requests and streams.
     pub shutdown_grace: Duration,
@@ -314,6 +316,9 @@ impl Config {
             cache: cache_config(&vars)?,
             proxy_timeout: vars.seconds("PROXY_TIMEOUT", 300)?,
             connect_timeout: vars.seconds("CONNECT_TIMEOUT", 10)?,
+            upstream_ca_file: vars
+                .get("UPSTREAM_CA_FILE")
+                .map(|p| PathBuf::from(p.trim())),
             header_read_timeout: vars.seconds("HEADER_READ_TIMEOUT", 30)?,
             shutdown_grace: vars.seconds("SHUTDOWN_GRACE_SECONDS", 10)?,
             retry_body_limit: vars.parse("RETRY_BODY_LIMIT", 1 << 20, "a number of bytes")?,

@@ -11,6 +11,7 @@ use http::HeaderValue;
 
 use crate::keys::{KeyPool, KeyRegistry, KeyRuntime, PoolKey};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::proxy::client::{Pool, Upstreams};
 use crate::service::{self, Placement, ServiceSpec};
 use crate::store::{Dump, KeyRecord, ServiceRecord};
 
@@ -26,6 +27,8 @@ pub struct Service {
     /// Round-robin cursor; outlives snapshots.
     pub cursor: Arc<AtomicU64>,
     pub metrics: Arc<ServiceMetrics>,
+    /// Connections to the upstream.
+    pub conns: Arc<Pool>,
 }
 
 /// All active services by slug.
@@ -39,7 +42,13 @@ impl Snapshot {
     /// Builds a snapshot from everything the store holds. Services whose fields cannot be
     /// used (possible in files written by the original, which validated nothing) are left
     /// out with a warning naming them.
-    pub fn build(dump: &Dump, registry: &KeyRegistry, metrics: &Metrics, now_ms: u64) -> Snapshot {
+    pub fn build(
+        dump: &Dump,
+        registry: &KeyRegistry,
+        metrics: &Metrics,
+        upstreams: &Upstreams,
+        now_ms: u64,
+    ) -> Snapshot {
         let runtimes = registry.sync(&dump.keys);
         let mut keys_by_service: HashMap<i64, Vec<&KeyRecord>> = HashMap::new();
         for k in dump.keys.iter().filter(|k| k.is_active) {
@@ -69,6 +78,7 @@ impl Snapshot {
                 .filter_map(|k| pool_key(k, &spec.placement, &runtimes))
                 .collect();
             keys.sort_by_key(|k| k.id);
+            let conns = upstreams.pool(&spec.upstream);
             let svc = Arc::new(Service {
                 id: rec.id,
                 slug: rec.fields.slug.as_str().into(),
@@ -77,6 +87,7 @@ impl Snapshot {
                 pool: KeyPool::new(keys, now_ms),
                 cursor: registry.cursor(rec.id),
                 metrics: metrics.service(&rec.fields.slug),
+                conns,
             });
             snap.by_slug.insert(svc.slug.clone(), svc.clone());
             snap.list.push(svc);

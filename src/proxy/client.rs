@@ -1,36 +1,337 @@
-//! The one pooled upstream client: hyper-util's legacy client over hyper-rustls
-//! (HTTP/1.1 and HTTP/2 by ALPN, webpki roots, ring), TCP_NODELAY, a connect timeout.
+//! The upstream client: hyper's connections over hyper-rustls (HTTP/1.1, or HTTP/2 when
+//! the server picks it by ALPN; webpki roots, ring), TCP_NODELAY, a connect timeout, and
+//! a connection pool per upstream (scheme, host, port) with one slot per shard.
+//!
+//! Each service of the snapshot holds its upstream's [`Pool`], found once when the
+//! snapshot is built, so a request takes a connection without hashing anything: it pops
+//! an idle HTTP/1.1 connection from its shard's slot (or clones the shard's HTTP/2
+//! connection), and the connection goes back when the response body has been read to
+//! the end. A connection's task runs on the runtime of the shard that opened it, so a
+//! request never waits on another thread. Redirects are never followed.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service as _;
 
-use crate::body::Body;
+use super::url::Upstream;
+use crate::body::{self, Body, BoxError};
 
-/// The client type used for every upstream request.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+/// Idle HTTP/1.1 connections kept per upstream and shard.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Builds the shared client. Redirects are never followed (hyper does not).
-pub fn build(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .expect("the ring provider supports the default TLS versions")
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(https)
+type Connector = HttpsConnector<HttpConnector>;
+
+/// Why an upstream request failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (refused, DNS, TLS, connect timeout).
+    Connect(BoxError),
+    /// The connection failed while sending or before the response headers.
+    Request(hyper::Error),
+}
+
+impl SendError {
+    /// Whether the failure happened before any byte of the request was sent.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) => write!(f, "{e}"),
+            SendError::Request(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Connect(e) => e.source(),
+            SendError::Request(e) => std::error::Error::source(e),
+        }
+    }
+}
+
+/// The pools of every upstream, shared by all snapshots.
+pub struct Upstreams {
+    connector: Connector,
+    shards: usize,
+    pools: Mutex<HashMap<(Scheme, Authority), Arc<Pool>>>,
+}
+
+/// The CA roots upstream certificates are checked against: the public web roots
+/// (compiled in, so a `FROM scratch` image needs no CA bundle) and, from `extra_ca`, the
+/// PEM certificates of a private CA.
+fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("UPSTREAM_CA_FILE {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "UPSTREAM_CA_FILE {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("UPSTREAM_CA_FILE {}: {e}", path.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
+}
+
+impl Upstreams {
+    /// A registry for `shards` shards; connections time out after `connect_timeout`;
+    /// `extra_ca` adds a private CA to the trusted roots.
+    pub fn new(
+        connect_timeout: Duration,
+        shards: usize,
+        extra_ca: Option<&Path>,
+    ) -> Result<Upstreams, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(extra_ca)?)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(Upstreams {
+            connector,
+            shards: shards.max(1),
+            pools: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The pool of an upstream (created on first use; the same for every service that
+    /// points at the same scheme, host and port).
+    pub fn pool(&self, up: &Upstream) -> Arc<Pool> {
+        let key = (up.scheme.clone(), up.authority.clone());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    connector: self.connector.clone(),
+                    target: Uri::builder()
+                        .scheme(up.scheme.clone())
+                        .authority(up.authority.clone())
+                        .path_and_query("/")
+                        .build()
+                        .expect("a scheme and an authority make a URI"),
+                    host: up.host.clone(),
+                    slots: (0..self.shards).map(|_| Mutex::default()).collect(),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Connections to one upstream, one slot per shard.
+pub struct Pool {
+    connector: Connector,
+    /// `scheme://host:port/`, what the connector dials.
+    target: Uri,
+    /// `Host` for HTTP/1.1 requests.
+    host: HeaderValue,
+    slots: Box<[Mutex<Slot>]>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pool({})", self.target)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Idle HTTP/1.1 connections, oldest first, with the time they became idle.
+    idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    /// The shard's HTTP/2 connection, when the upstream speaks it.
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+/// A fresh connection.
+enum Fresh {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+impl Pool {
+    fn slot(&self, index: usize) -> std::sync::MutexGuard<'_, Slot> {
+        self.slots[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `req` (with an absolute URI) and returns the response, whose body streams
+    /// from the upstream connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let index = crate::server::shard() % self.slots.len();
+        let h2 = self.slot(index).h2.clone();
+        if let Some(h2) = h2.filter(|c| !c.is_closed()) {
+            return send_h2(h2, req).await;
+        }
+        // HTTP/1.1: origin-form request target and our own Host.
+        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
+        req.headers_mut().insert(HOST, self.host.clone());
+        loop {
+            let idle = self.slot(index).idle.pop();
+            let Some((mut conn, _)) = idle else { break };
+            if conn.ready().await.is_err() {
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok(self.release_when_read(resp, conn, index)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection was closed; try another.
+                    Some(unsent) => req = unsent,
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+        match self.connect(index).await? {
+            Fresh::H1(mut conn) => {
+                let resp = conn.send_request(req).await.map_err(SendError::Request)?;
+                Ok(self.release_when_read(resp, conn, index))
+            }
+            Fresh::H2(conn) => {
+                // The server chose HTTP/2: the request needs its absolute URI back.
+                let uri = rebuild_absolute(&self.target, req.uri());
+                *req.uri_mut() = uri;
+                req.headers_mut().remove(HOST);
+                send_h2(conn, req).await
+            }
+        }
+    }
+
+    /// Opens a connection on this shard's runtime.
+    async fn connect(self: &Arc<Self>, index: usize) -> Result<Fresh, SendError> {
+        let mut connector = self.connector.clone();
+        ConnectorReady(&mut connector)
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector
+            .call(self.target.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (conn, driver) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .handshake(io)
+                .await
+                .map_err(SendError::Request)?;
+            tokio::spawn(driver);
+            self.slot(index).h2 = Some(conn.clone());
+            return Ok(Fresh::H2(conn));
+        }
+        let (conn, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(SendError::Request)?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                crate::debug!("upstream connection ended: {e}");
+            }
+        });
+        Ok(Fresh::H1(conn))
+    }
+
+    /// Wraps the response body so that its connection returns to the pool once the body
+    /// has been read to the end (a body dropped half-way closes the connection).
+    fn release_when_read(
+        self: &Arc<Self>,
+        resp: Response<hyper::body::Incoming>,
+        conn: http1::SendRequest<Body>,
+        index: usize,
+    ) -> Response<Body> {
+        let pool = self.clone();
+        resp.map(|incoming| {
+            body::watch(body::stream(incoming), move |_, complete| {
+                if complete {
+                    pool.put_idle(index, conn);
+                }
+            })
+        })
+    }
+
+    fn put_idle(&self, index: usize, conn: http1::SendRequest<Body>) {
+        let now = Instant::now();
+        let mut slot = self.slot(index);
+        // Close what idled too long (oldest first) and keep the list bounded.
+        let stale = slot
+            .idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) > IDLE_TIMEOUT)
+            .count();
+        slot.idle.drain(..stale);
+        if slot.idle.len() < MAX_IDLE {
+            slot.idle.push((conn, now));
+        }
+    }
+}
+
+async fn send_h2(
+    mut conn: http2::SendRequest<Body>,
+    req: Request<Body>,
+) -> Result<Response<Body>, SendError> {
+    conn.ready().await.map_err(SendError::Request)?;
+    let resp = conn.send_request(req).await.map_err(SendError::Request)?;
+    Ok(resp.map(body::stream))
+}
+
+/// `target`'s scheme and authority with `origin`'s path and query.
+fn rebuild_absolute(target: &Uri, origin: &Uri) -> Uri {
+    let mut parts = origin.clone().into_parts();
+    parts.scheme = target.scheme().cloned();
+    parts.authority = target.authority().cloned();
+    Uri::from_parts(parts).unwrap_or_else(|_| target.clone())
+}
+
+/// Waits until the connector can take a connection (a named future: a closure over
+/// `Context` here would make the request future's `Send` proof fail).
+struct ConnectorReady<'a>(&'a mut Connector);
+
+impl std::future::Future for ConnectorReady<'_> {
+    type Output = Result<(), BoxError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.poll_ready(cx)
+    }
 }

@@ -10,9 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::client::SendError;
 use super::{Outgoing, cors, headers};
 use crate::app::AppState;
 use crate::body::{self, Body, Buffered};
@@ -67,7 +67,7 @@ pub async fn run(
         let is_last = attempt == max_attempts;
         let req = out.request(svc, &key.secret, key.header.as_ref(), is_last)?;
         let sent = Instant::now();
-        let resp = match tokio::time::timeout_at(deadline, state.client().request(req)).await {
+        let resp = match tokio::time::timeout_at(deadline, svc.conns.send(req)).await {
             Err(_) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
                 svc.metrics.response(504);
@@ -138,18 +138,20 @@ fn all_down(retry_after_ms: Option<u64>, now: u64) -> ApiError {
 }
 
 /// Describes a client error by its causes (never a URL or header: no key can be in it).
-pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
+pub fn describe(e: &SendError) -> String {
     let mut parts = vec![if e.is_connect() {
         "connection failed".to_string()
     } else {
         "request failed".to_string()
     }];
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
+    loop {
         if !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
+        let Some(s) = source else { break };
+        text = s.to_string();
         source = s.source();
     }
     parts.join(": ")
@@ -160,7 +162,7 @@ pub fn describe(e: &hyper_util::client::legacy::Error) -> String {
 async fn judge(
     state: &AppState,
     svc: &Service,
-    resp: Response<Incoming>,
+    resp: Response<Body>,
     deadline: Instant,
 ) -> (Response<Body>, Verdict) {
     let status = resp.status();
@@ -175,7 +177,7 @@ async fn judge(
             &state.config.invalid_key_phrases,
             now_ms(),
         );
-        return (Response::from_parts(parts, body::stream(incoming)), verdict);
+        return (Response::from_parts(parts, incoming), verdict);
     }
     let read = tokio::time::timeout_at(deadline, body::read_up_to(incoming, ERROR_PEEK)).await;
     let (body, head) = match read {

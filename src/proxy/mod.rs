@@ -46,9 +46,10 @@ impl OutBody {
     async fn read(incoming: Incoming, limit: usize) -> Result<OutBody, ApiError> {
         match body::read_up_to(incoming, limit).await {
             Ok(Buffered::Complete(bytes)) => Ok(OutBody::Replayable(bytes)),
-            Ok(Buffered::Partial(prefix, rest)) => {
-                Ok(OutBody::Streaming(Some(body::chain(prefix, rest))))
-            }
+            Ok(Buffered::Partial(prefix, rest)) => Ok(OutBody::Streaming(Some(body::chain(
+                prefix,
+                body::stream(rest),
+            )))),
             Err(e) => Err(ApiError::proxy(
                 StatusCode::BAD_REQUEST,
                 format!("request body could not be read: {e}"),

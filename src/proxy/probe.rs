@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::{forward, url};
@@ -80,7 +79,7 @@ pub async fn probe_key(
     let started = Instant::now();
     let answer = tokio::time::timeout(
         PROBE_TIMEOUT.min(state.config.proxy_timeout),
-        state.client().request(req),
+        state.upstreams.pool(&spec.upstream).send(req),
     )
     .await;
     let latency_ms = started.elapsed().as_millis() as u64;
@@ -94,11 +93,10 @@ pub async fn probe_key(
         }
     };
     let (parts, incoming) = resp.into_parts();
-    let head = http_body_util::Limited::new(incoming, 64 * 1024)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let head = match body::read_up_to(incoming, 64 * 1024).await {
+        Ok(body::Buffered::Complete(b) | body::Buffered::Partial(b, _)) => b,
+        Err(_) => Default::default(),
+    };
     let verdict = policy::classify(
         parts.status,
         &parts.headers,
