@@ -126,6 +126,7 @@ async fn the_proxy_key_never_reaches_the_upstream_and_hop_by_hop_headers_are_str
         "keep-alive",
         "te",
         "proxy-authorization",
+        "expect",
     ] {
         assert!(
             r.header(gone).is_none(),
@@ -153,8 +154,19 @@ async fn the_proxy_key_never_reaches_the_upstream_and_hop_by_hop_headers_are_str
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(cookies, ["a=1; Path=/", "b=2; Path=/"]);
-    assert_eq!(h["access-control-allow-origin"], "*");
     assert!(h.get("x-rotator-error").is_none());
+    assert!(
+        h.get("access-control-allow-origin").is_none(),
+        "no CORS headers for a client that is not a browser"
+    );
+    let (_, h, _) = call(
+        Method::GET,
+        &s.url("/proxy/svc/echo"),
+        &[KEY_HEADER, ("origin", "https://app.example")],
+        "",
+    )
+    .await;
+    assert_eq!(h["access-control-allow-origin"], "*", "CORS for browsers");
 }
 
 #[tokio::test]

@@ -204,8 +204,7 @@ impl Pool {
             return send_h2(h2, req).await;
         }
         // HTTP/1.1: origin-form request target and our own Host.
-        let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        *req.uri_mut() = Uri::try_from(origin).unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = origin_form(req.uri());
         req.headers_mut().insert(HOST, self.host.clone());
         loop {
             let idle = self.slot(index).idle.pop();
@@ -311,6 +310,17 @@ async fn send_h2(
     conn.ready().await.map_err(SendError::Request)?;
     let resp = conn.send_request(req).await.map_err(SendError::Request)?;
     Ok(resp.map(body::stream))
+}
+
+/// The path and query of `uri` alone (no re-parse: the parsed parts are reused).
+fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = Some(
+        uri.path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// `target`'s scheme and authority with `origin`'s path and query.

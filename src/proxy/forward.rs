@@ -97,7 +97,7 @@ pub async fn run(
         let retry =
             !verdict.is_success() && svc.spec.retry.on.contains(status.as_u16()) && !is_last;
         if !retry {
-            return Ok(finish(state, svc, resp, attempt));
+            return Ok(finish(state, svc, resp, attempt, out.cors));
         }
         crate::debug!(
             "service '{}': key id {} answered {}; trying another key",
@@ -110,7 +110,7 @@ pub async fn run(
     }
     let attempts = tried.iter().filter(|id| **id != 0).count();
     match (last_failure, last_error) {
-        (Some(resp), _) => Ok(finish(state, svc, resp, attempts)),
+        (Some(resp), _) => Ok(finish(state, svc, resp, attempts, out.cors)),
         (None, Some(err)) => {
             svc.metrics.response(err.status.as_u16());
             Err(err)
@@ -273,10 +273,13 @@ fn finish(
     svc: &Service,
     resp: Response<Body>,
     attempts: usize,
+    cors: bool,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    cors::add_response_headers(&mut parts.headers);
+    if cors {
+        cors::add_response_headers(&mut parts.headers);
+    }
     if attempts > 1 {
         parts
             .headers

@@ -84,6 +84,8 @@ pub struct Outgoing {
     drop_params: &'static [&'static str],
     /// The upstream URI when the key does not go in the query (composed once).
     fixed_uri: Option<Uri>,
+    /// Whether the client is a browser (sent `Origin`), so the answer needs CORS headers.
+    pub cors: bool,
 }
 
 impl Outgoing {
@@ -94,6 +96,7 @@ impl Outgoing {
         drop_params: &'static [&'static str],
         body: OutBody,
     ) -> Result<Outgoing, ApiError> {
+        let cors = parts.headers.contains_key(http::header::ORIGIN);
         let fixed_uri = match svc.spec.placement {
             Placement::Query { .. } => {
                 url::check_rest(rest).map_err(bad_path)?;
@@ -123,6 +126,7 @@ impl Outgoing {
             query,
             drop_params,
             fixed_uri,
+            cors,
         })
     }
 
