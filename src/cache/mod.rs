@@ -50,7 +50,7 @@ impl Cache {
             CacheConfig::Memory => Ok(Cache::Memory),
             #[cfg(feature = "redis")]
             CacheConfig::Redis { url } => Ok(Cache::Redis(Arc::new(
-                redis::RedisCache::connect(url.expose())
+                redis::RedisCache::connect(url.expose(), config.worker_threads)
                     .await
                     .map_err(|e| format!("Failed to initialize cache (redis): {e}"))?,
             ))),

@@ -52,7 +52,13 @@ const OUTBOX: usize = 1024;
 
 /// A Redis connection for rotation state.
 pub struct RedisCache {
+    /// Subscriptions, publishing and the checks of the background task.
     conn: ConnectionManager,
+    /// Opens each shard's own command connection.
+    client: Client,
+    /// One command connection per shard, opened on first use on the shard's runtime, so
+    /// a request's INCR never waits on another thread.
+    shard_conns: Box<[tokio::sync::OnceCell<ConnectionManager>]>,
     /// `host:port/db`, for log lines (never the password).
     target: String,
     channel: String,
@@ -66,7 +72,7 @@ pub struct RedisCache {
 impl RedisCache {
     /// Connects to Redis (RESP3) and subscribes to the change channel. Fails when Redis
     /// does not answer within a few seconds: a misconfiguration should stop the start.
-    pub async fn connect(url: &str) -> Result<RedisCache, String> {
+    pub async fn connect(url: &str, shards: usize) -> Result<RedisCache, String> {
         let client = Client::open(url).map_err(|e| format!("REDIS_URL is not usable: {e}"))?;
         let info = client.get_connection_info().clone();
         let db = info.redis_settings().db();
@@ -88,7 +94,7 @@ impl RedisCache {
             .set_max_delay(Duration::from_secs(1));
         let channel = format!("api_key_rotator:events:{db}");
         let conn = async {
-            let mut conn = ConnectionManager::new_with_config(client, config).await?;
+            let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
             conn.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(conn)
         };
@@ -100,6 +106,10 @@ impl RedisCache {
         crate::info!("Cache: redis {target}, channel {channel}");
         Ok(RedisCache {
             conn,
+            client,
+            shard_conns: (0..shards.max(1))
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
             target,
             channel,
             instance: instance_id(),
@@ -118,22 +128,30 @@ impl RedisCache {
         }
         let mut incr = redis::cmd("INCR");
         incr.arg(counter_key(svc.id));
-        match self.command::<i64>(incr, INCR_TIMEOUT, admit).await {
+        match self.command::<i64>(incr, INCR_TIMEOUT, admit, true).await {
             // INCR starts at 1; the original picks (counter - 1) mod n.
             Some(n) => n.saturating_sub(1).max(0) as u64,
             None => local_ticket(svc),
         }
     }
 
-    /// Runs one command with a timeout, telling the breaker how it went.
+    /// Runs one command with a timeout, telling the breaker how it went: on this shard's
+    /// own connection for requests (`on_shard`), else on the background connection.
     async fn command<T: redis::FromRedisValue>(
         &self,
         cmd: redis::Cmd,
         timeout: Duration,
         admit: Admit,
+        on_shard: bool,
     ) -> Option<T> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await {
+        let query = async {
+            let mut conn = match on_shard {
+                true => self.shard_conn().await?,
+                false => self.conn.clone(),
+            };
+            cmd.query_async::<T>(&mut conn).await
+        };
+        match tokio::time::timeout(timeout, query).await {
             Ok(Ok(v)) => {
                 self.breaker.succeeded(admit);
                 Some(v)
@@ -148,6 +166,23 @@ impl RedisCache {
                 None
             }
         }
+    }
+
+    /// This shard's command connection (opened here on first use).
+    async fn shard_conn(&self) -> redis::RedisResult<ConnectionManager> {
+        let cell = &self.shard_conns[crate::server::shard() % self.shard_conns.len()];
+        let conn = cell
+            .get_or_try_init(|| {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(100))
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(conn.clone())
     }
 
     /// Announces a configuration change.
@@ -247,7 +282,9 @@ impl RedisCache {
         }
         let mut publish = redis::cmd("PUBLISH");
         publish.arg(&self.channel).arg(text);
-        let _ = self.command::<i64>(publish, COMMAND_TIMEOUT, admit).await;
+        let _ = self
+            .command::<i64>(publish, COMMAND_TIMEOUT, admit, false)
+            .await;
     }
 
     /// While Redis is down, probes it (the connection manager reconnects and resubscribes
@@ -256,7 +293,7 @@ impl RedisCache {
         let admit = self.breaker.admit(now_ms());
         if admit == Admit::Probe {
             let _ = self
-                .command::<String>(redis::cmd("PING"), COMMAND_TIMEOUT, admit)
+                .command::<String>(redis::cmd("PING"), COMMAND_TIMEOUT, admit, false)
                 .await;
         }
         self.breaker.take_rejoined()
