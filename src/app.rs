@@ -126,14 +126,29 @@ async fn dispatch(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    // The proxy and admin handlers are boxed: hyper keeps the space of this future for
+    // as long as the connection lives, and theirs are several KiB, most of which an open
+    // stream would otherwise hold for nothing. (One allocation per request.)
     match router::route(req.uri().path()) {
         Route::Proxy { .. } => {
-            crate::proxy::handle(state, peer, req, crate::proxy::Flavor::Generic).await
+            Box::pin(crate::proxy::handle(
+                state,
+                peer,
+                req,
+                crate::proxy::Flavor::Generic,
+            ))
+            .await
         }
         Route::Llm { .. } => {
-            crate::proxy::handle(state, peer, req, crate::proxy::Flavor::Llm).await
+            Box::pin(crate::proxy::handle(
+                state,
+                peer,
+                req,
+                crate::proxy::Flavor::Llm,
+            ))
+            .await
         }
-        Route::Admin(_) => crate::admin::handle(state, peer, req).await,
+        Route::Admin(_) => Box::pin(crate::admin::handle(state, peer, req)).await,
         Route::Health => health(state, req.method()).await,
         Route::Metrics => metrics(state, &req),
         Route::ApiNotFound => Err(ApiError::not_found("Route not found")),

@@ -90,6 +90,48 @@ async fn slow_headers_hit_the_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_read_timeout() {
+    let s = start(&[("HEADER_READ_TIMEOUT", "0.5")]).await;
+    let addr = s.addr;
+    let (elapsed, read) = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut buf = Vec::new();
+        let read = c.read_to_end(&mut buf).map(|_| buf.len());
+        (started.elapsed(), read)
+    })
+    .await
+    .unwrap();
+    assert_eq!(read.ok(), Some(0), "closed without an answer");
+    assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+}
+
+#[tokio::test]
+async fn an_http2_preface_that_arrives_in_pieces_still_starts_http2() {
+    let s = start(&[]).await;
+    let addr = s.addr;
+    let first_frame = tokio::task::spawn_blocking(move || {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&PREFACE[..5]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        c.write_all(&PREFACE[5..]).unwrap();
+        // An empty SETTINGS frame.
+        c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).map(|_| head)
+    })
+    .await
+    .unwrap()
+    .expect("the server answers with a frame");
+    // Byte 3 of a frame header is the frame type; 4 is SETTINGS.
+    assert_eq!(first_frame[3], 4, "a SETTINGS frame: {first_frame:?}");
+}
+
+#[tokio::test]
 async fn h2c_prior_knowledge_works() {
     let up = upstream(|_| support::ok_json(json!({"ok": true}))).await;
     let s = start(&[]).await;

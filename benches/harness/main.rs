@@ -114,7 +114,7 @@ fn main() {
                 .unwrap_or_else(|e| panic!("setup failed: {e}"));
             println!("{token}");
         }
-        Some("run") => {
+        Some(cmd @ ("run" | "memory")) => {
             let quick = args.iter().any(|a| a == "--quick");
             let opts = Opts {
                 light: get("--light").map(PathBuf::from).expect("--light BIN"),
@@ -138,12 +138,17 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1000),
             };
-            run(&opts);
+            if cmd == "memory" {
+                memory_only(&opts);
+            } else {
+                run(&opts);
+            }
         }
         _ => {
             eprintln!(
                 "usage: harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR] \
                  [--reps N] [--seconds S] [--pin none|split] [--quick]\n\
+                 harness memory --light BIN [--streams N]   (the memory part alone)\n\
                  (normally started by benches/run.sh: `make bench`)"
             );
         }
@@ -196,8 +201,8 @@ fn pins(mode: &str) -> Pins {
     }
 }
 
-/// CPUs the servers under test may use: tokio's default runtime starts one worker per
-/// CPU of its affinity mask, and nginx gets as many `worker_processes`.
+/// CPUs the servers under test may use: the proxy starts one shard per CPU of its
+/// affinity mask (`WORKER_THREADS` default), and nginx gets as many `worker_processes`.
 fn server_cpus(pin: &Pins) -> usize {
     match &pin.server {
         Some(set) => set.split(',').count(),
@@ -612,6 +617,35 @@ fn time_to_first_request(opts: &ProxyOpts<'_>, work: &Path) -> Value {
     let (rss, _) = procs::rss_kb(p.pid);
     p.stop(Duration::from_secs(5));
     json!({"ms_to_first_request": ms, "idle_rss_kb": rss})
+}
+
+/// The memory measurement alone, against a fresh proxy (for work on memory use).
+fn memory_only(o: &Opts) {
+    let work = procs::work_dir(&o.work);
+    let up_port = procs::free_port();
+    let _upstream = targets::spawn_upstream(&work, up_port, None);
+    let port = procs::free_port();
+    let opts = ProxyOpts {
+        name: "ours-mem",
+        bin: &o.light,
+        port,
+        log_level: "warn",
+        env: vec![],
+        db: work.join("memory.db"),
+        cpus: None,
+    };
+    let p = targets::spawn_proxy(&opts, &work);
+    let token = targets::rt()
+        .block_on(targets::setup(addr(port), up_port))
+        .unwrap_or_else(|e| panic!("setup: {e}"));
+    let t = Target {
+        name: "ours".into(),
+        kind: Kind::Ours,
+        addr: addr(port),
+        pid: p.pid,
+    };
+    let r = hold_streams(o, &t, Some(&token));
+    println!("{}", serde_json::to_string(&r).expect("json"));
 }
 
 /// RSS before, with `o.streams` open SSE streams, and after they closed.

@@ -163,8 +163,8 @@ pub fn markdown(raw: &Value) -> String {
         "Conditions: {} × {} ({} cores), Linux {}, {}, {}; 1-minute load average {:.2} before the run \
          ({:.2} at its end: the run itself keeps both cores busy); \
          {} interleaved repeats of {} s (+{} s warm-up) per measurement, {} keep-alive connections; \
-         CPU pinning: {}; the whole run took {} s. Proxy: tokio's default runtime ({} worker \
-         thread(s), one per CPU it may use); nginx: `worker_processes {}`. Medians over repeats; \
+         CPU pinning: {}; the whole run took {} s. Proxy: {} shard thread(s) (`WORKER_THREADS` \
+         default: one per CPU it may use); nginx: `worker_processes {}`. Medians over repeats; \
          ± is half the range.\n",
         c["cores"],
         c["cpu"].as_str().unwrap_or("?"),

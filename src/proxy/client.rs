@@ -221,7 +221,8 @@ impl Pool {
                 },
             }
         }
-        match self.connect(index).await? {
+        // Boxed: connecting is rare, and its future is large.
+        match Box::pin(self.connect(index)).await? {
             Fresh::H1(mut conn) => {
                 let resp = conn.send_request(req).await.map_err(SendError::Request)?;
                 Ok(self.release_when_read(resp, conn, index))
