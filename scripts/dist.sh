@@ -106,7 +106,12 @@ echo "== sizes ($libc)"
 for name in lightweight enterprise; do
     bin="$dist/api-key-rotator-$version-$name-$libc"
     bytes=$(stat -c %s "$bin")
-    linkage=$(ldd "$bin" >/dev/null 2>&1 && echo "dynamically linked" || echo "static")
+    # A static(-pie) binary has no program interpreter; `ldd` succeeds on both kinds.
+    if LC_ALL=C ldd "$bin" 2>&1 | grep -qE 'statically linked|not a dynamic executable'; then
+        linkage="static"
+    else
+        linkage="dynamically linked"
+    fi
     printf '   %-12s %5s MiB  %10d bytes  %s  %s\n' "$name" \
         "$(awk "BEGIN { printf \"%.1f\", $bytes / 1048576 }")" "$bytes" "$linkage" "$bin"
 done
