@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use api_key_rotator::{Config, config, log, server};
 
+/// musl's own allocator costs the static binary a fifth of its throughput.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "\
 api-key-rotator: a fast, self-hosted proxy that rotates pools of API keys
 
