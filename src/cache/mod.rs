@@ -2,8 +2,9 @@
 //! instances, the notices that keep their snapshots and key health in step.
 //!
 //! Lightweight build: process memory (an atomic per service). Enterprise build: Redis,
-//! with at most one round trip per proxied request (`INCR proxy_config:<id>:key_index`,
-//! the original's counter) and a pub/sub channel for change notices.
+//! with at most one round trip per proxied request on the original's counter
+//! `proxy_config:<id>:key_index` (under load, one `INCRBY` serves a block of waiting
+//! requests: [`lease`]) and a pub/sub channel for change notices.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,6 +16,8 @@ use crate::app::AppState;
 use crate::config::{CacheConfig, Config};
 use crate::snapshot::Service;
 
+#[cfg(feature = "redis")]
+pub mod lease;
 #[cfg(feature = "redis")]
 pub mod redis;
 

@@ -1,9 +1,12 @@
 //! Redis rotation state (enterprise build): one round-robin counter per service shared by
 //! every instance, and a pub/sub channel that keeps their snapshots and key health in step.
 //!
-//! * A proxied request costs at most one round trip: `INCR proxy_config:<id>:key_index`
-//!   (the original's counter; the ticket is the new value minus one). It has a short
-//!   timeout, and on failure the request rotates with the service's local cursor.
+//! * A proxied request costs at most one round trip on the original's counter
+//!   `proxy_config:<id>:key_index` (the ticket is the value minus one), and under load
+//!   less: a shard reserves a block of tickets with one `INCRBY`, as many as it has
+//!   requests waiting (see [`super::lease`]); one request at a time, that is one `INCR`
+//!   each, as the original. It has a short timeout, and on failure the request rotates
+//!   with the service's local cursor.
 //! * While Redis is unreachable, requests do not wait for it: a [`Breaker`] lets one
 //!   request per back-off period probe it (and the background task pings it every
 //!   second), everyone else rotates locally at once. The outage is logged once, and so is
@@ -30,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppState;
 use crate::cache::KeyEvent;
+use crate::cache::lease::Leases;
 use crate::snapshot::Service;
 use crate::timefmt::now_ms;
 
@@ -64,6 +68,8 @@ pub struct RedisCache {
     channel: String,
     instance: String,
     breaker: Breaker,
+    /// Each shard's blocks of tickets.
+    leases: Leases,
     outbox: mpsc::Sender<String>,
     /// Taken by the background task.
     inbox: Mutex<Option<(mpsc::Receiver<String>, UnboundedReceiver<PushInfo>)>>,
@@ -114,6 +120,7 @@ impl RedisCache {
             channel,
             instance: instance_id(),
             breaker: Breaker::default(),
+            leases: Leases::new(shards, INCR_TIMEOUT * 2),
             outbox,
             inbox: Mutex::new(Some((outbox_rx, push_rx))),
         })
@@ -122,17 +129,30 @@ impl RedisCache {
     /// The rotation ticket for `svc`: the shared counter, or the local cursor while Redis
     /// is unreachable.
     pub async fn ticket(&self, svc: &Service) -> u64 {
+        let ticket = if self.breaker.is_down() {
+            // No blocks while Redis is away: one request per back-off period probes it,
+            // everyone else rotates locally at once.
+            self.reserve(svc.id, 1).await.map(|end| end - 1)
+        } else {
+            self.leases
+                .ticket(svc.id, |n| self.reserve(svc.id, n))
+                .await
+        };
+        ticket.unwrap_or_else(|| local_ticket(svc))
+    }
+
+    /// Reserves `n` tickets on the service's counter and returns its new value. The
+    /// counter starts at 1 and the original picks (counter - 1) mod keys, so the tickets
+    /// are `value - n .. value`.
+    async fn reserve(&self, service_id: i64, n: u64) -> Option<u64> {
         let admit = self.breaker.admit(now_ms());
         if admit == Admit::Skip {
-            return local_ticket(svc);
+            return None;
         }
-        let mut incr = redis::cmd("INCR");
-        incr.arg(counter_key(svc.id));
-        match self.command::<i64>(incr, INCR_TIMEOUT, admit, true).await {
-            // INCR starts at 1; the original picks (counter - 1) mod n.
-            Some(n) => n.saturating_sub(1).max(0) as u64,
-            None => local_ticket(svc),
-        }
+        let mut incr = redis::cmd("INCRBY");
+        incr.arg(counter_key(service_id)).arg(n);
+        let value = self.command::<i64>(incr, INCR_TIMEOUT, admit, true).await?;
+        u64::try_from(value).ok().filter(|v| *v >= n)
     }
 
     /// Runs one command with a timeout, telling the breaker how it went: on this shard's
@@ -444,6 +464,10 @@ struct Breaker {
 }
 
 impl Breaker {
+    fn is_down(&self) -> bool {
+        self.down.load(Relaxed)
+    }
+
     fn admit(&self, now: u64) -> Admit {
         if !self.down.load(Relaxed) {
             return Admit::Healthy;
