@@ -232,6 +232,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// consuming them). A connection closed before its first byte is an error.
 async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -244,7 +245,9 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
             return Ok(true);
         }
         // A partial preface (peek answers at once while those bytes wait): the rest is
-        // on its way.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // on its way. Backing off, so a client that stops half-way costs a few wake-ups,
+        // not one per millisecond until the header-read timeout.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(64));
     }
 }
