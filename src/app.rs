@@ -81,6 +81,7 @@ impl AppState {
             now_ms(),
         );
         self.snapshot.store(snap);
+        self.upstreams.prune();
         Ok(())
     }
 

@@ -117,6 +117,16 @@ async fn proxy_for(
     (s, dir)
 }
 
+/// Every request the upstream saw came over `version`, on one and the same connection.
+fn assert_one_connection(seen: &[(Version, String, usize)], version: Version) {
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|(v, _, _)| *v == version), "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, _, c)| *c == seen[0].2),
+        "one connection: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upstream_is_multiplexed_on_one_connection() {
     let (ca, cert, key) = private_ca();
@@ -137,14 +147,7 @@ async fn an_http2_upstream_is_multiplexed_on_one_connection() {
         );
     }
     let seen = up.seen.lock().unwrap().clone();
-    assert!(
-        seen.iter().all(|(v, _, _)| *v == Version::HTTP_2),
-        "{seen:?}"
-    );
-    assert!(
-        seen.iter().all(|(_, _, c)| *c == seen[0].2),
-        "one connection: {seen:?}"
-    );
+    assert_one_connection(&seen, Version::HTTP_2);
     let keys: Vec<_> = seen.iter().map(|(_, k, _)| k.as_str()).collect();
     assert_eq!(keys, ["k1", "k2", "k1", "k2", "k1", "k2"]);
 }
@@ -165,14 +168,7 @@ async fn an_http1_upstream_reuses_pooled_connections() {
         assert_eq!(status, 200);
     }
     let seen = up.seen.lock().unwrap().clone();
-    assert!(
-        seen.iter().all(|(v, _, _)| *v == Version::HTTP_11),
-        "{seen:?}"
-    );
-    assert!(
-        seen.iter().all(|(_, _, c)| *c == seen[0].2),
-        "sequential requests share one kept-alive connection: {seen:?}"
-    );
+    assert_one_connection(&seen, Version::HTTP_11);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,14 +64,7 @@ fn main() {
         Some("hammer") => {
             let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
             let n: usize = get("--n").and_then(|p| p.parse().ok()).unwrap_or(1000);
-            let route = match get("--route").as_deref() {
-                Some("llm") => Route::Llm,
-                _ => Route::Rest,
-            };
-            let kind = match get("--kind").as_deref() {
-                Some("direct") => Kind::Direct,
-                _ => Kind::Ours,
-            };
+            let (kind, route) = kind_and_route(get("--kind"), get("--route"));
             hammer(SocketAddr::from(([127, 0, 0, 1], port)), kind, route, n);
         }
         Some("openloop") => {
@@ -79,14 +72,7 @@ fn main() {
             let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
             let rate: f64 = get("--rate").and_then(|p| p.parse().ok()).expect("--rate");
             let secs: u64 = get("--seconds").and_then(|p| p.parse().ok()).unwrap_or(5);
-            let route = match get("--route").as_deref() {
-                Some("llm") => Route::Llm,
-                _ => Route::Rest,
-            };
-            let kind = match get("--kind").as_deref() {
-                Some("direct") => Kind::Direct,
-                _ => Kind::Ours,
-            };
+            let (kind, route) = kind_and_route(get("--kind"), get("--route"));
             let r = openloop::run(
                 SocketAddr::from(([127, 0, 0, 1], port)),
                 &targets::request(kind, route, ""),
@@ -153,6 +139,19 @@ fn main() {
             );
         }
     }
+}
+
+/// `--kind direct|ours` and `--route llm|rest` (ours and rest by default).
+fn kind_and_route(kind: Option<String>, route: Option<String>) -> (Kind, Route) {
+    let kind = match kind.as_deref() {
+        Some("direct") => Kind::Direct,
+        _ => Kind::Ours,
+    };
+    let route = match route.as_deref() {
+        Some("llm") => Route::Llm,
+        _ => Route::Rest,
+    };
+    (kind, route)
 }
 
 /// `n` requests, one at a time on one connection (for callgrind: instructions per request).

@@ -157,6 +157,16 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// Drops the pools no snapshot uses any more (a service deleted or pointed elsewhere),
+    /// closing their idle connections. Called after each snapshot swap; a pool that an
+    /// older snapshot or a request still holds goes at a later one.
+    pub fn prune(&self) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, pool| Arc::strong_count(pool) > 1);
+    }
+}
+
 /// Connections to one upstream, one slot per shard.
 pub struct Pool {
     connector: Connector,
@@ -344,5 +354,32 @@ impl std::future::Future for ConnectorReady<'_> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         self.0.poll_ready(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_shared_per_upstream_and_pruned_when_unused() {
+        let ups = Upstreams::new(Duration::from_secs(1), 2, None).unwrap();
+        let a = Upstream::parse("http://a.example:8080/v1").unwrap();
+        let a2 = Upstream::parse("http://a.example:8080/other").unwrap();
+        let b = Upstream::parse("https://b.example").unwrap();
+        let (pa, pa2, pb) = (ups.pool(&a), ups.pool(&a2), ups.pool(&b));
+        assert!(
+            Arc::ptr_eq(&pa, &pa2),
+            "same scheme, host and port: one pool"
+        );
+        assert!(!Arc::ptr_eq(&pa, &pb));
+        ups.prune();
+        assert_eq!(ups.pools.lock().unwrap().len(), 2, "both still used");
+        drop((pa, pa2));
+        ups.prune();
+        let left: Vec<_> = ups.pools.lock().unwrap().keys().cloned().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.as_str(), "b.example");
+        drop(pb);
     }
 }
