@@ -170,15 +170,28 @@ async fn rotation_is_global_across_instances() {
     {
         *counts.entry(k).or_default() += 1;
     }
+    // Busy shards read tickets ahead (src/cache/lease.rs), and what they hold when the
+    // load stops goes unused: at most two blocks per shard (2 instances × 2 shards here),
+    // each skewing the keys' counts by at most one.
+    let leftover_blocks = 2 * 2 * 2;
     for k in keys {
         let n = counts.get(k).copied().unwrap_or(0);
-        assert!(n.abs_diff(200) <= 2, "{k}: {n} of 600 ({counts:?})");
+        assert!(
+            n.abs_diff(200) <= 2 + leftover_blocks,
+            "{k}: {n} of 600 ({counts:?})"
+        );
     }
-    assert_eq!(
-        counter() - before,
-        600,
-        "one INCR of the original's counter per request"
+    let advanced = counter() - before;
+    assert!(
+        (600..=600 + leftover_blocks as i64 * 64).contains(&advanced),
+        "the original's counter advanced by {advanced} for 600 requests"
     );
+    // One at a time again: one INCR per request, strictly in turn across instances.
+    let instances = Arc::try_unwrap(instances).unwrap_or_else(|_| panic!("workers done"));
+    let [a, b] = instances;
+    alternate(&a, &b, 2 * leftover_blocks * 64 + 30, "rr", "/after").await;
+    let after = keys_seen(&up, "/after");
+    assert_global_round_robin(&after[after.len() - 30..], &keys);
 }
 
 /// An upstream that rate-limits `k-limited` and refuses `k-dead`.

@@ -69,7 +69,7 @@ pub struct RedisCache {
     instance: String,
     breaker: Breaker,
     /// Each shard's blocks of tickets.
-    leases: Leases,
+    leases: Arc<Leases>,
     outbox: mpsc::Sender<String>,
     /// Taken by the background task.
     inbox: Mutex<Option<(mpsc::Receiver<String>, UnboundedReceiver<PushInfo>)>>,
@@ -120,7 +120,7 @@ impl RedisCache {
             channel,
             instance: instance_id(),
             breaker: Breaker::default(),
-            leases: Leases::new(shards, INCR_TIMEOUT * 2),
+            leases: Arc::new(Leases::new(shards, INCR_TIMEOUT * 2)),
             outbox,
             inbox: Mutex::new(Some((outbox_rx, push_rx))),
         })
@@ -128,14 +128,18 @@ impl RedisCache {
 
     /// The rotation ticket for `svc`: the shared counter, or the local cursor while Redis
     /// is unreachable.
-    pub async fn ticket(&self, svc: &Service) -> u64 {
+    pub async fn ticket(self: &Arc<Self>, svc: &Service) -> u64 {
         let ticket = if self.breaker.is_down() {
             // No blocks while Redis is away: one request per back-off period probes it,
             // everyone else rotates locally at once.
             self.reserve(svc.id, 1).await.map(|end| end - 1)
         } else {
+            let id = svc.id;
             self.leases
-                .ticket(svc.id, |n| self.reserve(svc.id, n))
+                .ticket(id, |n| {
+                    let cache = self.clone();
+                    async move { cache.reserve(id, n).await }
+                })
                 .await
         };
         ticket.unwrap_or_else(|| local_ticket(svc))
