@@ -1,13 +1,15 @@
-//! The upstream client: hyper's connections over hyper-rustls (HTTP/1.1, or HTTP/2 when
-//! the server picks it by ALPN; webpki roots, ring), TCP_NODELAY, a connect timeout, and
-//! a connection pool per upstream (scheme, host, port) with one slot per shard.
+//! The upstream client over hyper-rustls's connector (webpki roots, ring), TCP_NODELAY,
+//! a connect timeout, and a connection pool per upstream (scheme, host, port) with one
+//! slot per shard. HTTP/1.1 connections are our own ([`super::h1`]: the request's task
+//! drives them, no task or channel in between); when the server picks HTTP/2 by ALPN,
+//! hyper's HTTP/2 connection.
 //!
 //! Each service of the snapshot holds its upstream's [`Pool`], found once when the
 //! snapshot is built, so a request takes a connection without hashing anything: it pops
 //! an idle HTTP/1.1 connection from its shard's slot (or clones the shard's HTTP/2
 //! connection), and the connection goes back when the response body has been read to
-//! the end. A connection's task runs on the runtime of the shard that opened it, so a
-//! request never waits on another thread. Redirects are never followed.
+//! the end. An HTTP/2 connection's task runs on the runtime of the shard that opened it,
+//! so a request never waits on another thread. Redirects are never followed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,12 +19,14 @@ use std::time::{Duration, Instant};
 use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
+use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service as _;
 
+use super::h1;
 use super::url::Upstream;
 use crate::body::{self, Body, BoxError};
 
@@ -32,6 +36,8 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Connector = HttpsConnector<HttpConnector>;
+/// An HTTP/1.1 connection to an upstream, plain or TLS.
+type H1 = h1::Conn<TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>>;
 
 /// Why an upstream request failed.
 #[derive(Debug)]
@@ -39,7 +45,7 @@ pub enum SendError {
     /// No connection could be made (refused, DNS, TLS, connect timeout).
     Connect(BoxError),
     /// The connection failed while sending or before the response headers.
-    Request(hyper::Error),
+    Request(BoxError),
 }
 
 impl SendError {
@@ -62,7 +68,7 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::Connect(e) => e.source(),
-            SendError::Request(e) => std::error::Error::source(e),
+            SendError::Request(e) => e.source(),
         }
     }
 }
@@ -186,14 +192,14 @@ impl std::fmt::Debug for Pool {
 #[derive(Default)]
 struct Slot {
     /// Idle HTTP/1.1 connections, oldest first, with the time they became idle.
-    idle: Vec<(http1::SendRequest<Body>, Instant)>,
+    idle: Vec<(H1, Instant)>,
     /// The shard's HTTP/2 connection, when the upstream speaks it.
     h2: Option<http2::SendRequest<Body>>,
 }
 
 /// A fresh connection.
 enum Fresh {
-    H1(http1::SendRequest<Body>),
+    H1(H1),
     H2(http2::SendRequest<Body>),
 }
 
@@ -216,35 +222,31 @@ impl Pool {
         // HTTP/1.1: origin-form request target and our own Host.
         *req.uri_mut() = origin_form(req.uri());
         req.headers_mut().insert(HOST, self.host.clone());
-        loop {
+        let conn = loop {
             let idle = self.slot(index).idle.pop();
-            let Some((mut conn, _)) = idle else { break };
-            if conn.ready().await.is_err() {
-                continue;
-            }
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok(self.release_when_read(resp, conn, index)),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection was closed; try another.
-                    Some(unsent) => req = unsent,
-                    None => return Err(SendError::Request(e.into_error())),
+            match idle {
+                // Closed by the upstream while idle, or sending unasked: not reused.
+                Some((mut conn, _)) => match conn.is_reusable() {
+                    true => break conn,
+                    false => continue,
+                },
+                // Boxed: connecting is rare, and its future is large.
+                None => match Box::pin(self.connect(index)).await? {
+                    Fresh::H1(conn) => break conn,
+                    Fresh::H2(conn) => {
+                        // The server chose HTTP/2: the request needs its absolute URI back.
+                        let uri = rebuild_absolute(&self.target, req.uri());
+                        *req.uri_mut() = uri;
+                        req.headers_mut().remove(HOST);
+                        return send_h2(conn, req).await;
+                    }
                 },
             }
-        }
-        // Boxed: connecting is rare, and its future is large.
-        match Box::pin(self.connect(index)).await? {
-            Fresh::H1(mut conn) => {
-                let resp = conn.send_request(req).await.map_err(SendError::Request)?;
-                Ok(self.release_when_read(resp, conn, index))
-            }
-            Fresh::H2(conn) => {
-                // The server chose HTTP/2: the request needs its absolute URI back.
-                let uri = rebuild_absolute(&self.target, req.uri());
-                *req.uri_mut() = uri;
-                req.headers_mut().remove(HOST);
-                send_h2(conn, req).await
-            }
-        }
+        };
+        let pool = self.clone();
+        h1::send(conn, req, move |conn| pool.put_idle(index, conn))
+            .await
+            .map_err(|e| SendError::Request(e.into()))
     }
 
     /// Opens a connection on this shard's runtime.
@@ -263,42 +265,15 @@ impl Pool {
                 .keep_alive_interval(Duration::from_secs(30))
                 .handshake(io)
                 .await
-                .map_err(SendError::Request)?;
+                .map_err(|e| SendError::Request(e.into()))?;
             tokio::spawn(driver);
             self.slot(index).h2 = Some(conn.clone());
             return Ok(Fresh::H2(conn));
         }
-        let (conn, driver) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(SendError::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                crate::debug!("upstream connection ended: {e}");
-            }
-        });
-        Ok(Fresh::H1(conn))
+        Ok(Fresh::H1(h1::Conn::new(TokioIo::new(io))))
     }
 
-    /// Wraps the response body so that its connection returns to the pool once the body
-    /// has been read to the end (a body dropped half-way closes the connection).
-    fn release_when_read(
-        self: &Arc<Self>,
-        resp: Response<hyper::body::Incoming>,
-        conn: http1::SendRequest<Body>,
-        index: usize,
-    ) -> Response<Body> {
-        let pool = self.clone();
-        resp.map(|incoming| {
-            body::watch(body::stream(incoming), move |_, complete| {
-                if complete {
-                    pool.put_idle(index, conn);
-                }
-            })
-        })
-    }
-
-    fn put_idle(&self, index: usize, conn: http1::SendRequest<Body>) {
+    fn put_idle(&self, index: usize, conn: H1) {
         let now = Instant::now();
         let mut slot = self.slot(index);
         // Close what idled too long (oldest first) and keep the list bounded.
@@ -318,8 +293,13 @@ async fn send_h2(
     mut conn: http2::SendRequest<Body>,
     req: Request<Body>,
 ) -> Result<Response<Body>, SendError> {
-    conn.ready().await.map_err(SendError::Request)?;
-    let resp = conn.send_request(req).await.map_err(SendError::Request)?;
+    conn.ready()
+        .await
+        .map_err(|e| SendError::Request(e.into()))?;
+    let resp = conn
+        .send_request(req)
+        .await
+        .map_err(|e| SendError::Request(e.into()))?;
     Ok(resp.map(body::stream))
 }
 

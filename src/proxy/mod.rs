@@ -7,6 +7,7 @@
 pub mod client;
 pub mod cors;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 mod llm;
 pub mod probe;
