@@ -35,26 +35,30 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
 
 /// Removes `Connection`, every header it names, and the other hop-by-hop headers.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
+    remove_where(h, |_| false);
+}
+
+/// Removes the hop-by-hop headers, every header `Connection` names, and every other
+/// header whose name `doomed` picks, looking at the names present (a handful) once,
+/// instead of hashing and probing for every name of fixed lists, most of them absent.
+fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let mut names: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in h.keys() {
+        connection |= name == header::CONNECTION;
+        if HOP_BY_HOP.contains(name) || doomed(name) {
+            names.push(name.clone());
+        }
+    }
+    if connection {
+        let listed = h
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            h.remove(name);
-        }
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
+        names.extend(listed);
     }
-    remove_where(h, |name| HOP_BY_HOP.contains(name));
-}
-
-/// Removes every header whose name `doomed` picks. The names present (a handful) are
-/// looked at once, instead of hashing and probing for every name of a fixed list, most
-/// of which are absent.
-fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = h.keys().filter(|n| doomed(n)).cloned().collect();
     for name in names {
         h.remove(name);
     }
@@ -64,7 +68,6 @@ fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// `Host` (the client sets the upstream's from the URI) and `Expect`, removes
 /// `X-Proxy-Key` and the given credential headers.
 pub fn clean_request(h: &mut HeaderMap, credentials: &[HeaderName]) {
-    strip_hop_by_hop(h);
     // `Expect: 100-continue` was answered by this server when the body was first read;
     // the upstream gets the body right away.
     remove_where(h, |name| {
@@ -79,16 +82,25 @@ pub fn clean_request(h: &mut HeaderMap, credentials: &[HeaderName]) {
 pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    let value = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {peer}")),
-        None => ip_value(peer),
-    };
-    if let Ok(v) = value {
-        h.insert(&XFF, v);
+    // One lookup each (the entry API), not a probe and then an insert.
+    match h.entry(&XFF) {
+        header::Entry::Occupied(mut prev) => {
+            let value = match prev.get().to_str() {
+                Ok(text) => HeaderValue::from_str(&format!("{text}, {peer}")),
+                Err(_) => ip_value(peer),
+            };
+            if let Ok(v) = value {
+                prev.insert(v);
+            }
+        }
+        header::Entry::Vacant(slot) => {
+            if let Ok(v) = ip_value(peer) {
+                slot.insert(v);
+            }
+        }
     }
-    if !h.contains_key(&XFP) {
-        h.insert(&XFP, HeaderValue::from_static("http"));
-    }
+    h.entry(&XFP)
+        .or_insert_with(|| HeaderValue::from_static("http"));
 }
 
 /// The header value of an address. IPv4 (the usual case) is written digit by digit:

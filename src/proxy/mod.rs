@@ -244,7 +244,7 @@ async fn generic(
             .with_allow(allow.clone()));
         }
     }
-    url::check_rest(rest).map_err(bad_path)?;
+    // The path is checked once, where the upstream URI is composed (`Outgoing::new`).
     headers::clean_request(&mut parts.headers, &[]);
     headers::add_forwarded(&mut parts.headers, peer.ip());
     let body = OutBody::read(incoming, state.config.retry_body_limit).await?;
