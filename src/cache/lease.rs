@@ -6,13 +6,15 @@
 //! that queued behind it, instead of each paying its own.
 //!
 //! A busy shard (one whose requests had to queue for a ticket within the last [`BUSY`])
-//! also reads ahead: when half of a block of several tickets is gone, the next block is
-//! reserved in the background while the rest is handed out, so its requests stop waiting
-//! for Redis. Every ticket is handed out at most once, so the round robin across
-//! instances stays even. The price: when the load stops, what a shard holds (the rest of
-//! its block and the block read ahead, at most 2 × [`MAX_BLOCK`]) is handed out to the
-//! next requests before it goes back to the counter, and tickets it never hands out are
-//! skipped. Requests that come one at a time never queue, so they get one `INCR` each,
+//! also reads ahead: while it hands out a block of several tickets, the next block is
+//! reserved in the background (twice as large when requests still had to wait, up to
+//! [`MAX_BLOCK`]), so its requests stop waiting for Redis. On 2 shared cores a busy shard
+//! may read Redis's reply a millisecond or more after it came; a block of 256 covers
+//! several milliseconds of requests. Every ticket is handed out at most once, so the
+//! round robin across instances stays even. The price: when the load stops, what a shard
+//! holds (the rest of its block and the block read ahead, at most 2 × [`MAX_BLOCK`]) is
+//! handed out to the next requests before it goes back to the counter, and tickets it
+//! never hands out are skipped. Requests that come one at a time never queue, so they get one `INCR` each,
 //! in turn across instances, as in the original.
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The most tickets one round trip reserves.
-pub const MAX_BLOCK: u64 = 64;
+pub const MAX_BLOCK: u64 = 256;
 /// A shard reads ahead for this long after a request had to queue for a ticket.
 pub const BUSY: Duration = Duration::from_millis(100);
 
@@ -80,14 +82,10 @@ impl Lease {
         Some(self.next - 1)
     }
 
-    /// Whether to reserve the next block now: the shard is busy, half of a block of
-    /// several tickets is gone, and nothing is reserved or on its way.
+    /// Whether to reserve the next block now: the shard is busy, its blocks hold
+    /// several tickets, and no block is ahead or on its way.
     fn wants_read_ahead(&self) -> bool {
-        self.size > 1
-            && !self.reserving
-            && self.ahead.is_none()
-            && self.end - self.next <= self.size / 2
-            && Instant::now() < self.busy_until
+        self.size > 1 && !self.reserving && self.ahead.is_none() && Instant::now() < self.busy_until
     }
 }
 
@@ -154,8 +152,8 @@ impl Leases {
     }
 
     /// Reserves the next block of a busy shard in the background. Requests that find
-    /// the current block used up before it arrives wait for it, and the next block after
-    /// that is twice as large.
+    /// the current block used up before it arrives wait for it, and the block after that
+    /// is twice as large.
     fn read_ahead<Fut>(self: &Arc<Self>, shard: usize, id: i64, size: u64, reserve: Fut)
     where
         Fut: Future<Output = Option<u64>> + Send + 'static,
