@@ -624,3 +624,92 @@ async fn keys_added_and_removed_under_traffic_never_break_a_request() {
         }
     }
 }
+
+/// A raw HTTP/1.1 upstream on 127.0.0.1:0 whose answers are framed by the path asked for
+/// (`Content-Length`, chunked with trailers, until the close, `Connection: close`).
+/// Returns its base URL and the number of connections it accepted.
+async fn framing_upstream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    head.clear();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match sock.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (answer, close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nchun\r\n3;x=y\r\nked\r\n0\r\nX-T: 1\r\n\r\n",
+                            false,
+                        ),
+                        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil the close", true),
+                        "/conn-close" => (
+                            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nclose",
+                            true,
+                        ),
+                        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain", false),
+                    };
+                    if sock.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn upstream_answers_of_every_framing_arrive_whole_and_connections_are_reused_only_when_clean()
+{
+    let (url, accepted) = framing_upstream().await;
+    // One shard, so every request uses the same connection pool.
+    let s = start(&[("WORKER_THREADS", "1")]).await;
+    s.generic_service("framed", &url, &["k1"]).await;
+    let steps = [
+        ("/plain", "plain", 1),
+        ("/plain", "plain", 1),
+        ("/chunked", "chunked", 1),
+        ("/until-close", "until the close", 1),
+        ("/plain", "plain", 2),
+        ("/conn-close", "close", 2),
+        ("/plain", "plain", 3),
+        ("/chunked", "chunked", 3),
+    ];
+    for (path, want, connections) in steps {
+        let (status, headers, body) = call(
+            Method::GET,
+            &s.url(&format!("/proxy/framed{path}")),
+            &[KEY_HEADER],
+            "",
+        )
+        .await;
+        assert_eq!(
+            (status.as_u16(), &body[..]),
+            (200, want.as_bytes()),
+            "{path}"
+        );
+        assert!(
+            headers.get("connection").is_none(),
+            "{path}: hop-by-hop kept"
+        );
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            connections,
+            "upstream connections after {path}"
+        );
+    }
+}
