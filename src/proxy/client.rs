@@ -73,6 +73,32 @@ impl std::error::Error for SendError {
     }
 }
 
+/// A request to send, by reference.
+pub struct RequestRef<'a> {
+    pub method: &'a http::Method,
+    /// The absolute URI (its scheme and authority are the pool's).
+    pub uri: &'a Uri,
+    pub headers: &'a http::HeaderMap,
+    /// A header set over any of the same name in `headers` (the injected key).
+    pub extra: Option<(&'a http::HeaderName, &'a HeaderValue)>,
+}
+
+impl RequestRef<'_> {
+    /// An owned request (for HTTP/2): copies of the parts, `extra` inserted.
+    fn to_request(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        let mut headers = self.headers.clone();
+        headers.remove(HOST);
+        if let Some((name, value)) = self.extra {
+            headers.insert(name, value.clone());
+        }
+        *req.headers_mut() = headers;
+        req
+    }
+}
+
 /// The pools of every upstream, shared by all snapshots.
 pub struct Upstreams {
     connector: Connector,
@@ -210,18 +236,29 @@ impl Pool {
 
     /// Sends `req` (with an absolute URI) and returns the response, whose body streams
     /// from the upstream connection.
-    pub async fn send(
+    pub async fn send(self: &Arc<Self>, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let (parts, body) = req.into_parts();
+        let head = RequestRef {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extra: None,
+        };
+        self.send_head(head, body).await
+    }
+
+    /// Sends a request given by reference (the proxy keeps its headers for the next
+    /// attempt): HTTP/1.1 writes them as they are, HTTP/2 builds a request from a copy.
+    pub async fn send_head(
         self: &Arc<Self>,
-        mut req: Request<Body>,
+        head: RequestRef<'_>,
+        body: Body,
     ) -> Result<Response<Body>, SendError> {
         let index = crate::server::shard() % self.slots.len();
         let h2 = self.slot(index).h2.clone();
         if let Some(h2) = h2.filter(|c| !c.is_closed()) {
-            return send_h2(h2, req).await;
+            return send_h2(h2, head.to_request(body)).await;
         }
-        // HTTP/1.1: origin-form request target and our own Host.
-        *req.uri_mut() = origin_form(req.uri());
-        req.headers_mut().insert(HOST, self.host.clone());
         let conn = loop {
             let idle = self.slot(index).idle.pop();
             match idle {
@@ -233,18 +270,20 @@ impl Pool {
                 // Boxed: connecting is rare, and its future is large.
                 None => match Box::pin(self.connect(index)).await? {
                     Fresh::H1(conn) => break conn,
-                    Fresh::H2(conn) => {
-                        // The server chose HTTP/2: the request needs its absolute URI back.
-                        let uri = rebuild_absolute(&self.target, req.uri());
-                        *req.uri_mut() = uri;
-                        req.headers_mut().remove(HOST);
-                        return send_h2(conn, req).await;
-                    }
+                    // The server chose HTTP/2.
+                    Fresh::H2(conn) => return send_h2(conn, head.to_request(body)).await,
                 },
             }
         };
+        let h1_head = h1::Head {
+            method: head.method,
+            target: head.uri.path_and_query().map_or("/", |p| p.as_str()),
+            host: &self.host,
+            headers: head.headers,
+            extra: head.extra,
+        };
         let pool = self.clone();
-        h1::send(conn, req, move |conn| pool.put_idle(index, conn))
+        h1::send(conn, h1_head, body, move |conn| pool.put_idle(index, conn))
             .await
             .map_err(|e| SendError::Request(e.into()))
     }
@@ -301,25 +340,6 @@ async fn send_h2(
         .await
         .map_err(|e| SendError::Request(e.into()))?;
     Ok(resp.map(body::stream))
-}
-
-/// The path and query of `uri` alone (no re-parse: the parsed parts are reused).
-fn origin_form(uri: &Uri) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = Some(
-        uri.path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-/// `target`'s scheme and authority with `origin`'s path and query.
-fn rebuild_absolute(target: &Uri, origin: &Uri) -> Uri {
-    let mut parts = origin.clone().into_parts();
-    parts.scheme = target.scheme().cloned();
-    parts.authority = target.authority().cloned();
-    Uri::from_parts(parts).unwrap_or_else(|_| target.clone())
 }
 
 /// Waits until the connector can take a connection (a named future: a closure over

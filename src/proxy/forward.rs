@@ -12,7 +12,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
-use super::client::SendError;
+use super::client::{RequestRef, SendError};
 use super::{Outgoing, cors, headers};
 use crate::app::AppState;
 use crate::body::{self, Body, Buffered};
@@ -20,7 +20,7 @@ use crate::cache::KeyEvent;
 use crate::error::ApiError;
 use crate::keys::policy::{self, Verdict};
 use crate::keys::{Pick, PoolKey};
-use crate::service::Kind;
+use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
 use crate::timefmt::now_ms;
 
@@ -65,9 +65,22 @@ pub async fn run(
             svc.metrics.retry();
         }
         let is_last = attempt == max_attempts;
-        let req = out.request(svc, &key.secret, key.header.as_ref(), is_last)?;
+        // The request goes by reference: the client's headers stay here for the next
+        // attempt, and the key is written over any header of the same name.
+        let body = out.body.take();
+        let uri = out.uri(svc, &key.secret)?;
+        let extra = match (&svc.spec.placement, key.header.as_ref()) {
+            (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
+            _ => None,
+        };
+        let head = RequestRef {
+            method: &out.method,
+            uri: &uri,
+            headers: &out.headers,
+            extra,
+        };
         let sent = Instant::now();
-        let resp = match tokio::time::timeout_at(deadline, svc.conns.send(req)).await {
+        let resp = match tokio::time::timeout_at(deadline, svc.conns.send_head(head, body)).await {
             Err(_) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
                 svc.metrics.response(504);

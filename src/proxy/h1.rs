@@ -14,8 +14,8 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -116,20 +116,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 }
 
-/// Sends `req` (origin-form target, `Host` among its headers) and reads the response
-/// head. The response body streams from the connection; `release` gets the connection
-/// back when the body ended cleanly and the connection can carry another request.
+/// What goes in a request head, borrowed: the proxy keeps the client's headers for the
+/// next attempt instead of copying them into each request.
+pub struct Head<'a> {
+    pub method: &'a Method,
+    /// The origin-form target (path and query).
+    pub target: &'a str,
+    pub host: &'a HeaderValue,
+    /// Sent as they are, except framing headers (ours are written), `Host` and the
+    /// `extra` header's name.
+    pub headers: &'a HeaderMap,
+    /// A header set over any of the same name in `headers` (the injected key).
+    pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
+}
+
+/// Sends the request and reads the response head. The response body streams from the
+/// connection; `release` gets the connection back when the body ended cleanly and the
+/// connection can carry another request.
 pub async fn send<T, R>(
     mut conn: Conn<T>,
-    req: Request<Body>,
+    head: Head<'_>,
+    body: Body,
     release: R,
 ) -> Result<Response<Body>, Error>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: FnOnce(Conn<T>) + Send + Unpin + 'static,
 {
-    let head_only = req.method() == Method::HEAD;
-    write_request(&mut conn, req).await?;
+    let head_only = *head.method == Method::HEAD;
+    write_request(&mut conn, head, body).await?;
     let (parts, framing, keep_alive) = loop {
         let parsed = read_head(&mut conn).await?;
         if !parsed.0.status.is_informational() {
@@ -158,20 +173,18 @@ where
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
-/// Writes the request line, the headers with our own framing, and the body.
-async fn write_request<T>(conn: &mut Conn<T>, req: Request<Body>) -> Result<(), Error>
+/// Writes the request line, `Host`, the headers with our own framing, and the body.
+async fn write_request<T>(conn: &mut Conn<T>, head: Head<'_>, mut body: Body) -> Result<(), Error>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, mut body) = req.into_parts();
     // The framing: the body's own length, else the client's Content-Length (checked
     // against what is sent), else chunked.
     let length = if body.is_end_stream() {
         Some(0)
     } else {
         body.size_hint().exact().or_else(|| {
-            parts
-                .headers
+            head.headers
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
@@ -180,30 +193,31 @@ where
     let mut out = BytesMut::with_capacity(
         512 + length.filter(|n| *n as usize <= COALESCE).unwrap_or(0) as usize,
     );
-    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_slice(head.method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
-    out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+    out.put_slice(head.target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\nhost: ");
+    out.put_slice(head.host.as_bytes());
+    out.put_slice(b"\r\n");
+    let extra = head.extra.map(|(name, _)| name);
+    for (name, value) in head.headers {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || name == HOST
+            || Some(name) == extra
+        {
             continue;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_header(&mut out, name, value);
+    }
+    if let Some((name, value)) = head.extra {
+        put_header(&mut out, name, value);
     }
     match length {
         // A body-less GET and the like announce nothing; methods that carry a body say 0.
         Some(0)
-            if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-                && !parts.headers.contains_key(CONTENT_LENGTH) => {}
+            if !matches!(*head.method, Method::POST | Method::PUT | Method::PATCH)
+                && !head.headers.contains_key(CONTENT_LENGTH) => {}
         Some(n) => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa(n, &mut [0; 20]));
@@ -247,6 +261,13 @@ where
     conn.io.write_all(&out).await?;
     conn.io.flush().await?;
     Ok(())
+}
+
+fn put_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 /// `n` in decimal.
@@ -596,6 +617,7 @@ fn fail<T, R>(body: &mut ResponseBody<T, R>, e: Error) -> BoxError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
     use std::sync::{Arc, Mutex};
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -658,7 +680,20 @@ mod tests {
     ) -> Result<(Response<()>, Result<Bytes, String>, Option<Conn<TcpStream>>), Error> {
         let released: Released = Arc::default();
         let slot = released.clone();
-        let resp = send(conn, req, move |c| *slot.lock().unwrap() = Some(c)).await?;
+        let (parts, body) = req.into_parts();
+        let host = parts.headers["host"].clone();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = Head {
+            method: &parts.method,
+            target,
+            host: &host,
+            headers: &parts.headers,
+            extra: parts
+                .extensions
+                .get::<(HeaderName, HeaderValue)>()
+                .map(|(n, v)| (n, v)),
+        };
+        let resp = send(conn, head, body, move |c| *slot.lock().unwrap() = Some(c)).await?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -870,6 +905,27 @@ mod tests {
             "POST /p HTTP/1.1\r\nhost: u\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"
         );
         assert_eq!(text(&seen[3]), "GET /g HTTP/1.1\r\nhost: upstream\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_extra_header_replaces_one_of_the_same_name_and_host_is_ours() {
+        let (addr, seen) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]).await;
+        let mut req = Request::get("/k")
+            .header("host", "upstream.example")
+            .header("x-api-key", "from-the-client")
+            .header("accept", "*/*")
+            .body(crate::body::empty())
+            .unwrap();
+        req.extensions_mut().insert((
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_static("the-real-key"),
+        ));
+        let (_, body, _) = exchange(connect(&addr).await, req).await.unwrap();
+        assert_eq!(body.unwrap(), "");
+        assert_eq!(
+            text(&seen.lock().unwrap()[0]),
+            "GET /k HTTP/1.1\r\nhost: upstream.example\r\naccept: */*\r\nx-api-key: the-real-key\r\n\r\n"
+        );
     }
 
     #[tokio::test]

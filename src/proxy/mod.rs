@@ -13,6 +13,7 @@ mod llm;
 pub mod probe;
 pub mod url;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -64,7 +65,7 @@ impl OutBody {
     }
 
     /// The body for one attempt.
-    fn take(&mut self) -> Body {
+    pub fn take(&mut self) -> Body {
         match self {
             OutBody::Replayable(b) => body::full(b.clone()),
             OutBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
@@ -131,17 +132,11 @@ impl Outgoing {
         })
     }
 
-    /// Builds the request of one attempt with `secret` in place. `last` moves the headers
-    /// instead of copying them.
-    fn request(
-        &mut self,
-        svc: &Service,
-        secret: &str,
-        header: Option<&http::HeaderValue>,
-        last: bool,
-    ) -> Result<Request<Body>, ApiError> {
-        let uri = match (&self.fixed_uri, &svc.spec.placement) {
-            (Some(uri), _) => uri.clone(),
+    /// The upstream URI of one attempt: the one composed once, or, when the key goes in
+    /// the query, one composed with `secret` in it.
+    fn uri(&self, svc: &Service, secret: &str) -> Result<Cow<'_, Uri>, ApiError> {
+        match (&self.fixed_uri, &svc.spec.placement) {
+            (Some(uri), _) => Ok(Cow::Borrowed(uri)),
             (None, Placement::Query { name }) => url::compose(
                 &svc.spec.upstream,
                 &self.rest,
@@ -152,23 +147,10 @@ impl Outgoing {
                     value: secret,
                 }),
             )
-            .map_err(bad_path)?,
+            .map(Cow::Owned)
+            .map_err(bad_path),
             (None, _) => unreachable!("a fixed URI exists unless the key goes in the query"),
-        };
-        let mut headers = if last {
-            std::mem::take(&mut self.headers)
-        } else {
-            self.headers.clone()
-        };
-        if let (Placement::Header { name, .. }, Some(value)) = (&svc.spec.placement, header) {
-            headers.insert(name, value.clone());
         }
-        let mut req = Request::new(self.body.take());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = http::Version::HTTP_11;
-        *req.headers_mut() = headers;
-        Ok(req)
     }
 }
 
