@@ -14,7 +14,7 @@
 //! round robin across instances stays even. The price: when the load stops, what a shard
 //! holds (the rest of its block and the block read ahead, at most 2 × [`MAX_BLOCK`]) is
 //! handed out to the next requests before it goes back to the counter, and tickets it
-//! never hands out are skipped. Requests that come one at a time never queue, so they get one `INCR` each,
+//! never hands out are skipped; after [`STALE`] without a request it is dropped. Requests that come one at a time never queue, so they get one `INCR` each,
 //! in turn across instances, as in the original.
 
 use std::collections::HashMap;
@@ -29,6 +29,9 @@ use tokio::time::Instant;
 pub const MAX_BLOCK: u64 = 256;
 /// A shard reads ahead for this long after a request had to queue for a ticket.
 pub const BUSY: Duration = Duration::from_millis(100);
+/// Tickets a shard held this long without a request are dropped (skipped): the next
+/// request after a pause takes a fresh one, in turn with the other instances.
+pub const STALE: Duration = Duration::from_secs(1);
 
 /// Ticket blocks per shard and service.
 pub struct Leases {
@@ -45,6 +48,8 @@ struct Lease {
     end: u64,
     /// Read ahead until then (a request queued for a ticket not long ago).
     busy_until: Instant,
+    /// When a request last asked for a ticket.
+    used: Instant,
     /// The block reserved ahead, handed out when the current one is used up.
     ahead: Option<(u64, u64)>,
     /// The size of the last block reserved.
@@ -62,6 +67,7 @@ impl Default for Lease {
             next: 0,
             end: 0,
             busy_until: Instant::now(),
+            used: Instant::now(),
             ahead: None,
             size: 1,
             reserving: false,
@@ -72,6 +78,16 @@ impl Default for Lease {
 }
 
 impl Lease {
+    /// Drops what the shard holds when nobody asked for a while (see [`STALE`]).
+    fn drop_if_stale(&mut self, now: Instant) {
+        if now.duration_since(self.used) > STALE {
+            self.next = self.end;
+            self.ahead = None;
+            self.size = 1;
+        }
+        self.used = now;
+    }
+
     /// The next ticket of the current block, or of the block read ahead.
     fn take(&mut self) -> Option<u64> {
         if self.next >= self.end {
@@ -113,6 +129,7 @@ impl Leases {
             let reserved = {
                 let mut map = lock(slot);
                 let lease = map.entry(id).or_default();
+                lease.drop_if_stale(Instant::now());
                 if let Some(ticket) = lease.take() {
                     if lease.wants_read_ahead() {
                         lease.reserving = true;
@@ -385,6 +402,22 @@ mod tests {
             .expect("the waiter moves on")
             .unwrap();
         assert_eq!(got, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_what_a_shard_held_is_dropped_and_the_next_ticket_is_fresh() {
+        let (l, c) = (leases(), Arc::new(Counter::default()));
+        steady_load(&l, &c, 16, 20, Duration::from_millis(1)).await;
+        tokio::time::sleep(STALE + Duration::from_millis(100)).await;
+        let held = c.value.load(SeqCst);
+        assert!(held > 320, "the burst left tickets over: counter {held}");
+        let ticket = l.ticket(7, |n| c.clone().incr_by(n)).await;
+        assert_eq!(
+            ticket,
+            Some(held),
+            "a fresh INCR, not a ticket held from the burst"
+        );
+        assert_eq!(c.sizes.lock().unwrap().last(), Some(&1));
     }
 
     #[tokio::test]
