@@ -16,7 +16,8 @@
 //!    ([`proxy::headers`]).
 //! 5. [`proxy::forward`] takes a rotation ticket ([`cache`]), picks a usable key
 //!    ([`keys`]), injects it, sends the request on the pooled client
-//!    ([`proxy::client`]), judges the answer ([`keys::policy`]: cooldown on 429, invalid
+//!    ([`proxy::client`]; HTTP/1.1 upstreams through [`proxy::h1`], driven by the
+//!    request's own task), judges the answer ([`keys::policy`]: cooldown on 429, invalid
 //!    on 401/403) and fails over to the next key while nothing went to the client.
 //! 6. The answer streams back frame by frame; counters go to [`metrics`] and, in
 //!    batches, to the store ([`stats`]).
