@@ -7,7 +7,7 @@
 //!   requests waiting (see [`super::lease`]); one request at a time, that is one `INCR`
 //!   each, as the original. It has a short timeout, and on failure the request rotates
 //!   with the service's local cursor.
-//! * While Redis is unreachable, requests do not wait for it: a [`Breaker`] lets one
+//! * While Redis is unreachable, requests do not wait for it: a breaker (`Breaker`) lets one
 //!   request per back-off period probe it (and the background task pings it every
 //!   second), everyone else rotates locally at once. The outage is logged once, and so is
 //!   the recovery, after which the instance reloads its snapshot (notices were lost).
