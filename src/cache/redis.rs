@@ -4,11 +4,12 @@
 //! * A proxied request costs at most one round trip on the original's counter
 //!   `proxy_config:<id>:key_index` (the ticket is the value minus one), and under load
 //!   less: a shard reserves a block of tickets with one `INCRBY`, as many as it has
-//!   requests waiting (see [`super::lease`]); one request at a time, that is one `INCR`
-//!   each, as the original. It has a short timeout, and on failure the request rotates
-//!   with the service's local cursor.
-//! * While Redis is unreachable, requests do not wait for it: a breaker (`Breaker`) lets one
-//!   request per back-off period probe it (and the background task pings it every
+//!   requests waiting, and a busy shard reserves its next block ahead (see
+//!   [`super::lease`]); one request at a time, that is one `INCR` each, as the original.
+//!   It has a short timeout, and on failure the request rotates with the service's local
+//!   cursor.
+//! * While Redis is unreachable, requests do not wait for it: a breaker (`Breaker`) lets
+//!   one request per back-off period probe it (and the background task pings it every
 //!   second), everyone else rotates locally at once. The outage is logged once, and so is
 //!   the recovery, after which the instance reloads its snapshot (notices were lost).
 //! * Notices (`change`, `cooldown`, `invalid`, `reset`) are queued by the request or admin
