@@ -100,8 +100,8 @@ impl Lease {
 
     /// Whether to reserve the next block now: the shard is busy, its blocks hold
     /// several tickets, and no block is ahead or on its way.
-    fn wants_read_ahead(&self) -> bool {
-        self.size > 1 && !self.reserving && self.ahead.is_none() && Instant::now() < self.busy_until
+    fn wants_read_ahead(&self, now: Instant) -> bool {
+        self.size > 1 && !self.reserving && self.ahead.is_none() && now < self.busy_until
     }
 }
 
@@ -114,9 +114,9 @@ impl Leases {
     }
 
     /// The next ticket for service `id` on this shard. When the shard's block is used up
-    /// (or, on a busy shard, half used), `reserve(n)` reserves `n` tickets on the shared
-    /// counter and resolves to its new value (the block is `value - n .. value`), or to
-    /// `None` when that failed. `None` here means no ticket could be had (the caller
+    /// (or, on a busy shard, as soon as no block is ahead), `reserve(n)` reserves `n`
+    /// tickets on the shared counter and resolves to its new value (the block is
+    /// `value - n .. value`), or to `None` when that failed. `None` here means no ticket could be had (the caller
     /// rotates locally).
     pub async fn ticket<F, Fut>(self: &Arc<Self>, id: i64, reserve: F) -> Option<u64>
     where
@@ -129,9 +129,11 @@ impl Leases {
             let reserved = {
                 let mut map = lock(slot);
                 let lease = map.entry(id).or_default();
-                lease.drop_if_stale(Instant::now());
+                // One clock read per ticket.
+                let now = Instant::now();
+                lease.drop_if_stale(now);
                 if let Some(ticket) = lease.take() {
-                    if lease.wants_read_ahead() {
+                    if lease.wants_read_ahead(now) {
                         lease.reserving = true;
                         let size = lease.size;
                         drop(map);
@@ -145,7 +147,7 @@ impl Leases {
                     break lease.size;
                 }
                 lease.waiting += 1;
-                lease.busy_until = Instant::now() + BUSY;
+                lease.busy_until = now + BUSY;
                 // Registered before the lock is released, so the wake-up cannot be missed.
                 lease.reserved.clone().notified_owned()
             };

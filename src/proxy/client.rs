@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service as _;
 
 use super::h1;
+pub use super::h1::RequestRef;
 use super::url::Upstream;
 use crate::body::{self, Body, BoxError};
 
@@ -71,16 +72,6 @@ impl std::error::Error for SendError {
             SendError::Request(e) => e.source(),
         }
     }
-}
-
-/// A request to send, by reference.
-pub struct RequestRef<'a> {
-    pub method: &'a http::Method,
-    /// The absolute URI (its scheme and authority are the pool's).
-    pub uri: &'a Uri,
-    pub headers: &'a http::HeaderMap,
-    /// A header set over any of the same name in `headers` (the injected key).
-    pub extra: Option<(&'a http::HeaderName, &'a HeaderValue)>,
 }
 
 impl RequestRef<'_> {
@@ -187,9 +178,7 @@ impl Upstreams {
             })
             .clone()
     }
-}
 
-impl Upstreams {
     /// Drops the pools no snapshot uses any more (a service deleted or pointed elsewhere),
     /// closing their idle connections. Called after each snapshot swap; a pool that an
     /// older snapshot or a request still holds goes at a later one.
@@ -275,17 +264,12 @@ impl Pool {
                 },
             }
         };
-        let h1_head = h1::Head {
-            method: head.method,
-            target: head.uri.path_and_query().map_or("/", |p| p.as_str()),
-            host: &self.host,
-            headers: head.headers,
-            extra: head.extra,
-        };
         let pool = self.clone();
-        h1::send(conn, h1_head, body, move |conn| pool.put_idle(index, conn))
-            .await
-            .map_err(|e| SendError::Request(e.into()))
+        h1::send(conn, head, &self.host, body, move |conn| {
+            pool.put_idle(index, conn)
+        })
+        .await
+        .map_err(|e| SendError::Request(e.into()))
     }
 
     /// Opens a connection on this shard's runtime.

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -116,15 +116,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 }
 
-/// What goes in a request head, borrowed: the proxy keeps the client's headers for the
-/// next attempt instead of copying them into each request.
-pub struct Head<'a> {
+/// A request to send, by reference: the proxy keeps the client's headers for the next
+/// attempt instead of copying them into each request.
+pub struct RequestRef<'a> {
     pub method: &'a Method,
-    /// The origin-form target (path and query).
-    pub target: &'a str,
-    pub host: &'a HeaderValue,
-    /// Sent as they are, except framing headers (ours are written), `Host` and the
-    /// `extra` header's name.
+    /// Its path and query are the request target (scheme and authority are the pool's).
+    pub uri: &'a Uri,
+    /// Sent as they are, except framing headers (ours are written), `Host` (the pool's)
+    /// and the `extra` header's name.
     pub headers: &'a HeaderMap,
     /// A header set over any of the same name in `headers` (the injected key).
     pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
@@ -135,7 +134,8 @@ pub struct Head<'a> {
 /// connection can carry another request.
 pub async fn send<T, R>(
     mut conn: Conn<T>,
-    head: Head<'_>,
+    head: RequestRef<'_>,
+    host: &HeaderValue,
     body: Body,
     release: R,
 ) -> Result<Response<Body>, Error>
@@ -144,7 +144,7 @@ where
     R: FnOnce(Conn<T>) + Send + Unpin + 'static,
 {
     let head_only = *head.method == Method::HEAD;
-    write_request(&mut conn, head, body).await?;
+    write_request(&mut conn, head, host, body).await?;
     let (parts, framing, keep_alive) = loop {
         let parsed = read_head(&mut conn).await?;
         if !parsed.0.status.is_informational() {
@@ -174,7 +174,12 @@ where
 }
 
 /// Writes the request line, `Host`, the headers with our own framing, and the body.
-async fn write_request<T>(conn: &mut Conn<T>, head: Head<'_>, mut body: Body) -> Result<(), Error>
+async fn write_request<T>(
+    conn: &mut Conn<T>,
+    head: RequestRef<'_>,
+    host: &HeaderValue,
+    mut body: Body,
+) -> Result<(), Error>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -195,9 +200,10 @@ where
     );
     out.put_slice(head.method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(head.target.as_bytes());
+    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\nhost: ");
-    out.put_slice(head.host.as_bytes());
+    out.put_slice(host.as_bytes());
     out.put_slice(b"\r\n");
     let extra = head.extra.map(|(name, _)| name);
     for (name, value) in head.headers {
@@ -682,18 +688,19 @@ mod tests {
         let slot = released.clone();
         let (parts, body) = req.into_parts();
         let host = parts.headers["host"].clone();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let head = Head {
+        let head = RequestRef {
             method: &parts.method,
-            target,
-            host: &host,
+            uri: &parts.uri,
             headers: &parts.headers,
             extra: parts
                 .extensions
                 .get::<(HeaderName, HeaderValue)>()
                 .map(|(n, v)| (n, v)),
         };
-        let resp = send(conn, head, body, move |c| *slot.lock().unwrap() = Some(c)).await?;
+        let resp = send(conn, head, &host, body, move |c| {
+            *slot.lock().unwrap() = Some(c)
+        })
+        .await?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
