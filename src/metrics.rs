@@ -55,6 +55,8 @@ pub struct Metrics {
     services: Mutex<HashMap<Box<str>, Arc<ServiceMetrics>>>,
     /// Proxied responses whose body is still streaming.
     pub open_streams: Arc<AtomicI64>,
+    /// Client connections open on each shard.
+    pub connections: crate::server::OpenConnections,
 }
 
 impl Metrics {
@@ -150,6 +152,13 @@ impl Metrics {
             "rotator_open_streams {}",
             self.open_streams.load(Relaxed)
         );
+        out.push_str(
+            "# HELP rotator_open_connections Client connections open, by shard (thread).\n",
+        );
+        out.push_str("# TYPE rotator_open_connections gauge\n");
+        for (shard, n) in self.connections.per_shard() {
+            let _ = writeln!(out, "rotator_open_connections{{shard=\"{shard}\"}} {n}");
+        }
         out
     }
 }

@@ -8,20 +8,25 @@
 //! no work stealing, no cross-thread wake-ups between the client's connection and the
 //! upstream's, which costs about a fifth of the CPU per request that a shared
 //! multi-threaded runtime spends.
+//!
+//! Which shard wins an `accept` is up to the kernel, and left alone one shard took three
+//! quarters of 64 keep-alive connections and became the bottleneck. So connections are
+//! balanced by count (as Envoy's "exact balance" does): the shard that accepts a
+//! connection hands it to the shard with the fewest open ones, itself on a tie. That costs
+//! one cross-thread hand-off per connection, never per request.
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
-
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::app::{self, AppState};
@@ -31,6 +36,70 @@ thread_local!(static SHARD: Cell<usize> = const { Cell::new(0) });
 /// The shard running on this thread (0 on any other thread).
 pub fn shard() -> usize {
     SHARD.with(Cell::get)
+}
+
+/// Client connections open on each shard, which the shards use to balance new ones.
+/// Rendered by `/metrics` as `rotator_open_connections{shard="…"}`.
+#[derive(Debug, Default)]
+pub struct OpenConnections(Mutex<Vec<usize>>);
+
+/// Marks a shard that could not start: never chosen.
+const GONE: usize = usize::MAX / 2;
+
+impl OpenConnections {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open connections per shard (a shard that could not start is left out).
+    pub fn per_shard(&self) -> Vec<(usize, usize)> {
+        let counts = self.counts();
+        let live = counts.iter().enumerate().filter(|(_, n)| **n < GONE);
+        live.map(|(i, n)| (i, *n)).collect()
+    }
+
+    /// The shard that should serve a connection `me` accepted: the one with the fewest
+    /// open connections, `me` on a tie. Counted as open there.
+    fn assign(&self, me: usize) -> usize {
+        let mut counts = self.counts();
+        let mut best = me;
+        for (i, n) in counts.iter().enumerate() {
+            if *n < counts[best] {
+                best = i;
+            }
+        }
+        counts[best] += 1;
+        best
+    }
+
+    fn closed(&self, shard: usize) {
+        let mut counts = self.counts();
+        counts[shard] = counts[shard].saturating_sub(1);
+    }
+}
+
+/// A connection accepted by one shard and handed to another.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// What a shard shares with the others: the connection counts and every shard's inbox.
+struct Shards {
+    state: Arc<AppState>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Shards {
+    fn open(&self) -> &OpenConnections {
+        &self.state.metrics.connections
+    }
+}
+
+/// Counts a connection as open on its shard until dropped.
+struct Open(Arc<Shards>, usize);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open().closed(self.1);
+    }
 }
 
 /// Serves `listener` on `state.config.worker_threads` shards until `shutdown` resolves,
@@ -47,42 +116,20 @@ pub async fn serve_sharded(
             return;
         }
     };
+    let count = state.config.worker_threads.max(1);
+    *state.metrics.connections.counts() = vec![0; count];
+    let (inboxes, receivers): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+    let shards = Arc::new(Shards { state, inboxes });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut finished = Vec::new();
-    for index in 0..state.config.worker_threads.max(1) {
-        let socket = match listener.try_clone() {
-            Ok(s) => s,
+    for (index, inbox) in receivers.into_iter().enumerate() {
+        match start_shard(index, &listener, inbox, shards.clone(), stop_rx.clone()) {
+            Ok(done) => finished.push(done),
             Err(e) => {
-                crate::error!("cannot share the listening socket with shard {index}: {e}");
-                break;
+                crate::error!("cannot start shard {index}: {e}");
+                shards.open().counts()[index] = GONE;
             }
-        };
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let (state, mut stop) = (state.clone(), stop_rx.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("shard-{index}"))
-            .spawn(move || {
-                SHARD.with(|s| s.set(index));
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a shard's runtime starts");
-                runtime.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => {
-                            let stopped = async move {
-                                let _ = stop.wait_for(|stop| *stop).await;
-                            };
-                            serve(listener, state, stopped).await;
-                        }
-                        Err(e) => crate::error!("shard {index} cannot listen: {e}"),
-                    }
-                });
-                drop(done_tx);
-            });
-        match spawned {
-            Ok(_) => finished.push(done_rx),
-            Err(e) => crate::error!("cannot start shard {index}: {e}"),
         }
     }
     drop(listener);
@@ -93,40 +140,140 @@ pub async fn serve_sharded(
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains for at most the configured
-/// grace period and closes what is left.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-) {
+/// Starts shard `index` on its own thread; the receiver resolves when it has drained.
+fn start_shard(
+    index: usize,
+    listener: &std::net::TcpListener,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    shards: Arc<Shards>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let socket = listener.try_clone()?;
+    socket.set_nonblocking(true)?;
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            SHARD.with(|s| s.set(index));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a shard's runtime starts");
+            runtime.block_on(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => {
+                        let stopped = async move {
+                            let _ = stop.wait_for(|stop| *stop).await;
+                        };
+                        serve(
+                            listener,
+                            Shard {
+                                index,
+                                inbox,
+                                shards,
+                            },
+                            stopped,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        crate::error!("shard {index} cannot listen: {e}");
+                        shards.open().counts()[index] = GONE;
+                    }
+                }
+            });
+            drop(done_tx);
+        })?;
+    Ok(done_rx)
+}
+
+/// One shard's part in serving: its index, its inbox and what it shares with the rest.
+struct Shard {
+    index: usize,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    shards: Arc<Shards>,
+}
+
+impl Shard {
+    /// Where a connection this shard accepted is served: `Some` here, `None` when it
+    /// was handed to another shard (or dropped because that shard has stopped).
+    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr, Open)> {
+        let to = self.shards.open().assign(self.index);
+        if to == self.index {
+            return Some((stream, peer, Open(self.shards.clone(), to)));
+        }
+        // Counted as open on `to` from now on; `to` takes over the count when it serves
+        // the connection.
+        let sent = match stream.into_std() {
+            Ok(std) => self.shards.inboxes[to].send((std, peer)).is_ok(),
+            Err(e) => {
+                crate::warn!("cannot hand a connection to shard {to}: {e}");
+                false
+            }
+        };
+        if !sent {
+            self.shards.open().closed(to);
+        }
+        None
+    }
+
+    /// A connection another shard handed over, now served here.
+    fn receive(&self, (std, peer): Handoff) -> Option<(TcpStream, SocketAddr, Open)> {
+        let open = Open(self.shards.clone(), self.index);
+        match TcpStream::from_std(std) {
+            Ok(stream) => Some((stream, peer, open)),
+            Err(e) => {
+                crate::warn!("shard {} cannot take a connection: {e}", self.index);
+                None
+            }
+        }
+    }
+}
+
+/// Serves `shard`'s connections (accepted from `listener` or handed over) until
+/// `shutdown` resolves, then drains for at most the configured grace period and closes
+/// what is left.
+async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Output = ()>) {
+    let state = shard.shards.state.clone();
     let builders = Builders::new(&state);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning.
-                        crate::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn = connection(builders.clone(), graceful.watcher(), state.clone(), stream, peer);
-                connections.spawn(async move {
-                    if let Err(e) = conn.await {
-                        crate::debug!("connection from {peer} ended: {e}");
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        let (stream, peer, open) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => match shard.place(stream, peer) {
+                    Some(here) => here,
+                    None => continue,
+                },
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    crate::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(handed) = shard.inbox.recv() => match shard.receive(handed) {
+                Some(here) => here,
+                None => continue,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
-        }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = connection(
+            builders.clone(),
+            graceful.watcher(),
+            state.clone(),
+            stream,
+            peer,
+        );
+        connections.spawn(async move {
+            let _open = open;
+            if let Err(e) = conn.await {
+                crate::debug!("connection from {peer} ended: {e}");
+            }
+        });
     }
     drop(listener);
     let grace = state.config.shutdown_grace;

@@ -474,3 +474,102 @@ async fn export_and_import_round_trip_through_the_binary() {
     assert_eq!(code, 1);
     assert!(err.contains("nothing was changed"), "{err}");
 }
+
+/// Sends `GET <path>` on an open keep-alive connection and reads one answer with a
+/// `Content-Length` body.
+fn get_on(conn: &mut std::net::TcpStream, path: &str, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(conn, "GET {path} HTTP/1.1\r\nhost: x\r\n{auth}\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("content-length");
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_evenly_over_the_shards_and_counted_until_closed() {
+    let s = start(&[("WORKER_THREADS", "3")]).await;
+    let token = s.token().await;
+    // The connection that fetched the token may still be closing.
+    settle_open_connections(&s, 0).await;
+    let addr = s.addr;
+    let state = s.state().clone();
+    let (counts, metrics) = tokio::task::spawn_blocking(move || {
+        let mut conns = Vec::new();
+        let mut counts = Vec::new();
+        for _ in 0..12 {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            // Answered, so the connection has been accepted and placed.
+            assert!(get_on(&mut c, "/health", None).starts_with("HTTP/1.1 200"));
+            conns.push(c);
+            let per_shard: Vec<usize> = state
+                .metrics
+                .connections
+                .per_shard()
+                .iter()
+                .map(|(_, n)| *n)
+                .collect();
+            counts.push(per_shard);
+        }
+        let metrics = get_on(&mut conns[0], "/metrics", Some(&token));
+        (counts, metrics)
+    })
+    .await
+    .unwrap();
+    // After every new connection the shards differ by at most one.
+    for (i, c) in counts.iter().enumerate() {
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.iter().sum::<usize>(), i + 1, "{counts:?}");
+        assert!(
+            c.iter().max().unwrap() - c.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
+    }
+    for shard in 0..3 {
+        assert!(
+            metrics.contains(&format!(
+                "rotator_open_connections{{shard=\"{shard}\"}} 4\n"
+            )),
+            "{metrics}"
+        );
+    }
+    // Closed connections are no longer counted.
+    settle_open_connections(&s, 0).await;
+}
+
+/// Waits (at most 2 s) until `s` counts `want` open client connections.
+async fn settle_open_connections(s: &support::TestServer, want: usize) {
+    let mut open = usize::MAX;
+    for _ in 0..100 {
+        let per_shard = s.state().metrics.connections.per_shard();
+        open = per_shard.iter().map(|(_, n)| n).sum::<usize>();
+        if open == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{open} connections open, expected {want}");
+}
