@@ -120,6 +120,18 @@ fn lat(raw: &Value, route: &str, frac: f64, target: &str, p: &str) -> f64 {
     ))
 }
 
+/// Median over repeats of the load generator's p99 send lag while it loaded `target`: how
+/// late requests left their schedule, mostly waiting for one of the connections to be free,
+/// which takes a stall of the target (or of the whole machine) longer than the connections
+/// cover.
+fn lag(raw: &Value, route: &str, frac: f64, target: &str) -> f64 {
+    med(&pick(
+        &raw["latency"],
+        |r| r["route"] == route && r["target"] == target && f(&r["load_fraction"]) == frac,
+        |r| f(&r["result"]["dispatch_lag_us"]["p99"]),
+    ))
+}
+
 /// Median over repeats of (target − direct) for one percentile, paired by repeat.
 fn added(raw: &Value, route: &str, frac: f64, target: &str, p: &str) -> f64 {
     let of = |t: &str| {
@@ -256,6 +268,13 @@ pub fn markdown(raw: &Value) -> String {
             ms(added(raw, route, 0.5, "nginx", "p99")),
             ms(added(raw, route, 0.5, "ours", "p50")),
             ms(added(raw, route, 0.5, "ours", "p99")),
+        );
+        let _ = writeln!(
+            o,
+            "| {label}: send lag at 50 % (intended send → on a free connection; part of the latency above), p99 ms | {} | {} | {} | | |",
+            ms(lag(raw, route, 0.5, "direct")),
+            ms(lag(raw, route, 0.5, "nginx")),
+            ms(lag(raw, route, 0.5, "ours")),
         );
         let _ = writeln!(
             o,
