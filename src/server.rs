@@ -149,7 +149,6 @@ fn start_shard(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<oneshot::Receiver<()>> {
     let socket = listener.try_clone()?;
-    socket.set_nonblocking(true)?;
     let (done_tx, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name(format!("shard-{index}"))
