@@ -36,7 +36,6 @@ pub async fn run(
     svc: &Arc<Service>,
     mut out: Outgoing,
 ) -> Result<Response<Body>, ApiError> {
-    let deadline = Instant::now() + state.config.proxy_timeout;
     let max_attempts = if out.body.replayable() {
         1 + svc.spec.retry.max_retries as usize
     } else {
@@ -50,6 +49,9 @@ pub async fn run(
     // One rotation ticket per request (one Redis round trip at most); a failover walks on
     // from it, skipping the keys already tried.
     let ticket = state.cache.ticket(svc).await;
+    // Read once: the first attempt's send time starts the deadline.
+    let started = Instant::now();
+    let deadline = started + state.config.proxy_timeout;
     for attempt in 1..=max_attempts {
         let now = now_ms();
         let (idx, key) = match svc.pool.pick(ticket, &tried[..attempt - 1], now) {
@@ -79,7 +81,11 @@ pub async fn run(
             headers: &out.headers,
             extra,
         };
-        let sent = Instant::now();
+        let sent = if attempt == 1 {
+            started
+        } else {
+            Instant::now()
+        };
         let resp = match tokio::time::timeout_at(deadline, svc.conns.send_head(head, body)).await {
             Err(_) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
@@ -105,8 +111,10 @@ pub async fn run(
         };
         svc.metrics.upstream_latency(sent.elapsed());
         let status = resp.status();
-        let (resp, verdict) = judge(state, svc, resp, deadline).await;
-        apply(state, svc, idx, key, status, &verdict);
+        // The time of the answer: the start of a cooldown, the last use of the key.
+        let answered = now_ms();
+        let (resp, verdict) = judge(state, svc, resp, deadline, answered).await;
+        apply(state, svc, idx, key, status, &verdict, answered);
         let retry =
             !verdict.is_success() && svc.spec.retry.on.contains(status.as_u16()) && !is_last;
         if !retry {
@@ -177,6 +185,7 @@ async fn judge(
     svc: &Service,
     resp: Response<Body>,
     deadline: Instant,
+    now_ms: u64,
 ) -> (Response<Body>, Verdict) {
     let status = resp.status();
     let peek =
@@ -188,7 +197,7 @@ async fn judge(
             &parts.headers,
             None,
             &state.config.invalid_key_phrases,
-            now_ms(),
+            now_ms,
         );
         return (Response::from_parts(parts, incoming), verdict);
     }
@@ -203,12 +212,13 @@ async fn judge(
         &parts.headers,
         Some(&head),
         &state.config.invalid_key_phrases,
-        now_ms(),
+        now_ms,
     );
     (Response::from_parts(parts, body), verdict)
 }
 
-/// Records the answer in the key's health and counters, and shares changes.
+/// Records the answer (at `now`, Unix ms) in the key's health and counters, and shares
+/// changes.
 pub fn apply(
     state: &AppState,
     svc: &Service,
@@ -216,8 +226,8 @@ pub fn apply(
     key: &PoolKey,
     status: StatusCode,
     verdict: &Verdict,
+    now: u64,
 ) {
-    let now = now_ms();
     let code = Some(status.as_u16());
     match verdict {
         Verdict::Success | Verdict::ClientFault => key.rt.record(now, code, true, None),

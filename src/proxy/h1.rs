@@ -331,17 +331,29 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Header values are slices of the head: note where they are, then share them.
+    // Header values are slices of the head: note where they are (on the stack), then
+    // share them.
     let start = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| Error::Protocol("invalid header name"))?;
-        fields.push((name, h.value.as_ptr() as usize - start, h.value.len()));
+    let count = parsed.headers.len();
+    // (The head is at most `MAX_HEAD` bytes: its offsets fit in a u32.)
+    let offset = |b: &[u8]| (b.as_ptr() as usize - start) as u32;
+    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    for (field, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        *field = (
+            offset(name),
+            name.len() as u32,
+            offset(value),
+            value.len() as u32,
+        );
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, at, n) in fields {
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_len, at, n) in &fields[..count] {
+        let (name_at, name_len, at, n) =
+            (name_at as usize, name_len as usize, at as usize, n as usize);
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| Error::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| Error::Protocol("invalid header value"))?;
         headers.append(name, value);

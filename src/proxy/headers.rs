@@ -4,6 +4,7 @@
 //! `Connection`, are stripped first; client credentials are removed next; the real key
 //! goes in last, so a client's `Connection: x-api-key` cannot remove the injected key.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -94,13 +95,30 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
             }
         }
         header::Entry::Vacant(slot) => {
-            if let Ok(v) = ip_value(peer) {
+            if let Some(v) = peer_value(peer) {
                 slot.insert(v);
             }
         }
     }
     h.entry(&XFP)
         .or_insert_with(|| HeaderValue::from_static("http"));
+}
+
+/// The header value of a peer address, written once per address and thread (clients
+/// are few, their requests many): a shared copy instead of an allocation per request.
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    thread_local!(static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) });
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((cached, value)) if *cached == ip => Some(value.clone()),
+            _ => {
+                let value = ip_value(ip).ok()?;
+                *last = Some((ip, value.clone()));
+                Some(value)
+            }
+        }
+    })
 }
 
 /// The header value of an address. IPv4 (the usual case) is written digit by digit:
@@ -243,6 +261,15 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_names_each_peer_though_the_value_is_reused() {
+        for peer in ["10.0.0.1", "10.0.0.2", "10.0.0.2", "::1", "10.0.0.1"] {
+            let mut h = HeaderMap::new();
+            add_forwarded(&mut h, peer.parse().unwrap());
+            assert_eq!(h["x-forwarded-for"], peer);
         }
     }
 

@@ -129,7 +129,15 @@ fn record(
 ) {
     let snap = state.snapshot.load();
     if let Some((svc, idx)) = snap.find_key(service_id, key_id) {
-        forward::apply(state, svc, idx, &svc.pool.keys()[idx], status, verdict);
+        forward::apply(
+            state,
+            svc,
+            idx,
+            &svc.pool.keys()[idx],
+            status,
+            verdict,
+            now_ms(),
+        );
         return;
     }
     let Some(rt) = state.registry.get(key_id) else {
