@@ -179,13 +179,14 @@ pub fn describe(e: &SendError) -> String {
 }
 
 /// Classifies an answer. For LLM services, the beginning of an error body is read to
-/// look for dead-key phrases; the body the client gets is unchanged.
+/// look for dead-key phrases; the body the client gets is unchanged. `now` (Unix ms) is
+/// when the answer came, for a `Retry-After` date.
 async fn judge(
     state: &AppState,
     svc: &Service,
     resp: Response<Body>,
     deadline: Instant,
-    now_ms: u64,
+    now: u64,
 ) -> (Response<Body>, Verdict) {
     let status = resp.status();
     let peek =
@@ -197,7 +198,7 @@ async fn judge(
             &parts.headers,
             None,
             &state.config.invalid_key_phrases,
-            now_ms,
+            now,
         );
         return (Response::from_parts(parts, incoming), verdict);
     }
@@ -212,7 +213,7 @@ async fn judge(
         &parts.headers,
         Some(&head),
         &state.config.invalid_key_phrases,
-        now_ms,
+        now,
     );
     (Response::from_parts(parts, body), verdict)
 }

@@ -65,7 +65,7 @@ impl OutBody {
     }
 
     /// The body for one attempt.
-    pub fn take(&mut self) -> Body {
+    fn take(&mut self) -> Body {
         match self {
             OutBody::Replayable(b) => body::full(b.clone()),
             OutBody::Streaming(b) => b.take().unwrap_or_else(body::empty),
