@@ -6,7 +6,8 @@
 //! ## How a request flows
 //!
 //! 1. [`server`] accepts the connection (HTTP/1.1 or h2c, TCP_NODELAY, header timeout)
-//!    and hands each request to [`app::handle`].
+//!    and hands each request to [`app::handle`]. Each shard keeps the deadlines of its
+//!    requests (header read, upstream answer) in one [`deadline`] table.
 //! 2. [`router`] maps the path to a route (pure, no I/O).
 //! 3. Admin routes ([`admin`]) check the admin token ([`jwt`]), validate input
 //!    ([`service`]), write to the [`store`] and rebuild the [`snapshot`].
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod jwt;
 pub mod keys;

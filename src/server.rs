@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::app::{self, AppState};
+use crate::deadline::{self, Deadlines, ShardTimer};
 
 thread_local!(static SHARD: Cell<usize> = const { Cell::new(0) });
 
@@ -234,7 +235,9 @@ impl Shard {
 /// what is left.
 async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Output = ()>) {
     let state = shard.shards.state.clone();
-    let builders = Builders::new(&state);
+    let deadlines = Deadlines::start();
+    deadline::set_for_this_thread(Some(deadlines.clone()));
+    let builders = Builders::new(&state, deadlines);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -292,6 +295,7 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+    deadline::set_for_this_thread(None);
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -321,9 +325,9 @@ struct Builders {
 }
 
 impl Builders {
-    fn new(state: &AppState) -> Builders {
+    fn new(state: &AppState, deadlines: Arc<Deadlines>) -> Builders {
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
+        h1.timer(ShardTimer(deadlines))
             .header_read_timeout(state.config.header_read_timeout)
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());

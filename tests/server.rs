@@ -108,6 +108,35 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_read_ti
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_that_goes_quiet_is_closed_after_the_header_read_timeout() {
+    let s = start(&[("HEADER_READ_TIMEOUT", "0.5")]).await;
+    let addr = s.addr;
+    let (first, elapsed, rest) = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).to_string();
+        // The next request's header read starts now, with nothing arriving.
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest).map(|_| rest.len());
+        (first, started.elapsed(), read)
+    })
+    .await
+    .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert_eq!(rest.ok(), Some(0), "closed without another answer");
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "closed early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+}
+
+#[tokio::test]
 async fn an_http2_preface_that_arrives_in_pieces_still_starts_http2() {
     let s = start(&[]).await;
     let addr = s.addr;

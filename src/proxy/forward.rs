@@ -17,6 +17,7 @@ use super::{Outgoing, cors, headers};
 use crate::app::AppState;
 use crate::body::{self, Body, Buffered};
 use crate::cache::KeyEvent;
+use crate::deadline;
 use crate::error::ApiError;
 use crate::keys::policy::{self, Verdict};
 use crate::keys::{Pick, PoolKey};
@@ -86,7 +87,8 @@ pub async fn run(
         } else {
             Instant::now()
         };
-        let resp = match tokio::time::timeout_at(deadline, svc.conns.send_head(head, body)).await {
+        let send = std::pin::pin!(svc.conns.send_head(head, body));
+        let resp = match deadline::timeout_at(deadline, send).await {
             Err(_) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
                 svc.metrics.response(504);
