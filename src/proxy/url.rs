@@ -80,41 +80,72 @@ pub fn check_rest(rest: &str) -> Result<(), PathError> {
         return Ok(());
     }
     let body = rest.strip_suffix('/').unwrap_or(rest);
-    for seg in body.split('/') {
+    for seg in body.as_bytes().split(|&b| b == b'/') {
         check_segment(seg)?;
     }
     Ok(())
 }
 
-/// RFC 3986 `pchar` (minus `%`, which must start an escape).
-fn is_pchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@%".contains(&b)
-}
+/// RFC 3986 `pchar` (with `%`, which must start an escape), as a table: a request's path
+/// is checked byte by byte.
+static PCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'%'
+            );
+        b += 1;
+    }
+    table
+};
 
-fn check_segment(seg: &str) -> Result<(), PathError> {
+fn check_segment(seg: &[u8]) -> Result<(), PathError> {
     if seg.is_empty() {
         return Err(PathError("empty path segment ('//') is not allowed"));
     }
-    if !seg.bytes().all(is_pchar) {
-        return Err(PathError(
-            "characters outside RFC 3986 path characters must be percent-encoded",
-        ));
+    let mut escaped = false;
+    for &b in seg {
+        if !PCHAR[b as usize] {
+            return Err(PathError(
+                "characters outside RFC 3986 path characters must be percent-encoded",
+            ));
+        }
+        escaped |= b == b'%';
     }
-    if !seg.contains('%') {
+    if !escaped {
         // Nothing to decode, and `pchar` already excludes `/`, `\` and control
         // characters: only the dot segments are left to refuse.
-        return if seg == "." || seg == ".." {
+        return if seg == b"." || seg == b".." {
             Err(PathError("'.' and '..' path segments are not allowed"))
         } else {
             Ok(())
         };
     }
-    let decoded =
-        percent_decode(seg.as_bytes()).ok_or(PathError("malformed percent-escape in path"))?;
+    let decoded = percent_decode(seg).ok_or(PathError("malformed percent-escape in path"))?;
     if decoded == b"." || decoded == b".." {
         return Err(PathError("'.' and '..' path segments are not allowed"));
     }
-    if decoded.iter().any(|&b| b == b'/' || b == b'\\') || seg.contains('\\') {
+    if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
         return Err(PathError(
             "encoded '/' or '\\' in a path segment is not allowed",
         ));
@@ -150,6 +181,8 @@ pub fn compose(
     }
     s.push_str(rest);
     let injected_name = inject.as_ref().map(|p| p.name);
+    // Names are only decoded when some parameter may have to go.
+    let filtering = injected_name.is_some() || !drop.is_empty();
     let mut first = true;
     let mut push = |s: &mut String, pair: &str| {
         s.push(if first { '?' } else { '&' });
@@ -161,11 +194,13 @@ pub fn compose(
         .flatten()
     {
         for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let name = param_name(pair);
-            if injected_name.is_some_and(|n| n.as_bytes() == &*name)
-                || drop.iter().any(|d| d.as_bytes() == &*name)
-            {
-                continue;
+            if filtering {
+                let name = param_name(pair);
+                if injected_name.is_some_and(|n| n.as_bytes() == &*name)
+                    || drop.iter().any(|d| d.as_bytes() == &*name)
+                {
+                    continue;
+                }
             }
             push(&mut s, pair);
         }
