@@ -8,7 +8,8 @@
 #
 # Environment:
 #   CARGO_TARGET_DIR     where cargo builds (default: target)
-#   BENCH_ARGS           extra harness options, e.g. "--pin split --reps 5 --seconds 8"
+#   BENCH_ARGS           extra harness options, e.g. "--pin split --reps 5 --seconds 8",
+#                        "--workers 1" (one shard for the proxy, one worker for nginx)
 #   BENCH_MAX_LOAD       wait until the 1-minute load average is below this (default 0.5)
 #   BENCH_QUIET_WAIT     ...for at most this many seconds (default 300), then run anyway
 #                        (the load is recorded in the results either way)

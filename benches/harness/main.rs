@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR]
-//!             [--reps N] [--seconds S] [--pin none|split] [--quick]
+//!             [--reps N] [--seconds S] [--pin none|split] [--workers N] [--quick]
 //! harness upstream --port P [--threads N]     the upstream server (started by `run`)
 //! harness hammer --port P --route rest|llm --n N    N sequential requests (profiling)
 //! harness report benches/results/<date>.json          the tables of a recorded run
@@ -43,6 +43,9 @@ pub struct Opts {
     pub conns: usize,
     /// `split`: proxy/nginx on CPU 0, upstream and load generators on CPU 1; `none`.
     pub pin: String,
+    /// Shards of the proxy and `worker_processes` of nginx (default: one per CPU they
+    /// may use).
+    pub workers: Option<usize>,
     pub streams: usize,
 }
 
@@ -120,6 +123,9 @@ fn main() {
                 warmup: 1,
                 conns: 64,
                 pin: get("--pin").unwrap_or_else(|| "none".into()),
+                workers: get("--workers")
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0),
                 streams: get("--streams")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1000),
@@ -133,7 +139,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR] \
-                 [--reps N] [--seconds S] [--pin none|split] [--quick]\n\
+                 [--reps N] [--seconds S] [--pin none|split] [--workers N] [--quick]\n\
                  harness memory --light BIN [--streams N]   (the memory part alone)\n\
                  (normally started by benches/run.sh: `make bench`)"
             );
@@ -185,24 +191,29 @@ fn chrono_like(t: std::time::SystemTime) -> String {
 struct Pins {
     server: Option<String>,
     client: Option<String>,
+    /// `--workers`: set for both servers instead of one per CPU.
+    workers: Option<usize>,
 }
 
-fn pins(mode: &str) -> Pins {
-    match mode {
-        "split" => Pins {
-            server: Some("0".into()),
-            client: Some("1".into()),
-        },
-        _ => Pins {
-            server: None,
-            client: None,
-        },
+fn pins(o: &Opts) -> Pins {
+    let (server, client) = match o.pin.as_str() {
+        "split" => (Some("0".into()), Some("1".into())),
+        _ => (None, None),
+    };
+    Pins {
+        server,
+        client,
+        workers: o.workers,
     }
 }
 
-/// CPUs the servers under test may use: the proxy starts one shard per CPU of its
-/// affinity mask (`WORKER_THREADS` default), and nginx gets as many `worker_processes`.
+/// Threads (workers) of the servers under test: `--workers`, or one per CPU they may use,
+/// as the proxy's `WORKER_THREADS` default does for its shards; nginx gets as many
+/// `worker_processes`.
 fn server_cpus(pin: &Pins) -> usize {
+    if let Some(n) = pin.workers {
+        return n;
+    }
     match &pin.server {
         Some(set) => set.split(',').count(),
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -216,7 +227,7 @@ fn addr(port: u16) -> SocketAddr {
 fn run(o: &Opts) {
     let started = Instant::now();
     let work = procs::work_dir(&o.work);
-    let pin = pins(&o.pin);
+    let pin = pins(o);
     if let Some(cpus) = &pin.client {
         // The harness is a load generator too (open loop, SSE, memory): on the client CPU,
         // with every thread it starts from now on.
@@ -261,6 +272,7 @@ fn run(o: &Opts) {
         env: vec![],
         db: start_db.clone(),
         cpus: pin.server.as_deref(),
+        workers: pin.workers,
     };
     {
         let port = procs::free_port();
@@ -306,6 +318,7 @@ fn run(o: &Opts) {
             env: vec![],
             db: work.join(format!("{name}.db")),
             cpus: pin.server.as_deref(),
+            workers: pin.workers,
         };
         let p = targets::spawn_proxy(&opts, &work);
         targets::rt()
@@ -526,8 +539,9 @@ fn conditions(o: &Opts) -> Value {
         "connections": o.conns,
         "pin": o.pin,
         "client_nice": procs::own_nice(),
-        "proxy_workers": server_cpus(&pins(&o.pin)),
-        "nginx_workers": server_cpus(&pins(&o.pin)),
+        "workers_set": o.workers.is_some(),
+        "proxy_workers": server_cpus(&pins(o)),
+        "nginx_workers": server_cpus(&pins(o)),
     })
 }
 
@@ -632,6 +646,7 @@ fn memory_only(o: &Opts) {
         env: vec![],
         db: work.join("memory.db"),
         cpus: None,
+        workers: o.workers,
     };
     let p = targets::spawn_proxy(&opts, &work);
     let token = targets::rt()
@@ -757,6 +772,7 @@ fn enterprise(
             env: env(db, redis),
             db: work.join("unused.db"),
             cpus: pin.server.as_deref(),
+            workers: pin.workers,
         };
         let p = targets::spawn_proxy(&opts, work);
         if let Err(e) = targets::rt().block_on(targets::setup(addr(port), up_port)) {
@@ -813,6 +829,7 @@ fn enterprise(
             env: env(dbs[1], true),
             db: work.join("unused.db"),
             cpus: pin.server.as_deref(),
+            workers: pin.workers,
         };
         starts.push(time_to_first_request(&opts, work));
     }

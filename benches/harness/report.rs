@@ -175,9 +175,8 @@ pub fn markdown(raw: &Value) -> String {
         "Conditions: {} × {} ({} cores), Linux {}, {}, {}; 1-minute load average {:.2} before the run \
          ({:.2} at its end: the run itself keeps both cores busy); \
          {} interleaved repeats of {} s (+{} s warm-up) per measurement, {} keep-alive connections; \
-         CPU pinning: {}; the whole run took {} s. Proxy: {} shard thread(s) (`WORKER_THREADS` \
-         default: one per CPU it may use); nginx: `worker_processes {}`. Medians over repeats; \
-         ± is half the range.\n",
+         CPU pinning: {}; the whole run took {} s. Proxy: {} shard thread(s) ({}); \
+         nginx: `worker_processes {}`. Medians over repeats; ± is half the range.\n",
         c["cores"],
         c["cpu"].as_str().unwrap_or("?"),
         c["cores"],
@@ -197,6 +196,11 @@ pub fn markdown(raw: &Value) -> String {
         },
         c["seconds_total"],
         c["proxy_workers"],
+        if c["workers_set"].as_bool() == Some(true) {
+            "`--workers`: `WORKER_THREADS` for the proxy, as many workers for nginx"
+        } else {
+            "`WORKER_THREADS` default: one per CPU it may use"
+        },
         c["nginx_workers"],
     );
 

@@ -289,6 +289,8 @@ pub struct ProxyOpts<'a> {
     /// `DATABASE_PATH` (SQLite builds without `DB_HOST`).
     pub db: PathBuf,
     pub cpus: Option<&'a str>,
+    /// `WORKER_THREADS` (default: the proxy's own, one shard per CPU).
+    pub workers: Option<usize>,
 }
 
 /// The proxy's command line and environment (nothing inherited but `PATH`).
@@ -304,6 +306,9 @@ pub fn proxy_command(o: &ProxyOpts<'_>, work: &Path) -> Command {
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("DATABASE_PATH", &o.db)
         .env("LOG_LEVEL", o.log_level);
+    if let Some(n) = o.workers {
+        cmd.env("WORKER_THREADS", n.to_string());
+    }
     for (k, v) in &o.env {
         cmd.env(k, v);
     }
