@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::error::{ApiError, json_response};
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
-use crate::proxy::Flavor;
 use crate::proxy::client::Upstreams;
+use crate::proxy::{self, Flavor};
 use crate::router::{self, Route};
 use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::store::Store;
@@ -129,9 +129,12 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     match router::route(req.uri().path()) {
-        Route::Proxy { .. } => proxy(state, peer, req, Flavor::Generic).await,
-        Route::Llm { .. } => proxy(state, peer, req, Flavor::Llm).await,
-        // Boxed, as the proxy's (see `proxy`): their futures hold database calls.
+        // Boxed: hyper keeps the space of the service's future for as long as the
+        // connection lives, and the proxy's is several KiB that an open stream would
+        // otherwise hold for nothing (one allocation per request instead).
+        Route::Proxy { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Generic)).await,
+        Route::Llm { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Llm)).await,
+        // Boxed, as the proxy's: their futures hold database calls.
         Route::Admin(_) => Box::pin(crate::admin::handle(state, peer, req)).await,
         Route::Health => Box::pin(health(state, req.method())).await,
         Route::Metrics => metrics(state, &req),
@@ -139,18 +142,6 @@ async fn dispatch(
         Route::Index | Route::PageFallback => crate::static_files::page(req.method()),
         Route::Asset(name) => crate::static_files::asset(req.method(), name),
     }
-}
-
-/// The proxy handler, boxed: hyper keeps the space of the service's future for as long as
-/// the connection lives, and the proxy's is several KiB that an open stream would otherwise
-/// hold for nothing (one allocation per request instead).
-async fn proxy(
-    state: &Arc<AppState>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    flavor: Flavor,
-) -> Result<Response<Body>, ApiError> {
-    Box::pin(crate::proxy::handle(state, peer, req, flavor)).await
 }
 
 /// 405 for anything but GET and HEAD.
