@@ -66,13 +66,16 @@ impl Table {
         (idx, self.sweeper.take())
     }
 
-    fn remove(&mut self, idx: usize) {
-        self.slots[idx] = Slot::Free;
+    /// Frees a slot; returns what it held, to drop once the lock is released (a waker's
+    /// drop may run other code).
+    fn remove(&mut self, idx: usize) -> Slot {
         self.free.push(idx);
+        std::mem::replace(&mut self.slots[idx], Slot::Free)
     }
 
-    /// Fires what is due at `now` (returning the wakers to wake) and sets the next look:
-    /// the earliest deadline still waiting, but not sooner than `SLACK` from now.
+    /// Fires what is due at `now` (returning the wakers to wake once the lock is
+    /// released) and sets the next look: the earliest deadline still waiting, but not
+    /// sooner than `SLACK` from now.
     fn sweep(&mut self, now: Instant, sweeper: &Waker) -> (Vec<Waker>, Option<Instant>) {
         let mut due = Vec::new();
         let mut next: Option<Instant> = None;
@@ -90,7 +93,9 @@ impl Table {
         let next = next.map(|at| at.max(now + SLACK));
         self.next_look = next;
         if !self.sweeper.as_ref().is_some_and(|w| w.will_wake(sweeper)) {
-            self.sweeper = Some(sweeper.clone());
+            // The replaced waker goes with the due ones: waking the sweeper spuriously
+            // costs one more look, dropping a waker under the lock could re-enter it.
+            due.extend(self.sweeper.replace(sweeper.clone()));
         }
         (due, next)
     }
@@ -170,9 +175,12 @@ impl Future for Deadline {
         match &mut table.slots[idx] {
             Slot::Fired => Poll::Ready(()),
             Slot::Waiting(_, waker) => {
-                if !waker.will_wake(cx.waker()) {
-                    *waker = cx.waker().clone();
+                if waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
                 }
+                let old = std::mem::replace(waker, cx.waker().clone());
+                drop(table);
+                drop(old);
                 Poll::Pending
             }
             Slot::Free => unreachable!("a deadline's slot is freed only when it is dropped"),
@@ -183,7 +191,8 @@ impl Future for Deadline {
 impl Drop for Deadline {
     fn drop(&mut self) {
         if let Some(idx) = self.slot {
-            self.owner.table().remove(idx);
+            let held = self.owner.table().remove(idx);
+            drop(held); // after the lock
         }
     }
 }
