@@ -2,9 +2,9 @@
 //! header-read timeout (hyper's, through [`ShardTimer`]) and the upstream's answer
 //! ([`timeout_at`]).
 //!
-//! A tokio timer costs about a thousand instructions per request in registering,
-//! cancelling and its share of the driver's bookkeeping, a twelfth of what a proxied
-//! request costs in user space, and a request sets two. Here each shard keeps its
+//! A request set two tokio timers, and registering, cancelling and their share of the
+//! driver's bookkeeping cost about 2,300 instructions, 8 % of what a proxied request
+//! costs in user space (callgrind, docs/BENCHMARKS.md). Here each shard keeps its
 //! deadlines in one slab: setting one is a slot and a waker, cancelling one frees the
 //! slot, and a single sweeper task per shard sleeps (on one tokio timer) until the
 //! earliest deadline and wakes whatever is due. A deadline fires at most [`SLACK`] late:
