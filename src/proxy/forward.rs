@@ -291,9 +291,6 @@ fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
     });
 }
 
-/// Turns an upstream answer into the client's: hop-by-hop headers out, CORS in, the
-/// attempt count when there was more than one, `X-Accel-Buffering: no` on event streams,
-/// and a body that streams frame by frame.
 /// Whether a `Content-Type` is a stream of events or of JSON lines (SSE, NDJSON), which
 /// a buffering reverse proxy in front must pass on as it comes. Byte windows, not
 /// `str::contains`: its substring searcher costs more to set up than this whole check
@@ -305,6 +302,9 @@ fn is_stream_type(ct: &[u8]) -> bool {
         || ct.windows(6).any(|w| w.eq_ignore_ascii_case(b"ndjson"))
 }
 
+/// Turns an upstream answer into the client's: hop-by-hop headers out, CORS in, the
+/// attempt count when there was more than one, `X-Accel-Buffering: no` on event streams,
+/// and a body that streams frame by frame.
 fn finish(
     state: &AppState,
     svc: &Service,
