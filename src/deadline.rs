@@ -124,7 +124,8 @@ impl Deadlines {
     }
 
     /// Deadlines set and not yet cancelled (fired or not).
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         let table = self.table();
         table.slots.len() - table.free.len()
     }

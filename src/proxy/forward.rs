@@ -204,7 +204,8 @@ async fn judge(
         );
         return (Response::from_parts(parts, incoming), verdict);
     }
-    let read = tokio::time::timeout_at(deadline, body::read_up_to(incoming, ERROR_PEEK)).await;
+    let read = std::pin::pin!(body::read_up_to(incoming, ERROR_PEEK));
+    let read = deadline::timeout_at(deadline, read).await;
     let (body, head) = match read {
         Ok(Ok(Buffered::Complete(b))) => (body::full(b.clone()), b),
         Ok(Ok(Buffered::Partial(b, rest))) => (body::chain(b.clone(), rest), b),

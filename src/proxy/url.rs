@@ -89,32 +89,17 @@ pub fn check_rest(rest: &str) -> Result<(), PathError> {
 /// RFC 3986 `pchar` (with `%`, which must start an escape), as a table: a request's path
 /// is checked byte by byte.
 static PCHAR: [bool; 256] = {
+    const OTHERS: &[u8] = b"-._~!$&'()*+,;=:@%";
     let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'@'
-                    | b'%'
-            );
-        b += 1;
+    let mut i = 0;
+    while i < 256 {
+        table[i] = (i as u8).is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut j = 0;
+    while j < OTHERS.len() {
+        table[OTHERS[j] as usize] = true;
+        j += 1;
     }
     table
 };
