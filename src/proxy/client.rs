@@ -28,6 +28,7 @@ use tower_service::Service as _;
 
 use super::h1;
 pub use super::h1::RequestRef;
+use super::headers::{Rewrite, Value};
 use super::url::Upstream;
 use crate::body::{self, Body, BoxError};
 
@@ -75,17 +76,29 @@ impl std::error::Error for SendError {
 }
 
 impl RequestRef<'_> {
-    /// An owned request (for HTTP/2): copies of the parts, `extra` inserted.
+    /// An owned request (for HTTP/2): copies of the parts, rewritten, `extra` inserted.
     fn to_request(&self, body: Body) -> Request<Body> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        let mut headers = self.headers.clone();
-        headers.remove(HOST);
+        let extra = self.extra.map(|(name, _)| name);
+        let headers = req.headers_mut();
+        self.rewrite.each(self.headers, |name, value| {
+            if name == HOST || Some(name) == extra {
+                return;
+            }
+            let value = match value {
+                Value::Same(v) => v.clone(),
+                Value::Joined(parts) => match HeaderValue::from_bytes(&parts.concat()) {
+                    Ok(v) => v,
+                    Err(_) => return,
+                },
+            };
+            headers.append(name, value);
+        });
         if let Some((name, value)) = self.extra {
             headers.insert(name, value.clone());
         }
-        *req.headers_mut() = headers;
         req
     }
 }
@@ -231,6 +244,7 @@ impl Pool {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
+            rewrite: Rewrite::NONE,
             extra: None,
         };
         self.send_head(head, body).await

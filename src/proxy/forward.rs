@@ -80,6 +80,7 @@ pub async fn run(
             method: &out.method,
             uri: &uri,
             headers: &out.headers,
+            rewrite: out.rewrite,
             extra,
         };
         let sent = if attempt == 1 {

@@ -20,6 +20,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::headers::{Rewrite, Value};
 use crate::body::{Body, BoxError};
 
 /// The largest response head accepted.
@@ -122,9 +123,10 @@ pub struct RequestRef<'a> {
     pub method: &'a Method,
     /// Its path and query are the request target (scheme and authority are the pool's).
     pub uri: &'a Uri,
-    /// Sent as they are, except framing headers (ours are written), `Host` (the pool's)
-    /// and the `extra` header's name.
+    /// Sent as `rewrite` says, except framing headers (ours are written), `Host` (the
+    /// pool's) and the `extra` header's name.
     pub headers: &'a HeaderMap,
+    pub rewrite: Rewrite,
     /// A header set over any of the same name in `headers` (the injected key).
     pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
 }
@@ -206,16 +208,22 @@ where
     out.put_slice(host.as_bytes());
     out.put_slice(b"\r\n");
     let extra = head.extra.map(|(name, _)| name);
-    for (name, value) in head.headers {
+    head.rewrite.each(head.headers, |name, value| {
         if name == CONTENT_LENGTH
             || name == TRANSFER_ENCODING
             || name == HOST
             || Some(name) == extra
         {
-            continue;
+            return;
         }
-        put_header(&mut out, name, value);
-    }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        match value {
+            Value::Same(v) => out.put_slice(v.as_bytes()),
+            Value::Joined(parts) => parts.iter().for_each(|p| out.put_slice(p)),
+        }
+        out.put_slice(b"\r\n");
+    });
     if let Some((name, value)) = head.extra {
         put_header(&mut out, name, value);
     }
@@ -704,6 +712,7 @@ mod tests {
             method: &parts.method,
             uri: &parts.uri,
             headers: &parts.headers,
+            rewrite: Rewrite::NONE,
             extra: parts
                 .extensions
                 .get::<(HeaderName, HeaderValue)>()

@@ -1,31 +1,36 @@
 //! Header rewriting in both directions.
 //!
 //! Order matters (RFC 9110 §7.6.1): hop-by-hop headers, including every name listed in
-//! `Connection`, are stripped first; client credentials are removed next; the real key
-//! goes in last, so a client's `Connection: x-api-key` cannot remove the injected key.
+//! `Connection`, stay behind; client credentials stay behind; the real key goes in
+//! last, so a client's `Connection: x-api-key` cannot remove the injected key. Requests
+//! are rewritten as they are written upstream ([`Rewrite`]); answers, in their map.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that only concern one connection and are never forwarded.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// Whether a header only concerns one connection and is never forwarded (`Connection`
+/// and the names it lists aside, which [`remove_connection_listed`] takes out).
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// The header that carries the proxy key on `/proxy`.
 pub static X_PROXY_KEY: HeaderName = HeaderName::from_static("x-proxy-key");
 
-/// Credential headers an LLM client may send; all are removed before the real key goes in.
+/// Credential headers an LLM client may send; none of them goes upstream, the real key
+/// goes in instead.
 pub static LLM_CREDENTIALS: [HeaderName; 5] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
@@ -34,100 +39,157 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
     HeaderName::from_static("api-key"),
 ];
 
-/// Removes `Connection`, every header it names, and the other hop-by-hop headers.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    remove_where(h, |_| false);
+fn is_llm_credential(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key"
+    )
 }
 
-/// Removes the hop-by-hop headers, every header `Connection` names, and every other
-/// header whose name `doomed` picks, looking at the names present (a handful) once,
-/// instead of hashing and probing for every name of fixed lists, most of them absent.
-fn remove_where(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
-    let mut names: Vec<HeaderName> = Vec::new();
-    let mut connection = false;
-    for name in h.keys() {
-        connection |= name == header::CONNECTION;
-        if HOP_BY_HOP.contains(name) || doomed(name) {
-            names.push(name.clone());
-        }
-    }
-    if connection {
-        let listed = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok());
-        names.extend(listed);
-    }
+/// Removes `Connection`, every header it names, and the other hop-by-hop headers.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    remove_connection_listed(h);
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str()))
+        .cloned()
+        .collect();
     for name in names {
         h.remove(name);
     }
 }
 
-/// Rewrites a client's request headers for the upstream: strips hop-by-hop headers,
-/// `Host` (the client sets the upstream's from the URI) and `Expect`, removes
-/// `X-Proxy-Key` and the given credential headers.
-pub fn clean_request(h: &mut HeaderMap, credentials: &[HeaderName]) {
-    // `Expect: 100-continue` was answered by this server when the body was first read;
-    // the upstream gets the body right away.
-    remove_where(h, |name| {
-        name == header::HOST
-            || name == header::EXPECT
-            || name == X_PROXY_KEY
-            || credentials.contains(name)
-    });
+/// Removes every header that a `Connection` header names (RFC 9110 §7.6.1). Most
+/// requests and answers have no `Connection` header, and then nothing is looked up.
+fn remove_connection_listed(h: &mut HeaderMap) {
+    if !h.contains_key(header::CONNECTION) {
+        return;
+    }
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        h.remove(name);
+    }
 }
 
-/// Adds `X-Forwarded-For` (appending the peer) and `X-Forwarded-Proto`.
-pub fn add_forwarded(h: &mut HeaderMap, peer: IpAddr) {
-    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    // One lookup each (the entry API), not a probe and then an insert.
-    match h.entry(&XFF) {
-        header::Entry::Occupied(mut prev) => {
-            let value = match prev.get().to_str() {
-                Ok(text) => HeaderValue::from_str(&format!("{text}, {peer}")),
-                Err(_) => ip_value(peer),
-            };
-            if let Ok(v) = value {
-                prev.insert(v);
-            }
+/// How a client's request headers go upstream. Decided per name while the request is
+/// written, so the client's map is not edited on every request: hop-by-hop headers
+/// (and the names `Connection` lists), `Host` (the upstream's comes from its URI),
+/// `Expect` (this server answered it when it read the body; the upstream gets the body
+/// right away), `X-Proxy-Key` and, on LLM routes, the client's credential headers stay
+/// behind; on `/proxy`, the peer is appended to `X-Forwarded-For` and
+/// `X-Forwarded-Proto: http` added when the client sent none.
+///
+/// The real key is not part of this: the sender writes it last, over any header of the
+/// same name, so a client's `Connection: x-api-key` cannot remove the injected key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rewrite {
+    /// Off: the headers go as they are (the key checks of the admin page).
+    strip: bool,
+    llm_credentials: bool,
+    forwarded_for: Option<IpAddr>,
+}
+
+/// A header value as it goes upstream: the client's own, or pieces written one after
+/// the other.
+pub enum Value<'a> {
+    Same(&'a HeaderValue),
+    Joined(&'a [&'a [u8]]),
+}
+
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+impl Rewrite {
+    /// Headers sent as they are.
+    pub const NONE: Rewrite = Rewrite {
+        strip: false,
+        llm_credentials: false,
+        forwarded_for: None,
+    };
+
+    /// `/proxy`: the client came from `peer`.
+    pub fn generic(h: &mut HeaderMap, peer: IpAddr) -> Rewrite {
+        remove_connection_listed(h);
+        Rewrite {
+            strip: true,
+            llm_credentials: false,
+            forwarded_for: Some(peer),
         }
-        header::Entry::Vacant(slot) => {
-            if let Some(v) = peer_value(peer) {
-                slot.insert(v);
+    }
+
+    /// `/llm`: the client's credential headers stay behind too.
+    pub fn llm(h: &mut HeaderMap) -> Rewrite {
+        remove_connection_listed(h);
+        Rewrite {
+            strip: true,
+            llm_credentials: true,
+            forwarded_for: None,
+        }
+    }
+
+    /// Whether a client header of this name goes upstream.
+    fn keeps(&self, name: &str) -> bool {
+        !self.strip
+            || !(is_hop_by_hop(name)
+                || matches!(name, "host" | "expect" | "x-proxy-key")
+                || (self.llm_credentials && is_llm_credential(name)))
+    }
+
+    /// Calls `emit` with each header that goes upstream, in the client's order, the
+    /// forwarding headers last when the client sent none.
+    pub fn each(&self, headers: &HeaderMap, mut emit: impl FnMut(&HeaderName, Value<'_>)) {
+        let mut ip = [0u8; 39];
+        let peer = self.forwarded_for.map(|addr| ip_text(addr, &mut ip));
+        let (mut had_xff, mut had_xfp) = (false, false);
+        for (name, value) in headers {
+            let text = name.as_str();
+            if !self.keeps(text) {
+                continue;
+            }
+            if let Some(peer) = peer {
+                if text == "x-forwarded-for" {
+                    // One value: the (first) client value, then the peer.
+                    if !had_xff {
+                        match value.to_str() {
+                            Ok(_) => emit(name, Value::Joined(&[value.as_bytes(), b", ", peer])),
+                            Err(_) => emit(name, Value::Joined(&[peer])),
+                        }
+                    }
+                    had_xff = true;
+                    continue;
+                }
+                had_xfp |= text == "x-forwarded-proto";
+            }
+            emit(name, Value::Same(value));
+        }
+        if let Some(peer) = peer {
+            if !had_xff {
+                emit(&XFF, Value::Joined(&[peer]));
+            }
+            if !had_xfp {
+                emit(&XFP, Value::Joined(&[b"http"]));
             }
         }
     }
-    h.entry(&XFP)
-        .or_insert_with(|| HeaderValue::from_static("http"));
 }
 
-/// The header value of a peer address, written once per address and thread (clients
-/// are few, their requests many): a shared copy instead of an allocation per request.
-fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
-    thread_local!(static LAST: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) });
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((cached, value)) if *cached == ip => Some(value.clone()),
-            _ => {
-                let value = ip_value(ip).ok()?;
-                *last = Some((ip, value.clone()));
-                Some(value)
-            }
-        }
-    })
-}
-
-/// The header value of an address. IPv4 (the usual case) is written digit by digit:
-/// `to_string` goes through the formatting machinery, a tenth of a request's own work.
-fn ip_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+/// The text of an address, as `to_string` writes it. IPv4 (the usual case) is written
+/// digit by digit: the formatting machinery costs a tenth of a request's own work.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 39]) -> &[u8] {
     let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string());
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // An IPv6 address is at most 39 characters.
+        let _ = write!(cursor, "{ip}");
+        let n = cursor.position() as usize;
+        return &buf[..n];
     };
-    let mut buf = [0u8; 15];
     let mut n = 0;
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
@@ -145,7 +207,7 @@ fn ip_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue>
         buf[n] = b'0' + octet % 10;
         n += 1;
     }
-    HeaderValue::from_bytes(&buf[..n])
+    &buf[..n]
 }
 
 /// Limits `Accept-Encoding` to codings the proxy can read (gzip, deflate), so an error
@@ -221,22 +283,64 @@ mod tests {
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
     }
 
+    /// What `rewrite` sends of `h`, as (name, value) texts.
+    fn sent(rewrite: &Rewrite, h: &HeaderMap) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        rewrite.each(h, |name, value| {
+            let value = match value {
+                Value::Same(v) => v.as_bytes().to_vec(),
+                Value::Joined(parts) => parts.concat(),
+            };
+            out.push((name.to_string(), String::from_utf8(value).unwrap()));
+        });
+        out
+    }
+
+    fn names(sent: &[(String, String)]) -> Vec<&str> {
+        sent.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     #[test]
-    fn injected_key_survives_a_connection_header_naming_it() {
+    fn client_credentials_and_connection_named_headers_stay_behind() {
         let mut h = map(&[
-            ("connection", "x-api-key"),
+            ("connection", "x-api-key, X-Custom"),
             ("x-api-key", "client"),
+            ("authorization", "Bearer client"),
+            ("x-goog-api-key", "client"),
+            ("x-proxy-key", "p"),
+            ("x-custom", "1"),
+            ("host", "me"),
+            ("expect", "100-continue"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+            ("user-agent", "sdk"),
+        ]);
+        let llm = Rewrite::llm(&mut h);
+        let sent_llm = sent(&llm, &h);
+        let mut kept = names(&sent_llm);
+        kept.sort();
+        assert_eq!(kept, ["content-type", "user-agent"]);
+
+        let mut h = map(&[
+            ("connection", "X-Custom"),
+            ("x-custom", "1"),
+            ("authorization", "Basic kept"),
             ("x-proxy-key", "p"),
             ("host", "me"),
         ]);
-        clean_request(&mut h, &LLM_CREDENTIALS);
-        // What the proxy does next: the snapshot's ready-made, sensitive value goes in.
-        let mut real = HeaderValue::from_static("real");
-        real.set_sensitive(true);
-        h.insert("x-api-key", real);
-        assert_eq!(h["x-api-key"], "real");
-        assert!(h["x-api-key"].is_sensitive());
-        assert!(h.get("x-proxy-key").is_none() && h.get("host").is_none());
+        let generic = Rewrite::generic(&mut h, "10.0.0.1".parse().unwrap());
+        let mut sent_generic = sent(&generic, &h);
+        sent_generic.sort();
+        assert_eq!(
+            sent_generic,
+            [
+                ("authorization".into(), "Basic kept".into()),
+                ("x-forwarded-for".into(), "10.0.0.1".into()),
+                ("x-forwarded-proto".into(), "http".into()),
+            ]
+        );
+        // Without a rewrite (the admin page's key checks) everything goes as it is.
+        assert_eq!(sent(&Rewrite::NONE, &h).len(), 4);
     }
 
     #[test]
@@ -258,26 +362,43 @@ mod tests {
             "9.99.100.1",
             "::1",
             "fe80::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+            assert_eq!(ip_text(ip, &mut [0; 39]), ip.to_string().as_bytes());
         }
     }
 
     #[test]
-    fn forwarded_for_names_each_peer_though_the_value_is_reused() {
-        for peer in ["10.0.0.1", "10.0.0.2", "10.0.0.2", "::1", "10.0.0.1"] {
+    fn forwarded_for_names_the_peer() {
+        for peer in ["10.0.0.1", "10.0.0.2", "::1"] {
             let mut h = HeaderMap::new();
-            add_forwarded(&mut h, peer.parse().unwrap());
-            assert_eq!(h["x-forwarded-for"], peer);
+            let rewrite = Rewrite::generic(&mut h, peer.parse().unwrap());
+            assert_eq!(
+                sent(&rewrite, &h)[0],
+                ("x-forwarded-for".into(), peer.into())
+            );
         }
     }
 
     #[test]
-    fn forwarded_for_appends() {
-        let mut h = map(&[("x-forwarded-for", "10.0.0.1")]);
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap());
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
+    fn forwarded_for_appends_to_the_clients_and_proto_is_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(
+            sent(&rewrite, &h),
+            [
+                ("x-forwarded-for".into(), "10.0.0.1, 127.0.0.1".into()),
+                ("x-forwarded-proto".into(), "https".into()),
+            ]
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(sent(&rewrite, &h)[0].1, "127.0.0.1");
     }
 }

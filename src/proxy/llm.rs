@@ -67,7 +67,7 @@ pub async fn handle(
         ));
     }
     let rest = action(format, &svc.spec.upstream.base_path, rest);
-    headers::clean_request(&mut parts.headers, &headers::LLM_CREDENTIALS);
+    let rewrite = headers::Rewrite::llm(&mut parts.headers);
     headers::keep_decodable_encodings(&mut parts.headers);
     if format == ApiFormat::Anthropic && !parts.headers.contains_key("anthropic-version") {
         parts.headers.insert(
@@ -75,7 +75,7 @@ pub async fn handle(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
-    let out = Outgoing::new(svc, parts, rest, CREDENTIAL_PARAMS, body)?;
+    let out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
     forward::run(state, svc, out).await
 }
 

@@ -77,6 +77,8 @@ impl OutBody {
 pub struct Outgoing {
     pub method: Method,
     pub headers: HeaderMap,
+    /// What of `headers` goes upstream.
+    pub rewrite: headers::Rewrite,
     pub body: OutBody,
     /// The client path after the slug (already checked) and query, when the key goes in
     /// the query (otherwise empty: the URI is composed once, in `fixed_uri`).
@@ -94,6 +96,7 @@ impl Outgoing {
     fn new(
         svc: &Service,
         parts: Parts,
+        rewrite: headers::Rewrite,
         rest: &str,
         drop_params: &'static [&'static str],
         body: OutBody,
@@ -123,6 +126,7 @@ impl Outgoing {
         Ok(Outgoing {
             method: parts.method,
             headers: parts.headers,
+            rewrite,
             body,
             rest,
             query,
@@ -227,9 +231,8 @@ async fn generic(
         }
     }
     // The path is checked once, where the upstream URI is composed (`Outgoing::new`).
-    headers::clean_request(&mut parts.headers, &[]);
-    headers::add_forwarded(&mut parts.headers, peer.ip());
+    let rewrite = headers::Rewrite::generic(&mut parts.headers, peer.ip());
     let body = OutBody::read(incoming, state.config.retry_body_limit).await?;
-    let out = Outgoing::new(svc, parts, rest, &[], body)?;
+    let out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
     forward::run(state, svc, out).await
 }
