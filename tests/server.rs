@@ -65,6 +65,44 @@ async fn shutdown_drains_but_an_open_stream_cannot_hold_it_forever() {
     assert!(ended);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_answer_in_flight_finish_and_closes_idle_connections_at_once() {
+    let up = upstream_raw(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        support::reply(200, &[], "done")
+    })
+    .await;
+    let mut s = start(&[("SHUTDOWN_GRACE_SECONDS", "30")]).await;
+    s.generic_service("slow", &up.url(""), &["k"]).await;
+    // A kept-alive connection with nothing in flight.
+    let mut idle = std::net::TcpStream::connect(s.addr).unwrap();
+    assert!(get_on(&mut idle, "/health", None).starts_with("HTTP/1.1 200"));
+    let in_flight = tokio::spawn(support::send(support::request(
+        Method::GET,
+        &s.url("/proxy/slow/x"),
+        &[("x-proxy-key", PROXY_KEY)],
+        api_key_rotator::body::empty(),
+    )));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    s.stop().await;
+    // Well inside the 30 s grace: nothing held the drain once the answer was out.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "drain took {took:?}");
+    let resp = in_flight.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "done");
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        idle.read(&mut [0u8; 64]).unwrap(),
+        0,
+        "the idle connection was closed"
+    );
+}
+
 #[tokio::test]
 async fn slow_headers_hit_the_header_read_timeout() {
     let s = start(&[("HEADER_READ_TIMEOUT", "0.5")]).await;
