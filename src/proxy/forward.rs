@@ -112,10 +112,12 @@ pub async fn run(
             }
             Ok(Ok(resp)) => resp,
         };
-        svc.metrics.upstream_latency(sent.elapsed());
+        let waited = sent.elapsed();
+        svc.metrics.upstream_latency(waited);
         let status = resp.status();
-        // The time of the answer: the start of a cooldown, the last use of the key.
-        let answered = now_ms();
+        // The time of the answer (the start of a cooldown, the last use of the key): the
+        // wall time read before sending plus the wait, one clock read fewer.
+        let answered = now + waited.as_millis() as u64;
         let (resp, verdict) = judge(state, svc, resp, deadline, answered).await;
         apply(state, svc, idx, key, status, &verdict, answered);
         let retry =

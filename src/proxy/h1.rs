@@ -374,15 +374,33 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     Ok(Some((parts, framing, keep_alive)))
 }
 
+/// The elements of a comma-separated header value, trimmed (bytes: no `str` search).
+fn list(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+}
+
+/// A non-empty run of ASCII digits as a number; `None` for anything else or an overflow.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
 /// How the body is delimited (RFC 9112 §6.3), and whether the connection stays open.
 fn framing(headers: &HeaderMap, version: Version) -> Result<(Framing, bool), Error> {
     let mut keep_alive = version == Version::HTTP_11;
     for value in headers.get_all(CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.eq_ignore_ascii_case("close") {
+        for token in list(value) {
+            if token.eq_ignore_ascii_case(b"close") {
                 keep_alive = false;
-            } else if token.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
+            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
                 keep_alive = true;
             }
         }
@@ -405,14 +423,8 @@ fn framing(headers: &HeaderMap, version: Version) -> Result<(Framing, bool), Err
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for part in value.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Error::Protocol("invalid content-length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| Error::Protocol("invalid content-length"))?;
+        for part in list(value) {
+            let n = decimal(part).ok_or(Error::Protocol("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(Error::Protocol("conflicting content-length values"));
             }
@@ -751,7 +763,7 @@ mod tests {
     async fn content_length_answers_are_read_exactly_and_the_connection_is_reused() {
         let (addr, seen) = upstream(vec![
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
-            b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 201 Created\r\ncontent-length: 2 , 2\r\n\r\nok",
         ])
         .await;
         let (resp, body, conn) = exchange(connect(&addr).await, get("/a?b=1")).await.unwrap();
@@ -857,10 +869,22 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_answers_are_errors() {
-        let heads: [(&'static [u8], &str); 4] = [
+        let heads: [(&'static [u8], &str); 7] = [
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
                 "conflicting",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                "invalid content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2,\r\n\r\nok",
+                "invalid content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1e2\r\n\r\n",
+                "invalid content-length",
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",

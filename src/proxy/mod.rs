@@ -168,8 +168,7 @@ fn split_path(path: &str, flavor: Flavor) -> (&str, &str) {
         Flavor::Generic => "/proxy/",
         Flavor::Llm => "/llm/",
     };
-    let after = path.strip_prefix(prefix).unwrap_or("");
-    after.split_once('/').unwrap_or((after, ""))
+    crate::router::first_segment(path.strip_prefix(prefix).unwrap_or(""))
 }
 
 /// Handles a proxy route.
