@@ -58,16 +58,39 @@ where
     if body.size_hint().lower() as usize > limit {
         return Ok(Buffered::Partial(Bytes::new(), body));
     }
-    let mut buf = BytesMut::new();
+    // A body that arrives as one frame (usual when it came with the head) is kept as it
+    // is, without a copy; the frames are only joined from the second on.
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(Into::into)?.into_data() {
-            buf.extend_from_slice(&data);
-            if buf.len() > limit {
-                return Ok(Buffered::Partial(buf.freeze(), body));
+        let Ok(data) = frame.map_err(Into::into)?.into_data() else {
+            continue;
+        };
+        let len = match &mut joined {
+            Some(buf) => {
+                buf.extend_from_slice(&data);
+                buf.len()
             }
+            None if first.is_empty() => {
+                first = data;
+                first.len()
+            }
+            None => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                joined.insert(buf).len()
+            }
+        };
+        if len > limit {
+            return Ok(Buffered::Partial(all(first, joined), body));
         }
     }
-    Ok(Buffered::Complete(buf.freeze()))
+    Ok(Buffered::Complete(all(first, joined)))
+}
+
+fn all(first: Bytes, joined: Option<BytesMut>) -> Bytes {
+    joined.map_or(first, BytesMut::freeze)
 }
 
 /// Reads a whole body of at most `limit` bytes (admin JSON), chunked or not.
@@ -172,6 +195,69 @@ impl<F: FnOnce(u64, bool)> Drop for Watched<F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             done(self.bytes, self.inner.is_end_stream());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body of the given frames, without a length.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    fn frames(parts: &[&'static str]) -> Frames {
+        Frames(
+            parts
+                .iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_frame_is_kept_as_it_is_and_more_are_joined() {
+        let one = Bytes::from_static(b"{\"model\":\"m\"}");
+        let Buffered::Complete(got) = read_up_to(Frames([one.clone()].into()), 64).await.unwrap()
+        else {
+            panic!("complete");
+        };
+        assert_eq!(got.as_ptr(), one.as_ptr(), "the frame itself, not a copy");
+        let Buffered::Complete(got) = read_up_to(frames(&["ab", "", "cd", "e"]), 5).await.unwrap()
+        else {
+            panic!("complete");
+        };
+        assert_eq!(got, "abcde");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_comes_back_as_its_prefix_and_the_rest() {
+        for parts in [
+            &["abcdef", "gh"][..],
+            &["ab", "cdef", "gh"],
+            &["abc", "def", "gh"],
+        ] {
+            let Buffered::Partial(prefix, mut rest) = read_up_to(frames(parts), 5).await.unwrap()
+            else {
+                panic!("partial: {parts:?}");
+            };
+            let mut all = prefix.to_vec();
+            while let Some(frame) = rest.frame().await {
+                all.extend_from_slice(&frame.unwrap().into_data().unwrap());
+            }
+            assert_eq!(all, b"abcdefgh", "{parts:?}");
         }
     }
 }
