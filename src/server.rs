@@ -396,7 +396,10 @@ impl Closing {
     /// Asks every connection to finish: close when idle, after the answer in flight.
     fn close(&self) {
         self.closed.store(true, SeqCst);
-        for waker in self.wakers().iter_mut().filter_map(Option::take) {
+        // Woken after the lock, and left in place: a slot is freed only by its
+        // connection's ticket, so it is never handed to another while still held.
+        let wakers: Vec<Waker> = self.wakers().iter().flatten().cloned().collect();
+        for waker in wakers {
             waker.wake();
         }
     }

@@ -216,16 +216,13 @@ where
         {
             return;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
         match value {
-            Value::Same(v) => out.put_slice(v.as_bytes()),
-            Value::Joined(parts) => parts.iter().for_each(|p| out.put_slice(p)),
+            Value::Same(v) => put_header(&mut out, name, &[v.as_bytes()]),
+            Value::Joined(parts) => put_header(&mut out, name, parts),
         }
-        out.put_slice(b"\r\n");
     });
     if let Some((name, value)) = head.extra {
-        put_header(&mut out, name, value);
+        put_header(&mut out, name, &[value.as_bytes()]);
     }
     match length {
         // A body-less GET and the like announce nothing; methods that carry a body say 0.
@@ -277,10 +274,11 @@ where
     Ok(())
 }
 
-fn put_header(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+/// `name: value`, the value written from its pieces.
+fn put_header(out: &mut BytesMut, name: &HeaderName, value: &[&[u8]]) {
     out.put_slice(name.as_str().as_bytes());
     out.put_slice(b": ");
-    out.put_slice(value.as_bytes());
+    value.iter().for_each(|piece| out.put_slice(piece));
     out.put_slice(b"\r\n");
 }
 

@@ -40,10 +40,7 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
 ];
 
 fn is_llm_credential(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key"
-    )
+    LLM_CREDENTIALS.iter().any(|c| c.as_str() == name)
 }
 
 /// Removes `Connection`, every header it names, and the other hop-by-hop headers.
@@ -87,7 +84,7 @@ fn remove_connection_listed(h: &mut HeaderMap) {
 ///
 /// The real key is not part of this: the sender writes it last, over any header of the
 /// same name, so a client's `Connection: x-api-key` cannot remove the injected key.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Rewrite {
     /// Off: the headers go as they are (the key checks of the admin page).
     strip: bool,
@@ -137,7 +134,8 @@ impl Rewrite {
     fn keeps(&self, name: &str) -> bool {
         !self.strip
             || !(is_hop_by_hop(name)
-                || matches!(name, "host" | "expect" | "x-proxy-key")
+                || matches!(name, "host" | "expect")
+                || name == X_PROXY_KEY.as_str()
                 || (self.llm_credentials && is_llm_credential(name)))
     }
 
