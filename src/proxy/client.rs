@@ -29,7 +29,7 @@ use tower_service::Service as _;
 use super::h1;
 pub use super::h1::RequestRef;
 use super::headers::{Rewrite, Value};
-use super::url::Upstream;
+use super::url::{self, Upstream};
 use crate::body::{self, Body, BoxError};
 
 /// Idle HTTP/1.1 connections kept per upstream and shard.
@@ -38,6 +38,8 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 type Connector = HttpsConnector<HttpConnector>;
+/// The scheme and authority of an upstream.
+type Origin = (Scheme, Authority);
 /// An HTTP/1.1 connection to an upstream, plain or TLS.
 type H1 = h1::Conn<TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>>;
 
@@ -76,11 +78,13 @@ impl std::error::Error for SendError {
 }
 
 impl RequestRef<'_> {
-    /// An owned request (for HTTP/2): copies of the parts, rewritten, `extra` inserted.
-    fn to_request(&self, body: Body) -> Request<Body> {
+    /// An owned request (for HTTP/2) to `origin`: copies of the parts, rewritten, `extra`
+    /// inserted.
+    fn to_request(&self, origin: &Origin, body: Body) -> Result<Request<Body>, SendError> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
+        *req.uri_mut() = url::absolute(origin.0.clone(), origin.1.clone(), self.target)
+            .map_err(|e| SendError::Request(e.0.into()))?;
         let extra = self.extra.map(|(name, _)| name);
         let headers = req.headers_mut();
         self.rewrite.each(self.headers, |name, value| {
@@ -99,7 +103,7 @@ impl RequestRef<'_> {
         if let Some((name, value)) = self.extra {
             headers.insert(name, value.clone());
         }
-        req
+        Ok(req)
     }
 }
 
@@ -107,7 +111,7 @@ impl RequestRef<'_> {
 pub struct Upstreams {
     connector: Connector,
     shards: usize,
-    pools: Mutex<HashMap<(Scheme, Authority), Arc<Pool>>>,
+    pools: Mutex<HashMap<Origin, Arc<Pool>>>,
 }
 
 /// The CA roots upstream certificates are checked against: the public web roots
@@ -185,6 +189,7 @@ impl Upstreams {
                         .path_and_query("/")
                         .build()
                         .expect("a scheme and an authority make a URI"),
+                    origin: (up.scheme.clone(), up.authority.clone()),
                     host: up.host.clone(),
                     slots: (0..self.shards).map(|_| Mutex::default()).collect(),
                 })
@@ -206,6 +211,8 @@ pub struct Pool {
     connector: Connector,
     /// `scheme://host:port/`, what the connector dials.
     target: Uri,
+    /// Its scheme and authority, for HTTP/2 requests.
+    origin: Origin,
     /// `Host` for HTTP/1.1 requests.
     host: HeaderValue,
     slots: Box<[Mutex<Slot>]>,
@@ -242,7 +249,7 @@ impl Pool {
         let (parts, body) = req.into_parts();
         let head = RequestRef {
             method: &parts.method,
-            uri: &parts.uri,
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: &parts.headers,
             rewrite: Rewrite::NONE,
             extra: None,
@@ -260,7 +267,7 @@ impl Pool {
         let index = crate::server::shard() % self.slots.len();
         let h2 = self.slot(index).h2.clone();
         if let Some(h2) = h2.filter(|c| !c.is_closed()) {
-            return send_h2(h2, head.to_request(body)).await;
+            return send_h2(h2, head.to_request(&self.origin, body)?).await;
         }
         let conn = loop {
             let idle = self.slot(index).idle.pop();
@@ -274,7 +281,9 @@ impl Pool {
                 None => match Box::pin(self.connect(index)).await? {
                     Fresh::H1(conn) => break conn,
                     // The server chose HTTP/2.
-                    Fresh::H2(conn) => return send_h2(conn, head.to_request(body)).await,
+                    Fresh::H2(conn) => {
+                        return send_h2(conn, head.to_request(&self.origin, body)?).await;
+                    }
                 },
             }
         };

@@ -71,14 +71,14 @@ pub async fn run(
         // The request goes by reference: the client's headers stay here for the next
         // attempt, and the key is written over any header of the same name.
         let body = out.body.take();
-        let uri = out.uri(svc, &key.secret)?;
+        let target = out.target(svc, &key.secret)?;
         let extra = match (&svc.spec.placement, key.header.as_ref()) {
             (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
             _ => None,
         };
         let head = RequestRef {
             method: &out.method,
-            uri: &uri,
+            target: target.as_str(),
             headers: &out.headers,
             rewrite: out.rewrite,
             extra,

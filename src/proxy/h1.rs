@@ -15,12 +15,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::headers::{Rewrite, Value};
+use super::headers::{self, Rewrite, Value};
 use crate::body::{Body, BoxError};
 
 /// The largest response head accepted.
@@ -34,6 +34,8 @@ const READ_SIZE: usize = 8 * 1024;
 const MAX_READ: usize = 128 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE: usize = 64 * 1024;
+/// A request buffer up to this size stays with its connection for the next request.
+const KEEP_OUT: usize = 8 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -73,6 +75,8 @@ pub struct Conn<T> {
     io: Box<T>,
     buf: BytesMut,
     read_size: usize,
+    /// The last request's write buffer, emptied, for the next one.
+    out: Vec<u8>,
 }
 
 impl<T> std::fmt::Debug for Conn<T> {
@@ -87,6 +91,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             io: Box::new(io),
             buf: BytesMut::new(),
             read_size: READ_SIZE,
+            out: Vec::new(),
         }
     }
 
@@ -121,8 +126,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 /// attempt instead of copying them into each request.
 pub struct RequestRef<'a> {
     pub method: &'a Method,
-    /// Its path and query are the request target (scheme and authority are the pool's).
-    pub uri: &'a Uri,
+    /// The request target: path and query (scheme and authority are the pool's).
+    pub target: &'a str,
     /// Sent as `rewrite` says, except framing headers (ours are written), `Host` (the
     /// pool's) and the `extra` header's name.
     pub headers: &'a HeaderMap,
@@ -197,13 +202,12 @@ where
                 .and_then(|v| v.parse().ok())
         })
     };
-    let mut out = BytesMut::with_capacity(
-        512 + length.filter(|n| *n as usize <= COALESCE).unwrap_or(0) as usize,
-    );
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    out.reserve(512 + length.filter(|n| *n as usize <= COALESCE).unwrap_or(0) as usize);
     out.put_slice(head.method.as_str().as_bytes());
     out.put_u8(b' ');
-    let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.put_slice(target.as_bytes());
+    out.put_slice(head.target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\nhost: ");
     out.put_slice(host.as_bytes());
     out.put_slice(b"\r\n");
@@ -228,7 +232,7 @@ where
         // A body-less GET and the like announce nothing; methods that carry a body say 0.
         Some(0)
             if !matches!(*head.method, Method::POST | Method::PUT | Method::PATCH)
-                && !head.headers.contains_key(CONTENT_LENGTH) => {}
+                && !headers::has(head.headers, &CONTENT_LENGTH) => {}
         Some(n) => {
             out.put_slice(b"content-length: ");
             out.put_slice(itoa(n, &mut [0; 20]));
@@ -271,11 +275,14 @@ where
     }
     conn.io.write_all(&out).await?;
     conn.io.flush().await?;
+    if out.capacity() <= KEEP_OUT {
+        conn.out = out;
+    }
     Ok(())
 }
 
 /// `name: value`, the value written from its pieces.
-fn put_header(out: &mut BytesMut, name: &HeaderName, value: &[&[u8]]) {
+fn put_header(out: &mut Vec<u8>, name: &HeaderName, value: &[&[u8]]) {
     out.put_slice(name.as_str().as_bytes());
     out.put_slice(b": ");
     value.iter().for_each(|piece| out.put_slice(piece));
@@ -355,6 +362,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = FramingHeaders::new(version);
     for &(name_at, name_len, at, n) in &fields[..count] {
         let (name_at, name_len, at, n) =
             (name_at as usize, name_len as usize, at as usize, n as usize);
@@ -362,9 +370,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
             .map_err(|_| Error::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| Error::Protocol("invalid header value"))?;
+        framing.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    let (framing, keep_alive) = framing(&headers, version)?;
+    let (framing, keep_alive) = framing.framing()?;
     let mut parts = Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
@@ -373,11 +382,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
 }
 
 /// The elements of a comma-separated header value, trimmed (bytes: no `str` search).
-fn list(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// A non-empty run of ASCII digits as a number; `None` for anything else or an overflow.
@@ -391,50 +397,74 @@ fn decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// How the body is delimited (RFC 9112 §6.3), and whether the connection stays open.
-fn framing(headers: &HeaderMap, version: Version) -> Result<(Framing, bool), Error> {
-    let mut keep_alive = version == Version::HTTP_11;
-    for value in headers.get_all(CONNECTION) {
-        for token in list(value) {
-            if token.eq_ignore_ascii_case(b"close") {
-                keep_alive = false;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                keep_alive = true;
+/// What the framing headers of an answer say (RFC 9112 §6.3), noted header by header
+/// while the head is read, so that nothing is looked up in the map afterwards.
+struct FramingHeaders {
+    version: Version,
+    keep_alive: bool,
+    /// Whether the last `Transfer-Encoding` value ends in `chunked`, when there is one.
+    chunked_last: Option<bool>,
+    has_length: bool,
+    /// The `Content-Length`, or why it is unusable.
+    length: Result<Option<u64>, &'static str>,
+}
+
+impl FramingHeaders {
+    fn new(version: Version) -> FramingHeaders {
+        FramingHeaders {
+            version,
+            keep_alive: version == Version::HTTP_11,
+            chunked_last: None,
+            has_length: false,
+            length: Ok(None),
+        }
+    }
+
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == CONNECTION {
+            for token in list(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive")
+                    && self.version == Version::HTTP_10
+                {
+                    self.keep_alive = true;
+                }
+            }
+        } else if *name == TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            self.chunked_last = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if *name == CONTENT_LENGTH {
+            self.has_length = true;
+            for part in list(value) {
+                self.length = match (self.length, decimal(part)) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("invalid content-length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("conflicting content-length values"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
             }
         }
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        // Content-Length beside Transfer-Encoding is ignored, and the connection is not
-        // trusted with another message (RFC 9112 §6.3, point 3).
-        let reuse = keep_alive && !headers.contains_key(CONTENT_LENGTH);
-        return Ok(match chunked_last {
-            true => (Framing::Chunked(Chunked::Size), reuse),
-            false => (Framing::Close, false),
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for part in list(value) {
-            let n = decimal(part).ok_or(Error::Protocol("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Protocol("conflicting content-length values"));
-            }
-            length = Some(n);
+
+    /// How the body is delimited, and whether the connection stays open.
+    fn framing(self) -> Result<(Framing, bool), Error> {
+        if let Some(chunked_last) = self.chunked_last {
+            // Content-Length beside Transfer-Encoding is ignored, and the connection is
+            // not trusted with another message (RFC 9112 §6.3, point 3).
+            let reuse = self.keep_alive && !self.has_length;
+            return Ok(match chunked_last {
+                true => (Framing::Chunked(Chunked::Size), reuse),
+                false => (Framing::Close, false),
+            });
         }
+        // No length: the body runs until the close (never reused then), unless the
+        // status or the method says there is none.
+        Ok(match self.length.map_err(Error::Protocol)? {
+            Some(n) => (Framing::Length(n), self.keep_alive),
+            None => (Framing::Close, self.keep_alive),
+        })
     }
-    // No length: the body runs until the close (never reused then), unless the status
-    // or the method says there is none.
-    Ok(match length {
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::Close, keep_alive),
-    })
 }
 
 /// How the rest of the body is delimited.
@@ -720,7 +750,7 @@ mod tests {
         let host = parts.headers["host"].clone();
         let head = RequestRef {
             method: &parts.method,
-            uri: &parts.uri,
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: &parts.headers,
             rewrite: Rewrite::NONE,
             extra: parts

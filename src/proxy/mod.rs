@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::AppState;
@@ -81,13 +81,13 @@ pub struct Outgoing {
     pub rewrite: headers::Rewrite,
     pub body: OutBody,
     /// The client path after the slug (already checked) and query, when the key goes in
-    /// the query (otherwise empty: the URI is composed once, in `fixed_uri`).
+    /// the query (otherwise empty: the target is composed once, in `fixed_target`).
     rest: String,
     query: Option<String>,
     /// Client query parameters that are credentials and never go upstream.
     drop_params: &'static [&'static str],
-    /// The upstream URI when the key does not go in the query (composed once).
-    fixed_uri: Option<Uri>,
+    /// The upstream request target when the key does not go in the query (composed once).
+    fixed_target: Option<url::Target>,
     /// Whether the client is a browser (sent `Origin`), so the answer needs CORS headers.
     pub cors: bool,
 }
@@ -101,8 +101,8 @@ impl Outgoing {
         drop_params: &'static [&'static str],
         body: OutBody,
     ) -> Result<Outgoing, ApiError> {
-        let cors = parts.headers.contains_key(http::header::ORIGIN);
-        let fixed_uri = match svc.spec.placement {
+        let cors = headers::has(&parts.headers, &http::header::ORIGIN);
+        let fixed_target = match svc.spec.placement {
             Placement::Query { .. } => {
                 url::check_rest(rest).map_err(bad_path)?;
                 None
@@ -119,7 +119,7 @@ impl Outgoing {
             ),
         };
         // Path and query are only kept when each attempt composes its own URI.
-        let (rest, query) = match fixed_uri {
+        let (rest, query) = match fixed_target {
             Some(_) => (String::new(), None),
             None => (rest.to_string(), parts.uri.query().map(str::to_string)),
         };
@@ -131,16 +131,16 @@ impl Outgoing {
             rest,
             query,
             drop_params,
-            fixed_uri,
+            fixed_target,
             cors,
         })
     }
 
-    /// The upstream URI of one attempt: the one composed once, or, when the key goes in
-    /// the query, one composed with `secret` in it.
-    fn uri(&self, svc: &Service, secret: &str) -> Result<Cow<'_, Uri>, ApiError> {
-        match (&self.fixed_uri, &svc.spec.placement) {
-            (Some(uri), _) => Ok(Cow::Borrowed(uri)),
+    /// The upstream request target of one attempt: the one composed once, or, when the
+    /// key goes in the query, one composed with `secret` in it.
+    fn target(&self, svc: &Service, secret: &str) -> Result<Cow<'_, url::Target>, ApiError> {
+        match (&self.fixed_target, &svc.spec.placement) {
+            (Some(target), _) => Ok(Cow::Borrowed(target)),
             (None, Placement::Query { name }) => url::compose(
                 &svc.spec.upstream,
                 &self.rest,
@@ -153,7 +153,7 @@ impl Outgoing {
             )
             .map(Cow::Owned)
             .map_err(bad_path),
-            (None, _) => unreachable!("a fixed URI exists unless the key goes in the query"),
+            (None, _) => unreachable!("a fixed target exists unless the key goes in the query"),
         }
     }
 }

@@ -42,6 +42,7 @@ fn build(spec: &ServiceSpec, key: &str) -> Result<Request<body::Body>, String> {
         _ => None,
     };
     let uri = url::compose(&spec.upstream, &rest, query_path.as_deref(), &[], inject)
+        .and_then(|target| target.to_uri(&spec.upstream))
         .map_err(|e| e.to_string())?;
     let mut req = Request::get(uri)
         .body(body::empty())

@@ -3,8 +3,9 @@
 //! The upstream URL is always the configured base (scheme, host, port, base path) plus
 //! client path segments that were checked first: no `.`/`..` (raw or percent-encoded),
 //! no encoded `/` or `\`, no empty segment, no control character, no malformed escape.
-//! Nothing is resolved or joined the way a browser would, and the result is checked to
-//! have exactly the configured scheme and authority before it is used.
+//! Nothing is resolved or joined the way a browser would. What is composed is only the
+//! request target (path and query, starting with `/`): scheme and authority are always
+//! the configured upstream's, so no client path can change the host.
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -147,15 +148,44 @@ pub struct QueryParam<'a> {
     pub value: &'a str,
 }
 
-/// Builds the upstream URI: base + `/` + `rest`, then the base query, the client's query
-/// (without parameters named in `drop` or the injected name) and the injected parameter.
+/// The target of an upstream request: path and query in origin form (starts with `/`,
+/// no space or control character), made only by [`compose`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target(String);
+
+impl Target {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The absolute URI on `up` (for hyper's HTTP/2 client and the probe).
+    pub fn to_uri(&self, up: &Upstream) -> Result<Uri, PathError> {
+        absolute(up.scheme.clone(), up.authority.clone(), &self.0)
+    }
+}
+
+/// `scheme://authority` + a request target.
+pub fn absolute(scheme: Scheme, authority: Authority, target: &str) -> Result<Uri, PathError> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(
+        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes()))
+            .map_err(|_| PathError("the path cannot be forwarded"))?,
+    );
+    Uri::from_parts(parts).map_err(|_| PathError("the path cannot be forwarded"))
+}
+
+/// Builds the upstream request target: base path + `/` + `rest`, then the base query, the
+/// client's query (without parameters named in `drop` or the injected name) and the
+/// injected parameter.
 pub fn compose(
     up: &Upstream,
     rest: &str,
     client_query: Option<&str>,
     drop: &[&str],
     inject: Option<QueryParam<'_>>,
-) -> Result<Uri, PathError> {
+) -> Result<Target, PathError> {
     check_rest(rest)?;
     // Only the path and query are text; scheme and authority are the configured ones,
     // copied as they are (no re-parse).
@@ -196,21 +226,12 @@ pub fn compose(
             &format!("{}={}", encode_component(p.name), encode_component(p.value)),
         );
     }
-    let path_and_query = PathAndQuery::from_maybe_shared(Bytes::from(s))
-        .map_err(|_| PathError("the path cannot be forwarded"))?;
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(up.scheme.clone());
-    parts.authority = Some(up.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    let uri = Uri::from_parts(parts).map_err(|_| PathError("the path cannot be forwarded"))?;
-    // Byte equality: the parts were set from these very values (Authority's own `==`
-    // folds case byte by byte, a tenth of this function).
-    if uri.scheme_str() != Some(up.scheme.as_str())
-        || uri.authority().map(|a| a.as_str()) != Some(up.authority.as_str())
-    {
-        return Err(PathError("the path would change the upstream host"));
+    // Every piece came from a parsed URI or was checked or encoded above; this keeps a
+    // request line that cannot be split whatever a future change lets through.
+    if !s.starts_with('/') || s.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+        return Err(PathError("the path cannot be forwarded"));
     }
-    Ok(uri)
+    Ok(Target(s))
 }
 
 /// The decoded name of a `name=value` query pair (`+` as space).
@@ -247,7 +268,9 @@ mod tests {
     }
 
     fn url(base: &str, rest: &str, q: Option<&str>) -> Result<String, PathError> {
-        compose(&up(base), rest, q, &[], None).map(|u| u.to_string())
+        let up = up(base);
+        let target = compose(&up, rest, q, &[], None)?;
+        Ok(target.to_uri(&up)?.to_string())
     }
 
     #[test]
@@ -292,8 +315,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            u.to_string(),
-            "https://api.x.com/v1/w?units=m&q=London&x=1&access_key=real%2Fkey"
+            u.as_str(),
+            "/v1/w?units=m&q=London&x=1&access_key=real%2Fkey"
         );
         let u = compose(
             &up("http://h"),
@@ -303,7 +326,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(u.query(), Some("a=1"));
+        assert_eq!(u.as_str(), "/?a=1");
     }
 
     #[test]
@@ -327,9 +350,39 @@ mod tests {
             "%40evil.com/x",
             "a@b:c",
         ] {
-            let u = compose(&up("https://api.x.com"), rest, None, &[], None).unwrap();
+            let up = up("https://api.x.com");
+            let target = compose(&up, rest, None, &[], None).unwrap();
+            // As a client of the absolute URI reads it, and as an origin-form line does.
+            let u = target.to_uri(&up).unwrap();
             assert_eq!(u.authority().unwrap().as_str(), "api.x.com", "{rest}");
+            let reparsed: Uri = format!("https://api.x.com{}", target.as_str())
+                .parse()
+                .unwrap();
+            assert_eq!(
+                reparsed.authority().unwrap().as_str(),
+                "api.x.com",
+                "{rest}"
+            );
         }
+    }
+
+    #[test]
+    fn a_target_that_could_split_the_request_line_is_refused() {
+        // Not reachable through `Upstream::parse` or a parsed client URI: the last guard.
+        for q in ["a b", "a\r\nx: y", "a\u{7f}", "a#b"] {
+            let mut up = up("http://h/b");
+            up.base_query = Some(q.to_string());
+            assert_eq!(
+                compose(&up, "x", None, &[], None),
+                Err(PathError("the path cannot be forwarded")),
+                "{q:?}"
+            );
+        }
+        let up = up("http://h/b?ok=1");
+        assert_eq!(
+            compose(&up, "x", None, &[], None).unwrap().as_str(),
+            "/b/x?ok=1"
+        );
     }
 
     #[test]
@@ -374,7 +427,10 @@ mod tests {
             fn scheme_host_and_port_never_change(rest in tricky_path(), q in proptest::option::of("[a-z=&%@/:]{0,12}")) {
                 for base in ["https://api.example.com/v1", "http://127.0.0.1:8080", "https://h.example:8443/a/b"] {
                     let up = Upstream::parse(base).unwrap();
-                    if let Ok(uri) = compose(&up, &rest, q.as_deref(), &["key"], Some(QueryParam { name: "k", value: "s" })) {
+                    if let Ok(target) = compose(&up, &rest, q.as_deref(), &["key"], Some(QueryParam { name: "k", value: "s" })) {
+                        prop_assert!(target.as_str().starts_with('/'));
+                        let uri: Uri = format!("{}://{}{}", up.scheme, up.authority, target.as_str()).parse().unwrap();
+                        prop_assert_eq!(&uri, &target.to_uri(&up).unwrap());
                         prop_assert_eq!(uri.scheme(), Some(&up.scheme));
                         prop_assert_eq!(uri.authority(), Some(&up.authority));
                         prop_assert!(uri.path().starts_with(&up.base_path));
