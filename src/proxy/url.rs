@@ -228,7 +228,9 @@ pub fn compose(
     }
     // Every piece came from a parsed URI or was checked or encoded above; this keeps a
     // request line that cannot be split whatever a future change lets through.
-    if !s.starts_with('/') || s.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
+    let splits = |b: u8| b <= b' ' || b == 0x7f || b == b'#';
+    // A fold without an early exit: the compiler checks 16 bytes per step.
+    if !s.starts_with('/') || s.bytes().fold(false, |found, b| found | splits(b)) {
         return Err(PathError("the path cannot be forwarded"));
     }
     Ok(Target(s))
