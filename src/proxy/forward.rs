@@ -303,7 +303,10 @@ fn is_stream_type(ct: &[u8]) -> bool {
     const SSE: &[u8] = b"text/event-stream";
     ct.get(..SSE.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
-        || ct.windows(6).any(|w| w.eq_ignore_ascii_case(b"ndjson"))
+        // (The first byte alone rules out most windows.)
+        || ct
+            .windows(6)
+            .any(|w| w[0] | 0x20 == b'n' && w.eq_ignore_ascii_case(b"ndjson"))
 }
 
 /// Turns an upstream answer into the client's: hop-by-hop headers out, CORS in, the

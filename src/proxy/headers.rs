@@ -226,22 +226,21 @@ pub fn keep_decodable_encodings(h: &mut HeaderMap) {
     let Some(value) = h.get(header::ACCEPT_ENCODING) else {
         return;
     };
-    let kept: Vec<&str> = value
-        .to_str()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|token| {
-            let coding = token
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            matches!(coding.as_str(), "gzip" | "x-gzip" | "deflate" | "identity")
-        })
+    // What SDKs send (`gzip, deflate`) stays as it is: checked in place, nothing built.
+    let mut tokens = value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii);
+    if tokens.all(is_decodable) {
+        return;
+    }
+    let kept: Vec<&[u8]> = value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| is_decodable(token))
         .collect();
-    match HeaderValue::from_str(&kept.join(", ")) {
+    match HeaderValue::from_bytes(&kept.join(&b", "[..])) {
         Ok(v) if !kept.is_empty() => {
             h.insert(header::ACCEPT_ENCODING, v);
         }
@@ -249,6 +248,18 @@ pub fn keep_decodable_encodings(h: &mut HeaderMap) {
             h.remove(header::ACCEPT_ENCODING);
         }
     }
+}
+
+/// Whether an `Accept-Encoding` element (`coding[;q=…]`) names a coding the proxy reads.
+fn is_decodable(token: &[u8]) -> bool {
+    let coding = token
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii();
+    [&b"gzip"[..], b"x-gzip", b"deflate", b"identity"]
+        .iter()
+        .any(|c| coding.eq_ignore_ascii_case(c))
 }
 
 #[cfg(test)]
@@ -360,6 +371,24 @@ mod tests {
         let mut h = map(&[("accept-encoding", "br")]);
         keep_decodable_encodings(&mut h);
         assert!(h.get("accept-encoding").is_none());
+        // Kept exactly as sent when every coding is readable.
+        let mut h = map(&[("accept-encoding", "GZIP;q=1,deflate")]);
+        keep_decodable_encodings(&mut h);
+        assert_eq!(h["accept-encoding"], "GZIP;q=1,deflate");
+        for (odd, left) in [
+            ("", None),
+            ("gzip, , deflate", Some("gzip, deflate")),
+            ("gzip, \u{e9}", Some("gzip")),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "accept-encoding",
+                HeaderValue::from_bytes(odd.as_bytes()).unwrap(),
+            );
+            keep_decodable_encodings(&mut h);
+            let got = h.get("accept-encoding").map(|v| v.as_bytes());
+            assert_eq!(got, left.map(str::as_bytes), "{odd:?}");
+        }
     }
 
     #[test]
