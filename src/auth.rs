@@ -64,11 +64,17 @@ impl ProxyKeys {
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer(h: &HeaderMap) -> Option<&str> {
-    let v = h.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    // (A byte loop: `split_once(' ')` sets up a search costlier than the scan.)
-    let space = v.bytes().position(|b| b == b' ')?;
+    bearer_bytes(h).and_then(|t| std::str::from_utf8(t).ok())
+}
+
+/// [`bearer`] as bytes, for a comparison with the proxy keys (no text check first).
+pub fn bearer_bytes(h: &HeaderMap) -> Option<&[u8]> {
+    let v = h.get(http::header::AUTHORIZATION)?.as_bytes().trim_ascii();
+    let space = v.iter().position(|b| *b == b' ')?;
     let (scheme, token) = (&v[..space], &v[space + 1..]);
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
 }
 
 /// Failures before the throttle starts.

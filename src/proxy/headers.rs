@@ -39,8 +39,41 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
     HeaderName::from_static("api-key"),
 ];
 
-fn is_llm_credential(name: &str) -> bool {
-    LLM_CREDENTIALS.iter().any(|c| c.as_str() == name)
+/// What a request header is to the rewrite, from its name: one `match` (a length switch
+/// and a comparison) instead of a pass over each list (about 100 instructions a header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Never forwarded: hop-by-hop, `Host`, `Expect`, `X-Proxy-Key`.
+    Dropped,
+    /// One of [`LLM_CREDENTIALS`]: dropped on `/llm`.
+    Credential,
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`, which `/proxy` writes itself.
+    ForwardedFor,
+    ForwardedProto,
+    Kept,
+}
+
+fn class(name: &str) -> Class {
+    match name {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "te"
+        | "trailer"
+        | "transfer-encoding"
+        | "upgrade"
+        | "host"
+        | "expect"
+        | "x-proxy-key" => Class::Dropped,
+        "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key" => {
+            Class::Credential
+        }
+        "x-forwarded-for" => Class::ForwardedFor,
+        "x-forwarded-proto" => Class::ForwardedProto,
+        _ => Class::Kept,
+    }
 }
 
 /// Whether `h` has a header named `name`: the names compared one by one, cheaper than
@@ -142,12 +175,13 @@ impl Rewrite {
     }
 
     /// Whether a client header of this name goes upstream.
-    fn keeps(&self, name: &str) -> bool {
+    fn keeps(&self, class: Class) -> bool {
         !self.strip
-            || !(is_hop_by_hop(name)
-                || matches!(name, "host" | "expect")
-                || name == X_PROXY_KEY.as_str()
-                || (self.llm_credentials && is_llm_credential(name)))
+            || match class {
+                Class::Dropped => false,
+                Class::Credential => !self.llm_credentials,
+                Class::ForwardedFor | Class::ForwardedProto | Class::Kept => true,
+            }
     }
 
     /// Calls `emit` with each header that goes upstream, in the client's order, the
@@ -157,12 +191,12 @@ impl Rewrite {
         let peer = self.forwarded_for.map(|addr| ip_text(addr, &mut ip));
         let (mut had_xff, mut had_xfp) = (false, false);
         for (name, value) in headers {
-            let text = name.as_str();
-            if !self.keeps(text) {
+            let class = class(name.as_str());
+            if !self.keeps(class) {
                 continue;
             }
             if let Some(peer) = peer {
-                if text == "x-forwarded-for" {
+                if class == Class::ForwardedFor {
                     // One value: the (first) client value, then the peer.
                     if !had_xff {
                         match value.to_str() {
@@ -173,7 +207,7 @@ impl Rewrite {
                     had_xff = true;
                     continue;
                 }
-                had_xfp |= text == "x-forwarded-proto";
+                had_xfp |= class == Class::ForwardedProto;
             }
             emit(name, Value::Same(value));
         }
@@ -361,6 +395,35 @@ mod tests {
         );
         // Without a rewrite (the admin page's key checks) everything goes as it is.
         assert_eq!(sent(&Rewrite::NONE, &h).len(), 4);
+    }
+
+    #[test]
+    fn names_are_classed_as_the_lists_say() {
+        for name in &LLM_CREDENTIALS {
+            assert_eq!(class(name.as_str()), Class::Credential, "{name}");
+        }
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(name));
+            assert_eq!(class(name), Class::Dropped, "{name}");
+        }
+        for name in ["host", "expect", X_PROXY_KEY.as_str()] {
+            assert_eq!(class(name), Class::Dropped, "{name}");
+        }
+        for name in ["content-type", "x-api-keys", "api-key2", "x-forwarded-host"] {
+            assert_eq!(class(name), Class::Kept, "{name}");
+        }
+        assert_eq!(class(XFF.as_str()), Class::ForwardedFor);
+        assert_eq!(class(XFP.as_str()), Class::ForwardedProto);
     }
 
     #[test]

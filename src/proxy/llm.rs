@@ -103,7 +103,7 @@ fn credentials<'a>(
     h: &'a HeaderMap,
     query: Option<&'a str>,
 ) -> impl Iterator<Item = Cow<'a, [u8]>> + 'a {
-    let bearer = crate::auth::bearer(h).map(|t| Cow::Borrowed(t.as_bytes()));
+    let bearer = crate::auth::bearer_bytes(h).map(Cow::Borrowed);
     let plain = headers::LLM_CREDENTIALS[1..]
         .iter()
         .filter_map(|name| h.get(name))
