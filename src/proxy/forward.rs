@@ -329,9 +329,7 @@ fn finish(
             .headers
             .insert("x-rotator-attempts", HeaderValue::from(attempts));
     }
-    let streaming = parts
-        .headers
-        .get(CONTENT_TYPE)
+    let streaming = headers::find(&parts.headers, &CONTENT_TYPE)
         .is_some_and(|ct| is_stream_type(ct.as_bytes()));
     if streaming {
         parts

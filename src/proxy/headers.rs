@@ -82,6 +82,11 @@ pub fn has(h: &HeaderMap, name: &HeaderName) -> bool {
     h.keys().any(|n| n == name)
 }
 
+/// The first value of `name` in `h`, found as [`has`] finds it (what `get` answers).
+pub fn find<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    h.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
 /// Removes `Connection`, every header it names, and the other hop-by-hop headers.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names (no hashing) settles the usual case: nothing to remove.
@@ -257,7 +262,7 @@ fn ip_text(ip: IpAddr, buf: &mut [u8; 39]) -> &[u8] {
 /// body can always be searched for dead-key phrases; the body still reaches the client
 /// compressed, exactly as the upstream sent it.
 pub fn keep_decodable_encodings(h: &mut HeaderMap) {
-    let Some(value) = h.get(header::ACCEPT_ENCODING) else {
+    let Some(value) = find(h, &header::ACCEPT_ENCODING) else {
         return;
     };
     // What SDKs send (`gzip, deflate`) stays as it is: checked in place, nothing built.

@@ -106,7 +106,7 @@ fn credentials<'a>(
     let bearer = crate::auth::bearer_bytes(h).map(Cow::Borrowed);
     let plain = headers::LLM_CREDENTIALS[1..]
         .iter()
-        .filter_map(|name| h.get(name))
+        .filter_map(|name| headers::find(h, name))
         .map(|v| Cow::Borrowed(v.as_bytes().trim_ascii()));
     let from_query = query
         .into_iter()

@@ -195,10 +195,8 @@ async fn generic(
     mut parts: Parts,
     incoming: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let key = parts
-        .headers
-        .get(&headers::X_PROXY_KEY)
-        .map_or(&b""[..], |v| v.as_bytes());
+    let key =
+        headers::find(&parts.headers, &headers::X_PROXY_KEY).map_or(&b""[..], |v| v.as_bytes());
     if key.is_empty() || !state.proxy_keys.check(key) {
         return Err(ApiError::proxy(
             StatusCode::UNAUTHORIZED,
