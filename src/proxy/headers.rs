@@ -39,8 +39,9 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
     HeaderName::from_static("api-key"),
 ];
 
-/// What a request header is to the rewrite, from its name: one `match` (a length switch
-/// and a comparison) instead of a pass over each list (about 100 instructions a header).
+/// What a request header is to the rewrite, from its name: two `match`es (a length switch
+/// and a comparison each) instead of a pass over each list (about 100 instructions a
+/// header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     /// Never forwarded: hop-by-hop, `Host`, `Expect`, `X-Proxy-Key`.
@@ -54,19 +55,11 @@ enum Class {
 }
 
 fn class(name: &str) -> Class {
+    if is_hop_by_hop(name) {
+        return Class::Dropped;
+    }
     match name {
-        "connection"
-        | "keep-alive"
-        | "proxy-connection"
-        | "proxy-authenticate"
-        | "proxy-authorization"
-        | "te"
-        | "trailer"
-        | "transfer-encoding"
-        | "upgrade"
-        | "host"
-        | "expect"
-        | "x-proxy-key" => Class::Dropped,
+        "host" | "expect" | "x-proxy-key" => Class::Dropped,
         "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key" => {
             Class::Credential
         }
