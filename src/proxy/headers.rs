@@ -12,18 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Whether a header only concerns one connection and is never forwarded (`Connection`
 /// and the names it lists aside, which [`remove_connection_listed`] takes out).
 fn is_hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    class(name) == Class::HopByHop
 }
 
 /// The header that carries the proxy key on `/proxy`.
@@ -39,12 +28,13 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
     HeaderName::from_static("api-key"),
 ];
 
-/// What a request header is to the rewrite, from its name: two `match`es (a length switch
-/// and a comparison each) instead of a pass over each list (about 100 instructions a
-/// header).
+/// What a header is to the rewrite, from its name: one `match` (a length switch and a
+/// comparison) instead of a pass over each list (about 100 instructions a header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    /// Never forwarded: hop-by-hop, `Host`, `Expect`, `X-Proxy-Key`.
+    /// Concerns one connection only (RFC 9110 §7.6.1); never forwarded either way.
+    HopByHop,
+    /// Never forwarded upstream: `Host`, `Expect`, `X-Proxy-Key`.
     Dropped,
     /// One of [`LLM_CREDENTIALS`]: dropped on `/llm`.
     Credential,
@@ -55,10 +45,16 @@ enum Class {
 }
 
 fn class(name: &str) -> Class {
-    if is_hop_by_hop(name) {
-        return Class::Dropped;
-    }
     match name {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "te"
+        | "trailer"
+        | "transfer-encoding"
+        | "upgrade" => Class::HopByHop,
         "host" | "expect" | "x-proxy-key" => Class::Dropped,
         "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key" => {
             Class::Credential
@@ -176,7 +172,7 @@ impl Rewrite {
     fn keeps(&self, class: Class) -> bool {
         !self.strip
             || match class {
-                Class::Dropped => false,
+                Class::HopByHop | Class::Dropped => false,
                 Class::Credential => !self.llm_credentials,
                 Class::ForwardedFor | Class::ForwardedProto | Class::Kept => true,
             }
@@ -411,8 +407,7 @@ mod tests {
             "transfer-encoding",
             "upgrade",
         ] {
-            assert!(is_hop_by_hop(name));
-            assert_eq!(class(name), Class::Dropped, "{name}");
+            assert!(is_hop_by_hop(name), "{name}");
         }
         for name in ["host", "expect", X_PROXY_KEY.as_str()] {
             assert_eq!(class(name), Class::Dropped, "{name}");
