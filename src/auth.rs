@@ -69,11 +69,7 @@ pub fn bearer(h: &HeaderMap) -> Option<&str> {
 
 /// [`bearer`] as bytes, for a comparison with the proxy keys (no text check first).
 pub fn bearer_bytes(h: &HeaderMap) -> Option<&[u8]> {
-    // (Found by comparing names, cheaper than hashing one for a lookup in a few headers.)
-    let v = h
-        .iter()
-        .find(|(n, _)| *n == http::header::AUTHORIZATION)?
-        .1
+    let v = crate::proxy::headers::find(h, &http::header::AUTHORIZATION)?
         .as_bytes()
         .trim_ascii();
     let space = v.iter().position(|b| *b == b' ')?;

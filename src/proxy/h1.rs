@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::headers::{self, Rewrite, Value};
+use super::headers::{self, Rewrite, Value, list};
 use crate::body::{Body, BoxError};
 
 /// The largest response head accepted.
@@ -387,11 +387,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(http::response::Parts, Frami
     Ok(Some((parts, framing, keep_alive)))
 }
 
-/// The elements of a comma-separated header value, trimmed (bytes: no `str` search).
-fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
-}
-
 /// A non-empty run of ASCII digits as a number; `None` for anything else or an overflow.
 fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
@@ -410,8 +405,7 @@ struct FramingHeaders {
     keep_alive: bool,
     /// Whether the last `Transfer-Encoding` value ends in `chunked`, when there is one.
     chunked_last: Option<bool>,
-    has_length: bool,
-    /// The `Content-Length`, or why it is unusable.
+    /// The `Content-Length` (`Ok(None)`: none was sent), or why it is unusable.
     length: Result<Option<u64>, &'static str>,
 }
 
@@ -421,7 +415,6 @@ impl FramingHeaders {
             version,
             keep_alive: version == Version::HTTP_11,
             chunked_last: None,
-            has_length: false,
             length: Ok(None),
         }
     }
@@ -438,10 +431,9 @@ impl FramingHeaders {
                 }
             }
         } else if *name == TRANSFER_ENCODING {
-            let last = value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+            let last = list(value).next_back();
             self.chunked_last = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         } else if *name == CONTENT_LENGTH {
-            self.has_length = true;
             for part in list(value) {
                 self.length = match (self.length, decimal(part)) {
                     (Err(e), _) => Err(e),
@@ -458,7 +450,7 @@ impl FramingHeaders {
         if let Some(chunked_last) = self.chunked_last {
             // Content-Length beside Transfer-Encoding is ignored, and the connection is
             // not trusted with another message (RFC 9112 §6.3, point 3).
-            let reuse = self.keep_alive && !self.has_length;
+            let reuse = self.keep_alive && matches!(self.length, Ok(None));
             return Ok(match chunked_last {
                 true => (Framing::Chunked(Chunked::Size), reuse),
                 false => (Framing::Close, false),

@@ -65,15 +65,20 @@ fn class(name: &str) -> Class {
     }
 }
 
-/// Whether `h` has a header named `name`: the names compared one by one, cheaper than
-/// hashing `name` for a lookup in the dozen headers a request carries.
-pub fn has(h: &HeaderMap, name: &HeaderName) -> bool {
-    h.keys().any(|n| n == name)
-}
-
-/// The first value of `name` in `h`, found as [`has`] finds it (what `get` answers).
+/// The first value of `name` in `h` (what `get` answers): the names compared one by
+/// one, cheaper than hashing `name` for a lookup in the dozen headers a request carries.
 pub fn find<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     h.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+/// Whether `h` has a header named `name`, found as [`find`] finds it.
+pub fn has(h: &HeaderMap, name: &HeaderName) -> bool {
+    find(h, name).is_some()
+}
+
+/// The elements of a comma-separated header value, trimmed (bytes: no `str` search).
+pub fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Removes `Connection`, every header it names, and the other hop-by-hop headers.
@@ -255,17 +260,10 @@ pub fn keep_decodable_encodings(h: &mut HeaderMap) {
         return;
     };
     // What SDKs send (`gzip, deflate`) stays as it is: checked in place, nothing built.
-    let mut tokens = value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii);
-    if tokens.all(is_decodable) {
+    if list(value.as_bytes()).all(is_decodable) {
         return;
     }
-    let kept: Vec<&[u8]> = value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .map(<[u8]>::trim_ascii)
+    let kept: Vec<&[u8]> = list(value.as_bytes())
         .filter(|token| is_decodable(token))
         .collect();
     match HeaderValue::from_bytes(&kept.join(&b", "[..])) {
