@@ -5,6 +5,10 @@
 #   benches/run.sh --quick          one short repeat of everything (harness development)
 #   benches/run.sh profile [rest|llm] [N]
 #                                   instructions per proxied request under callgrind
+#                                   (N sequential requests on one connection)
+#   benches/run.sh profile rest|llm load [S]
+#                                   the same under load (wrk -c64 for S seconds), for
+#                                   ours and for nginx, each alone under callgrind
 #
 # Environment:
 #   CARGO_TARGET_DIR     where cargo builds (default: target)
@@ -104,7 +108,14 @@ trap cleanup EXIT INT TERM
 # --- profile: instructions per request under callgrind -----------------------------
 if [[ $MODE == profile ]]; then
     ROUTE=${1:-rest}
-    N=${2:-5000}
+    LOAD=0
+    N=5000
+    if [[ ${2:-} == load ]]; then
+        LOAD=1
+        SECS=${3:-10}
+    else
+        N=${2:-5000}
+    fi
     command -v valgrind >/dev/null || die "valgrind is missing"
     # The release profile strips symbols; profile a copy built with them (same optimisation).
     say "building the lightweight release binary with symbols"
@@ -114,53 +125,112 @@ if [[ $MODE == profile ]]; then
     PROFILED=$CARGO_TARGET_DIR/profiling/release/api-key-rotator
     free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
     UP=$(free_port)
-    PORT=$(free_port)
     "$HARNESS" upstream --port "$UP" --threads 1 >"$WORK/upstream.log" 2>&1 &
     echo $! >>"$WORK/pids"
-    env -i PATH="$PATH" ADMIN_PASSWORD=bench-admin-password \
-        JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789abcdef \
-        GLOBAL_PROXY_KEYS=pk-bench-0123456789 BACKEND_PORT="$PORT" BIND_ADDRESS=127.0.0.1 \
-        DATABASE_PATH="$WORK/profile.db" LOG_LEVEL="${LOG_LEVEL:-warn}" \
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-        "$PROFILED" >"$WORK/proxy.log" 2>&1 &
-    echo $! >>"$WORK/pids"
-    VG=$!
+    # callgrind <name> <command...>: starts the command under callgrind (counting off),
+    # in an environment of PATH and the assignments in ENVV only.
+    callgrind() {
+        local name=$1
+        shift
+        env -i PATH="$PATH" "${ENVV[@]}" \
+            valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.out" \
+            "$@" >"$WORK/$name.log" 2>&1 &
+        VG=$!
+        echo $VG >>"$WORK/pids"
+    }
+    # measure <name> <port>: 500 warm-up requests, then counts the measured load only;
+    # sets COUNT (requests) and TOTAL (instructions), writes $WORK/<name>.{self,inclusive}.
+    measure() {
+        local name=$1 port=$2
+        "$HARNESS" hammer --port "$port" --route "$ROUTE" --n 500
+        callgrind_control -i on "$VG" >/dev/null
+        if ((LOAD)); then
+            COUNT=$("$HARNESS" saturate --port "$port" --route "$ROUTE" --seconds "$SECS" --work "$WORK")
+        else
+            "$HARNESS" hammer --port "$port" --route "$ROUTE" --n "$N"
+            COUNT=$N
+        fi
+        callgrind_control -d "$VG" >/dev/null
+        sleep 1
+        local dump=$WORK/$name.out.1 # the dump asked for above (<name>.out is written at exit)
+        [[ -s $dump ]] || die "callgrind wrote no dump for $name"
+        callgrind_annotate --auto=no --threshold=100 "$dump" >"$WORK/$name.self" 2>/dev/null ||
+            die "callgrind_annotate failed"
+        callgrind_annotate --auto=no --threshold=100 --inclusive=yes "$dump" >"$WORK/$name.inclusive" 2>/dev/null || true
+        TOTAL=$(sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$WORK/$name.self" | tr -d ,)
+        [[ -n $TOTAL && $COUNT -gt 0 ]] || die "no instruction total or no requests for $name"
+        cp "$dump" "$CARGO_TARGET_DIR/callgrind-$ROUTE$([[ $LOAD == 1 ]] && echo -load)-$name.out"
+    }
+    top() { grep -v '^--\|^$' "$1" | sed -n '/PROGRAM TOTALS/,$p' | head -"$2"; }
+
+    PORT=$(free_port)
+    # Under load one shard, as nginx runs one process below: the same work per request.
+    ENVV=(ADMIN_PASSWORD=bench-admin-password
+        JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789abcdef
+        GLOBAL_PROXY_KEYS=pk-bench-0123456789 BACKEND_PORT="$PORT" BIND_ADDRESS=127.0.0.1
+        DATABASE_PATH="$WORK/profile.db" LOG_LEVEL="${LOG_LEVEL:-warn}")
+    ((LOAD)) && ENVV+=(WORKER_THREADS=1)
+    callgrind ours "$PROFILED"
     for _ in $(seq 1 600); do
         curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
         sleep 0.1
     done
-    curl -fs "http://127.0.0.1:$PORT/health" >/dev/null || die "the proxy did not start under valgrind: $(tail -5 "$WORK/proxy.log")"
+    curl -fs "http://127.0.0.1:$PORT/health" >/dev/null || die "the proxy did not start under valgrind: $(tail -5 "$WORK/ours.log")"
     "$HARNESS" setup --port "$PORT" --upstream "$UP" >/dev/null
-    "$HARNESS" hammer --port "$PORT" --route "$ROUTE" --n 500
-    callgrind_control -i on "$VG" >/dev/null
-    "$HARNESS" hammer --port "$PORT" --route "$ROUTE" --n "$N"
-    callgrind_control -d "$VG" >/dev/null
-    sleep 1
-    DUMP=$WORK/callgrind.out.1 # the dump asked for above (callgrind.out is written at exit)
-    [[ -s $DUMP ]] || die "callgrind wrote no dump"
+    measure ours "$PORT"
+    OURS=$((TOTAL / COUNT))
+    OURS_COUNT=$COUNT
     set +o pipefail # `| head` below closes pipes early on purpose
-    callgrind_annotate --auto=no --threshold=100 "$DUMP" >"$WORK/self.txt" 2>/dev/null ||
-        die "callgrind_annotate failed"
-    callgrind_annotate --auto=no --threshold=100 --inclusive=yes "$DUMP" >"$WORK/inclusive.txt" 2>/dev/null || true
-    TOTAL=$(sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$WORK/self.txt" | tr -d ,)
-    [[ -n $TOTAL ]] || die "no instruction total in the callgrind dump"
     mkdir -p benches/results
     LEVEL_TAG=""
     [[ ${LOG_LEVEL:-warn} != warn ]] && LEVEL_TAG="-${LOG_LEVEL}"
-    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-latest.txt
+    if ((!LOAD)); then
+        OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-latest.txt
+        {
+            echo "# callgrind: $N sequential $ROUTE requests on one keep-alive connection (after 500 warm-up"
+            echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}; proxy process only (user space)."
+            echo "# instructions per request: $OURS"
+            echo
+            echo "## self cost"
+            top "$WORK/ours.self" 60
+            echo
+            echo "## inclusive cost"
+            top "$WORK/ours.inclusive" 80
+        } >"$OUT"
+        say "instructions per $ROUTE request: $OURS (report: $OUT)"
+        exit 0
+    fi
+
+    # Under load: nginx as one process under callgrind, the same requests.
+    NGX_PORT=$(free_port)
+    NGX_CONF=$("$HARNESS" nginx-conf --dir "$WORK/nginx" --port "$NGX_PORT" --upstream "$UP")
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    ENVV=()
+    callgrind nginx "$NGINX" -e "$WORK/nginx/logs/error.log" -p "$WORK/nginx" -c "$NGX_CONF"
+    for _ in $(seq 1 600); do
+        (echo >"/dev/tcp/127.0.0.1/$NGX_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    measure nginx "$NGX_PORT"
+    NGX=$((TOTAL / COUNT))
+    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-load-latest.txt
+    RATIO=$(awk -v a="$OURS" -v b="$NGX" 'BEGIN{printf "%.2f", a / b}')
     {
-        echo "# callgrind: $N sequential $ROUTE requests on one keep-alive connection (after 500 warm-up"
-        echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}; proxy process only (user space)."
-        echo "# instructions per request: $((TOTAL / N))"
+        echo "# callgrind under load: wrk, 64 keep-alive connections, ${SECS} s against each process"
+        echo "# under callgrind (after 500 warm-up requests); ours with one shard, nginx as one"
+        echo "# process (master_process off); LOG_LEVEL=${LOG_LEVEL:-warn}; user space only."
+        echo "# instructions per $ROUTE request: ours $OURS ($OURS_COUNT requests), nginx $NGX ($COUNT requests), ours / nginx $RATIO"
         echo
-        echo "## self cost"
-        grep -v '^--\|^$' "$WORK/self.txt" | sed -n '/PROGRAM TOTALS/,$p' | head -60
+        echo "## ours: self cost"
+        top "$WORK/ours.self" 50
         echo
-        echo "## inclusive cost"
-        grep -v '^--\|^$' "$WORK/inclusive.txt" | sed -n '/PROGRAM TOTALS/,$p' | head -80
+        echo "## ours: inclusive cost"
+        top "$WORK/ours.inclusive" 60
+        echo
+        echo "## nginx: self cost (Debian's binary has no symbols: libraries by name, nginx by address)"
+        top "$WORK/nginx.self" 25
     } >"$OUT"
-    cp "$DUMP" "$CARGO_TARGET_DIR/callgrind-$ROUTE.out"
-    say "instructions per $ROUTE request: $((TOTAL / N)) (report: $OUT)"
+    say "instructions per $ROUTE request under load: ours $OURS, nginx $NGX, ours / nginx $RATIO (report: $OUT)"
     exit 0
 fi
 

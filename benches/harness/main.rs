@@ -5,6 +5,8 @@
 //!             [--reps N] [--seconds S] [--pin none|split] [--workers N] [--quick]
 //! harness upstream --port P [--threads N]     the upstream server (started by `run`)
 //! harness hammer --port P --route rest|llm --n N    N sequential requests (profiling)
+//! harness saturate --port P --route rest|llm --seconds S   wrk -c64; prints the answers
+//! harness nginx-conf --dir D --port P --upstream U   one-process nginx (profiling)
 //! harness report benches/results/<date>.json          the tables of a recorded run
 //! ```
 //!
@@ -102,6 +104,36 @@ fn main() {
                 .block_on(targets::setup(SocketAddr::from(([127, 0, 0, 1], port)), up))
                 .unwrap_or_else(|e| panic!("setup failed: {e}"));
             println!("{token}");
+        }
+        Some("nginx-conf") => {
+            // One nginx process (no master, one worker's work) for callgrind:
+            // `benches/run.sh profile ROUTE load`. Prints the configuration's path.
+            let dir = get("--dir").map(PathBuf::from).expect("--dir");
+            let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
+            let up: u16 = get("--upstream")
+                .and_then(|p| p.parse().ok())
+                .expect("--upstream");
+            let conf = targets::write_nginx_conf(&dir, port, up, 1, false);
+            println!("{}", conf.display());
+        }
+        Some("saturate") => {
+            // wrk, 64 keep-alive connections, for --seconds; prints the answers counted.
+            let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
+            let secs: u64 = get("--seconds").and_then(|p| p.parse().ok()).unwrap_or(10);
+            let (kind, route) = kind_and_route(get("--kind"), get("--route"));
+            let work = get("--work")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            let spec = targets::request(kind, route, "");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let w = wrk::run(&work, addr, &spec, 64, 1, Duration::from_secs(secs), None);
+            assert!(
+                w.requests > 0 && w.non_2xx == 0,
+                "saturate: {} answers, {} not 2xx",
+                w.requests,
+                w.non_2xx
+            );
+            println!("{}", w.requests);
         }
         Some(cmd @ ("run" | "memory")) => {
             let quick = args.iter().any(|a| a == "--quick");

@@ -196,16 +196,46 @@ pub fn spawn_nginx(
     cpus: Option<&str>,
 ) -> Proc {
     let dir = work.join("nginx");
+    let conf_path = write_nginx_conf(&dir, port, upstream_port, workers, true);
+    let nginx = which("nginx").expect("nginx is not installed (benches/run.sh installs it)");
+    let mut cmd = pinned(cpus, &nginx);
+    cmd.arg("-e")
+        .arg(dir.join("logs/error.log"))
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf_path);
+    let p = Proc::spawn("nginx", cmd, work);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        procs::wait_listening(addr, Duration::from_secs(10)),
+        "nginx did not start; see {}",
+        dir.join("logs/error.log").display()
+    );
+    p
+}
+
+/// Writes nginx's configuration for one run into `dir` (with its temp and log folders)
+/// and returns its path. `master_process off` runs one process that does everything
+/// (`benches/run.sh profile ... load` runs it so under callgrind).
+pub fn write_nginx_conf(
+    dir: &Path,
+    port: u16,
+    upstream_port: u16,
+    workers: usize,
+    master_process: bool,
+) -> PathBuf {
     for d in ["", "tmp", "logs"] {
         fs::create_dir_all(dir.join(d)).expect("nginx dir");
     }
+    let master = if master_process { "on" } else { "off" };
     let d = dir.display();
     let k = KEYS[0];
     let conf = format!(
         r#"# Written by benches/harness/targets.rs for one benchmark run.
 worker_processes {workers};
 daemon off;
-master_process on;
+master_process {master};
 pid {d}/nginx.pid;
 error_log {d}/logs/error.log warn;
 worker_rlimit_nofile 65536;
@@ -250,22 +280,7 @@ http {{
     );
     let conf_path = dir.join("nginx.conf");
     fs::write(&conf_path, conf).expect("nginx.conf");
-    let nginx = which("nginx").expect("nginx is not installed (benches/run.sh installs it)");
-    let mut cmd = pinned(cpus, &nginx);
-    cmd.arg("-e")
-        .arg(dir.join("logs/error.log"))
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf_path);
-    let p = Proc::spawn("nginx", cmd, work);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    assert!(
-        procs::wait_listening(addr, Duration::from_secs(10)),
-        "nginx did not start; see {}",
-        dir.join("logs/error.log").display()
-    );
-    p
+    conf_path
 }
 
 /// Finds a program on PATH (and in the sbin directories, where Debian puts nginx).
