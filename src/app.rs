@@ -223,19 +223,79 @@ impl AccessLine {
     }
 
     fn write(self, bytes: u64, complete: bool) {
-        // Milliseconds with three decimals, from integer microseconds: formatting an
-        // f64 with a precision costs more than the rest of the line.
-        let us = self.start.elapsed().as_micros();
-        crate::info!(
-            "{} {} {} {} {}.{:03}ms {}B{}",
-            self.peer.ip(),
-            self.method,
-            self.path,
-            self.status.as_u16(),
-            us / 1000,
-            us % 1000,
-            bytes,
-            if complete { "" } else { " (client went away)" }
+        if crate::log::enabled(crate::log::Level::Info) {
+            let us = self.start.elapsed().as_micros() as u64;
+            crate::log::write_with(crate::log::Level::Info, |line| {
+                self.format(line, us, bytes, complete)
+            });
+        }
+    }
+
+    /// `<peer> <method> <path> <status> <ms>.<µs>ms <bytes>B[ (client went away)]`,
+    /// appended part by part (no `core::fmt`: this runs on every request).
+    fn format(&self, line: &mut String, us: u64, bytes: u64, complete: bool) {
+        use crate::log::push_decimal;
+        match self.peer.ip() {
+            std::net::IpAddr::V4(ip) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        line.push('.');
+                    }
+                    push_decimal(line, u64::from(octet), 1);
+                }
+            }
+            ip @ std::net::IpAddr::V6(_) => {
+                use std::fmt::Write as _;
+                let _ = write!(line, "{ip}");
+            }
+        }
+        for part in [" ", self.method.as_str(), " ", &self.path, " "] {
+            line.push_str(part);
+        }
+        push_decimal(line, u64::from(self.status.as_u16()), 3);
+        line.push(' ');
+        push_decimal(line, us / 1000, 1);
+        line.push('.');
+        push_decimal(line, us % 1000, 3);
+        line.push_str("ms ");
+        push_decimal(line, bytes, 1);
+        line.push('B');
+        if !complete {
+            line.push_str(" (client went away)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(peer: &str, status: u16, us: u64, bytes: u64, complete: bool) -> String {
+        let access = AccessLine {
+            start: Instant::now(),
+            method: Method::POST,
+            path: "/llm/openai/v1/chat/completions".into(),
+            peer: peer.parse().unwrap(),
+            status: StatusCode::from_u16(status).unwrap(),
+        };
+        let mut text = String::new();
+        access.format(&mut text, us, bytes, complete);
+        text
+    }
+
+    #[test]
+    fn the_access_line_has_its_parts_in_order() {
+        assert_eq!(
+            line("203.0.113.7:5000", 200, 1_234_567, 512, true),
+            "203.0.113.7 POST /llm/openai/v1/chat/completions 200 1234.567ms 512B"
+        );
+        assert_eq!(
+            line("10.0.0.1:1", 502, 45, 0, false),
+            "10.0.0.1 POST /llm/openai/v1/chat/completions 502 0.045ms 0B (client went away)"
+        );
+        assert_eq!(
+            line("[2001:db8::1]:443", 429, 1000, 99, true),
+            "2001:db8::1 POST /llm/openai/v1/chat/completions 429 1.000ms 99B"
         );
     }
 }

@@ -69,6 +69,15 @@ thread_local! {
 /// Formats one line and hands it to the writer thread (stderr).
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
     use std::fmt::Write as _;
+    write_with(level, |line| {
+        let _ = line.write_fmt(args);
+    });
+}
+
+/// Hands one line to the writer thread (stderr): the time and level, then what `message`
+/// appends. A line written on every request (the access line) appends its parts itself:
+/// `core::fmt` costs it about as much as the rest of the line.
+pub fn write_with(level: Level, message: impl FnOnce(&mut String)) {
     let ms = crate::timefmt::now_ms();
     let mut line = String::with_capacity(128);
     SECOND.with(|cell| {
@@ -80,7 +89,13 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         }
         line.push_str(&cached.1);
     });
-    let _ = writeln!(line, ".{:03}Z {} {}", ms % 1000, level.label(), args);
+    line.push('.');
+    push_decimal(&mut line, ms % 1000, 3);
+    line.push_str("Z ");
+    line.push_str(level.label());
+    line.push(' ');
+    message(&mut line);
+    line.push('\n');
     match SINK.get_or_init(spawn_writer).try_send(Msg::Line(line)) {
         // A full queue means stderr is stuck; dropping a line beats stalling requests.
         Ok(()) | Err(TrySendError::Full(_)) => {}
@@ -89,6 +104,19 @@ pub fn write(level: Level, args: fmt::Arguments<'_>) {
         }
         Err(TrySendError::Disconnected(_)) => {}
     }
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (at most 20).
+pub fn push_decimal(line: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while n > 0 {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    start = start.min(digits.len() - width.clamp(1, digits.len()));
+    line.extend(digits[start..].iter().map(|&d| char::from(d)));
 }
 
 /// Waits (at most half a second) until queued lines are written; used before exit.
@@ -157,4 +185,27 @@ macro_rules! info {
 #[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) } };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_written_with_their_padding() {
+        let text = |n: u64, width: usize| {
+            let mut s = String::new();
+            push_decimal(&mut s, n, width);
+            s
+        };
+        assert_eq!(text(0, 1), "0");
+        assert_eq!(text(0, 0), "0", "a zero is one digit whatever the width");
+        assert_eq!(text(7, 3), "007");
+        assert_eq!(text(42, 3), "042");
+        assert_eq!(text(999, 3), "999");
+        assert_eq!(text(1234, 3), "1234", "padding never cuts digits");
+        assert_eq!(text(1234, 1), "1234");
+        assert_eq!(text(u64::MAX, 1), u64::MAX.to_string());
+        assert_eq!(text(5, 99), "00000000000000000005", "at most 20 digits");
+    }
 }
