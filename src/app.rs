@@ -233,35 +233,35 @@ impl AccessLine {
 
     /// `<peer> <method> <path> <status> <ms>.<µs>ms <bytes>B[ (client went away)]`,
     /// appended part by part (no `core::fmt`: this runs on every request).
-    fn format(&self, line: &mut String, us: u64, bytes: u64, complete: bool) {
+    fn format(&self, line: &mut Vec<u8>, us: u64, bytes: u64, complete: bool) {
         use crate::log::push_decimal;
         match self.peer.ip() {
             std::net::IpAddr::V4(ip) => {
                 for (i, octet) in ip.octets().into_iter().enumerate() {
                     if i > 0 {
-                        line.push('.');
+                        line.push(b'.');
                     }
                     push_decimal(line, u64::from(octet), 1);
                 }
             }
             ip @ std::net::IpAddr::V6(_) => {
-                use std::fmt::Write as _;
+                use std::io::Write as _;
                 let _ = write!(line, "{ip}");
             }
         }
         for part in [" ", self.method.as_str(), " ", &self.path, " "] {
-            line.push_str(part);
+            line.extend_from_slice(part.as_bytes());
         }
         push_decimal(line, u64::from(self.status.as_u16()), 3);
-        line.push(' ');
+        line.push(b' ');
         push_decimal(line, us / 1000, 1);
-        line.push('.');
+        line.push(b'.');
         push_decimal(line, us % 1000, 3);
-        line.push_str("ms ");
+        line.extend_from_slice(b"ms ");
         push_decimal(line, bytes, 1);
-        line.push('B');
+        line.push(b'B');
         if !complete {
-            line.push_str(" (client went away)");
+            line.extend_from_slice(b" (client went away)");
         }
     }
 }
@@ -278,9 +278,9 @@ mod tests {
             peer: peer.parse().unwrap(),
             status: StatusCode::from_u16(status).unwrap(),
         };
-        let mut text = String::new();
+        let mut text = Vec::new();
         access.format(&mut text, us, bytes, complete);
-        text
+        String::from_utf8(text).unwrap()
     }
 
     #[test]
