@@ -332,6 +332,27 @@ mod tests {
     }
 
     #[test]
+    fn empty_query_pairs_are_dropped_and_the_rest_kept_in_order() {
+        for (q, want) in [
+            ("a=1&b=2", "/v1/w?a=1&b=2"),
+            ("&a=1", "/v1/w?a=1"),
+            ("a=1&", "/v1/w?a=1"),
+            ("a=1&&b=2", "/v1/w?a=1&b=2"),
+            ("&", "/v1/w"),
+            ("", "/v1/w"),
+            ("=", "/v1/w?="),
+        ] {
+            let t = compose(&up("https://api.x.com/v1"), "w", Some(q), &[], None).unwrap();
+            assert_eq!(t.as_str(), want, "{q:?}");
+            let t = compose(&up("https://api.x.com/v1?z=0"), "w", Some(q), &[], None).unwrap();
+            let with_base = want
+                .replacen("/v1/w", "/v1/w?z=0", 1)
+                .replacen("0?", "0&", 1);
+            assert_eq!(t.as_str(), with_base, "{q:?} after the base query");
+        }
+    }
+
+    #[test]
     fn path_tricks_are_refused() {
         for rest in [
             "..", "a/../b", ".", "a/./b", "%2e%2e/x", "%2E%2e", ".%2e", "a/%2E/b", "a%2fb",
