@@ -576,6 +576,57 @@ async fn a_client_that_disconnects_cancels_the_upstream_stream() {
     );
 }
 
+/// Signals when dropped: the upstream's handler was cancelled (or finished).
+struct Dropped(Option<oneshot::Sender<()>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_before_the_answer_cancels_the_upstream_request() {
+    // A slow upstream (an LLM thinking): the client gives up before the head arrives.
+    // The proxy notices the closed client connection, drops the request and so closes
+    // the upstream connection, which drops the upstream's handler.
+    let (dropped_tx, dropped_rx) = oneshot::channel::<()>();
+    let dropped_tx = Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let (arrived_tx, arrived_rx) = oneshot::channel::<()>();
+    let arrived_tx = Arc::new(std::sync::Mutex::new(Some(arrived_tx)));
+    let up = upstream_raw(move |_req: Request<Incoming>| {
+        let guard = Dropped(dropped_tx.lock().unwrap().take());
+        if let Some(t) = arrived_tx.lock().unwrap().take() {
+            let _ = t.send(());
+        }
+        async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(guard);
+            reply(200, &[], "too late")
+        }
+    })
+    .await;
+    let s = start(&[]).await;
+    s.generic_service("slow", &up.url(""), &["k"]).await;
+    let mut client = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head =
+        format!("GET /proxy/slow/think HTTP/1.1\r\nHost: x\r\nx-proxy-key: {PROXY_KEY}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut client, head.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), arrived_rx)
+        .await
+        .expect("the request reaches the upstream")
+        .unwrap();
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(3), dropped_rx)
+        .await
+        .expect("the upstream request is cancelled when the client goes away")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_added_and_removed_under_traffic_never_break_a_request() {
     let up = upstream(|_| ok_json(json!({}))).await;
