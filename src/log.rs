@@ -163,20 +163,21 @@ pub fn write_with(level: Level, message: impl FnOnce(&mut Vec<u8>)) {
 /// The time (UTC, milliseconds) and the level.
 fn stamp(line: &mut Vec<u8>, level: Level) {
     let ms = crate::timefmt::now_ms();
+    let second = |s: u64| {
+        let mut text = crate::timefmt::rfc3339(s);
+        text.pop(); // the `Z`
+        text
+    };
     let cached = SECOND.try_with(|cell| {
         let mut cached = cell.try_borrow_mut().ok()?;
         if cached.0 != ms / 1000 {
-            let mut text = crate::timefmt::rfc3339(ms / 1000);
-            text.pop(); // the `Z`
-            *cached = (ms / 1000, text);
+            *cached = (ms / 1000, second(ms / 1000));
         }
         line.extend_from_slice(cached.1.as_bytes());
         Some(())
     });
     if cached.ok().flatten().is_none() {
-        let mut text = crate::timefmt::rfc3339(ms / 1000);
-        text.pop();
-        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(second(ms / 1000).as_bytes());
     }
     line.push(b'.');
     push_decimal(line, ms % 1000, 3);
