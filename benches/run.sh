@@ -109,9 +109,11 @@ trap cleanup EXIT INT TERM
 if [[ $MODE == profile ]]; then
     ROUTE=${1:-rest}
     LOAD=0
+    LOAD_TAG=""
     N=5000
     if [[ ${2:-} == load ]]; then
         LOAD=1
+        LOAD_TAG=-load
         SECS=${3:-10}
     else
         N=${2:-5000}
@@ -159,7 +161,7 @@ if [[ $MODE == profile ]]; then
         callgrind_annotate --auto=no --threshold=100 --inclusive=yes "$dump" >"$WORK/$name.inclusive" 2>/dev/null || true
         TOTAL=$(sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$WORK/$name.self" | tr -d ,)
         [[ -n $TOTAL && $COUNT -gt 0 ]] || die "no instruction total or no requests for $name"
-        cp "$dump" "$CARGO_TARGET_DIR/callgrind-$ROUTE$([[ $LOAD == 1 ]] && echo -load)-$name.out"
+        cp "$dump" "$CARGO_TARGET_DIR/callgrind-$ROUTE$LOAD_TAG-$name.out"
     }
     top() { grep -v '^--\|^$' "$1" | sed -n '/PROGRAM TOTALS/,$p' | head -"$2"; }
 
@@ -213,7 +215,7 @@ if [[ $MODE == profile ]]; then
     done
     measure nginx "$NGX_PORT"
     NGX=$((TOTAL / COUNT))
-    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-load-latest.txt
+    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG$LOAD_TAG-latest.txt
     RATIO=$(awk -v a="$OURS" -v b="$NGX" 'BEGIN{printf "%.2f", a / b}')
     {
         echo "# callgrind under load: wrk, 64 keep-alive connections, ${SECS} s against each process"
