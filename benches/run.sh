@@ -18,6 +18,9 @@
 #   BENCH_QUIET_WAIT     ...for at most this many seconds (default 300), then run anyway
 #                        (the load is recorded in the results either way)
 #   BENCH_SKIP_BUILD=1   use the binaries already built
+#   BENCH_PGO=0          plain release builds instead of profile-guided ones (scripts/pgo.sh,
+#                        what `make dist` and the images ship); the results record which
+#   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes
 #
 # Installs nginx, wrk and valgrind with apt-get when they are missing, and fails loudly
 # when it cannot. Method and results: docs/BENCHMARKS.md; raw results: benches/results/.
@@ -68,21 +71,48 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # --- builds ------------------------------------------------------------------------
 BIN=$CARGO_TARGET_DIR/bench-bin
 mkdir -p "$BIN"
-if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
-    say "building the lightweight release binary"
-    cargo build --release --quiet || die "cargo build --release failed"
-    cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-lightweight"
-    say "building the enterprise release binary"
-    if cargo build --release --features enterprise --quiet; then
-        cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-enterprise"
-    else
+# release <name> [cargo options]: the binary users get, copied to $BIN/api-key-rotator-<name>:
+# profile-guided (scripts/pgo.sh) unless BENCH_PGO=0 or no llvm-profdata can be had.
+BUILD_KIND=pgo
+[[ ${BENCH_PGO:-1} == 0 ]] && BUILD_KIND=plain
+release() {
+    local name=$1 rc=0
+    shift
+    if [[ $BUILD_KIND == pgo ]]; then
+        say "building the $name release binary with PGO (scripts/pgo.sh)"
+        scripts/pgo.sh "$@" || rc=$?
+        if ((rc == 3)) && [[ $name == lightweight ]]; then
+            say "no llvm-profdata: plain release builds instead (recorded in the results)"
+            BUILD_KIND=plain
+        elif ((rc != 0)); then
+            return 1
+        fi
+    fi
+    if [[ $BUILD_KIND == plain ]]; then
+        say "building the $name release binary"
+        cargo build --release --quiet "$@" || return 1
+    fi
+    cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-$name"
+}
+if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
+    release lightweight || die "the lightweight release build failed"
+    # Redis rotation is half of what the enterprise run measures: trained too when Redis answers.
+    if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+        export PGO_TRAIN_ENV="REDIS_URL=redis://127.0.0.1:6379/13"
+    fi
+    if ! release enterprise --features enterprise; then
         say "the enterprise build failed: its numbers will be reported as pending"
         rm -f "$BIN/api-key-rotator-enterprise"
     fi
+    unset PGO_TRAIN_ENV
+    echo "$BUILD_KIND" >"$BIN/build-kind"
+fi
+if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
     say "building the harness"
     cargo bench --no-run --bench harness --quiet 2>/dev/null || cargo bench --no-run --bench harness ||
         die "cannot build the harness"
 fi
+BUILD_KIND=$(cat "$BIN/build-kind" 2>/dev/null || echo plain)
 [[ $MODE == profile || -x $BIN/api-key-rotator-lightweight ]] || die "no lightweight binary in $BIN (run without BENCH_SKIP_BUILD)"
 HARNESS=$(cargo bench --no-run --bench harness --message-format=json 2>/dev/null |
     grep '"kind":\["bench"\]' | grep '"name":"harness"' |
@@ -120,10 +150,23 @@ if [[ $MODE == profile ]]; then
     fi
     command -v valgrind >/dev/null || die "valgrind is missing"
     # The release profile strips symbols; profile a copy built with them (same optimisation).
-    say "building the lightweight release binary with symbols"
-    CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+    # The binary users get (PGO unless BENCH_PGO=0), with symbols.
+    export CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
+    rc=3
+    if [[ ${BENCH_PGO:-1} != 0 ]]; then
+        say "building the lightweight release binary with PGO and symbols"
+        rc=0
+        CARGO_TARGET_DIR="$CARGO_TARGET_DIR/profiling" scripts/pgo.sh || rc=$?
+        ((rc == 0 || rc == 3)) || die "the PGO build failed"
+    fi
+    BUILD_KIND=pgo
+    if ((rc == 3)); then
+        BUILD_KIND=plain
+        say "building the lightweight release binary with symbols (no PGO)"
         cargo build --release --quiet --target-dir "$CARGO_TARGET_DIR/profiling" ||
-        die "cannot build the profiling binary"
+            die "cannot build the profiling binary"
+    fi
+    unset CARGO_PROFILE_RELEASE_STRIP CARGO_PROFILE_RELEASE_DEBUG
     PROFILED=$CARGO_TARGET_DIR/profiling/release/api-key-rotator
     free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
     UP=$(free_port)
@@ -135,7 +178,7 @@ if [[ $MODE == profile ]]; then
         local name=$1
         shift
         env -i PATH="$PATH" "${ENVV[@]}" \
-            valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$name.out" \
+            valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --instr-atstart=no --callgrind-out-file="$WORK/$name.out" \
             "$@" >"$WORK/$name.log" 2>&1 &
         VG=$!
         echo $VG >>"$WORK/pids"
@@ -190,7 +233,7 @@ if [[ $MODE == profile ]]; then
         OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-latest.txt
         {
             echo "# callgrind: $N sequential $ROUTE requests on one keep-alive connection (after 500 warm-up"
-            echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}; proxy process only (user space)."
+            echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}, $BUILD_KIND build; proxy process only (user space)."
             echo "# instructions per request: $OURS"
             echo
             echo "## self cost"
@@ -220,7 +263,7 @@ if [[ $MODE == profile ]]; then
     {
         echo "# callgrind under load: wrk, 64 keep-alive connections, ${SECS} s against each process"
         echo "# under callgrind (after 500 warm-up requests); ours with one shard, nginx as one"
-        echo "# process (master_process off); LOG_LEVEL=${LOG_LEVEL:-warn}; user space only."
+        echo "# process (master_process off); LOG_LEVEL=${LOG_LEVEL:-warn}; ours a $BUILD_KIND build; user space only."
         echo "# instructions per $ROUTE request: ours $OURS ($OURS_COUNT requests), nginx $NGX ($COUNT requests), ours / nginx $RATIO"
         echo
         echo "## ours: self cost"
@@ -259,4 +302,4 @@ NICE=()
 nice -n -10 true 2>/dev/null && NICE=(nice -n -10)
 # shellcheck disable=SC2086
 "${NICE[@]}" "$HARNESS" run --light "$BIN/api-key-rotator-lightweight" "${ENT[@]}" \
-    --results "$ROOT/benches/results" --work "$WORK" "$@" ${BENCH_ARGS:-}
+    --results "$ROOT/benches/results" --work "$WORK" --build "$BUILD_KIND" "$@" ${BENCH_ARGS:-}

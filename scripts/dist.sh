@@ -7,6 +7,8 @@
 # * Each binary: --version; a start on a temporary SQLite file, checked with its own
 #   `healthcheck` subcommand (what the images' HEALTHCHECK runs); the enterprise one also
 #   on MariaDB/MySQL + Redis when they answer (TEST_MYSQL_URL, TEST_REDIS_URL).
+# * Profile-guided builds (scripts/pgo.sh) when llvm-profdata for rustc's LLVM can be had;
+#   DIST_PGO=0 for plain ones.
 # * Output: $CARGO_TARGET_DIR/dist/api-key-rotator-<version>-<build>-<libc>, and sizes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,12 +77,20 @@ check_serves() {
     rm -rf "$work"
 }
 
-# Builds one flavour and copies the binary to dist/.
+# Builds one flavour and copies the binary to dist/: profile-guided (scripts/pgo.sh, as
+# the images are) unless DIST_PGO=0 or no llvm-profdata can be had, which it says.
 build() {
-    local name=$1
+    local name=$1 rc=0
     shift
-    echo "== cargo build --release $* ${target_args[*]}"
-    cargo build --release --locked "$@" "${target_args[@]}"
+    if [[ ${DIST_PGO:-1} != 0 ]]; then
+        echo "== scripts/pgo.sh --locked $* ${target_args[*]}"
+        scripts/pgo.sh --locked "$@" "${target_args[@]}" || rc=$?
+        ((rc == 0 || rc == 3)) || fail "the PGO build of $name failed"
+    fi
+    if [[ ${DIST_PGO:-1} == 0 || $rc == 3 ]]; then
+        echo "== cargo build --release $* ${target_args[*]} (no PGO)"
+        cargo build --release --locked "$@" "${target_args[@]}"
+    fi
     cp "$out_dir/api-key-rotator" "$dist/api-key-rotator-$version-$name-$libc"
 }
 

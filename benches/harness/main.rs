@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR]
-//!             [--reps N] [--seconds S] [--pin none|split] [--workers N] [--quick]
+//!             [--reps N] [--seconds S] [--pin none|split] [--workers N]
+//!             [--build pgo|plain] [--quick]
 //! harness upstream --port P [--threads N]     the upstream server (started by `run`)
 //! harness hammer --port P --route rest|llm --n N    N sequential requests (profiling)
 //! harness saturate --port P --route rest|llm --seconds S   wrk -c64; prints the answers
 //! harness nginx-conf --dir D --port P --upstream U   one-process nginx (profiling)
+//! harness train --bin BIN --profiles DIR [--n N] [--env "K=V ..."]
+//!                                              PGO training workload (scripts/pgo.sh)
 //! harness report benches/results/<date>.json          the tables of a recorded run
 //! ```
 //!
@@ -19,6 +22,7 @@ mod report;
 mod sse;
 mod stats;
 mod targets;
+mod train;
 mod upstream;
 mod wrk;
 
@@ -49,6 +53,8 @@ pub struct Opts {
     /// may use).
     pub workers: Option<usize>,
     pub streams: usize,
+    /// How benches/run.sh built the proxy binaries: `pgo` (scripts/pgo.sh) or `plain`.
+    pub build: String,
 }
 
 fn main() {
@@ -116,6 +122,20 @@ fn main() {
             let conf = targets::write_nginx_conf(&dir, port, up, 1, false);
             println!("{}", conf.display());
         }
+        Some("train") => {
+            let bin = get("--bin").map(PathBuf::from).expect("--bin");
+            let profiles = get("--profiles").map(PathBuf::from).expect("--profiles");
+            let n: usize = get("--n").and_then(|p| p.parse().ok()).unwrap_or(20_000);
+            let env: Vec<(String, String)> = get("--env")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("--env takes K=V pairs");
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            train::run(&bin, &profiles, n, &env);
+        }
         Some("saturate") => {
             // wrk, 64 keep-alive connections, for --seconds; prints the answers counted.
             let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
@@ -161,6 +181,7 @@ fn main() {
                 streams: get("--streams")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1000),
+                build: get("--build").unwrap_or_else(|| "plain".into()),
             };
             if cmd == "memory" {
                 memory_only(&opts);
@@ -171,7 +192,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR] \
-                 [--reps N] [--seconds S] [--pin none|split] [--workers N] [--quick]\n\
+                 [--reps N] [--seconds S] [--pin none|split] [--workers N] [--build pgo|plain] [--quick]\n\
                  harness memory --light BIN [--streams N]   (the memory part alone)\n\
                  (normally started by benches/run.sh: `make bench`)"
             );
@@ -574,6 +595,7 @@ fn conditions(o: &Opts) -> Value {
         "workers_set": o.workers.is_some(),
         "proxy_workers": server_cpus(&pins(o)),
         "nginx_workers": server_cpus(&pins(o)),
+        "proxy_build": o.build,
     })
 }
 

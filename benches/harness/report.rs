@@ -175,7 +175,7 @@ pub fn markdown(raw: &Value) -> String {
         "Conditions: {} × {} ({} cores), Linux {}, {}, {}; 1-minute load average {:.2} before the run \
          ({:.2} at its end: the run itself keeps both cores busy); \
          {} interleaved repeats of {} s (+{} s warm-up) per measurement, {} keep-alive connections; \
-         CPU pinning: {}; the whole run took {} s. Proxy: {} shard thread(s) ({}); \
+         CPU pinning: {}; the whole run took {} s. Proxy: {} shard thread(s) ({}), {}; \
          nginx: `worker_processes {}`. Medians over repeats; ± is half the range.\n",
         c["cores"],
         c["cpu"].as_str().unwrap_or("?"),
@@ -200,6 +200,11 @@ pub fn markdown(raw: &Value) -> String {
             "`--workers`: `WORKER_THREADS` for the proxy, as many workers for nginx"
         } else {
             "`WORKER_THREADS` default: one per CPU it may use"
+        },
+        match c["proxy_build"].as_str() {
+            Some("pgo") => "a profile-guided release build (`scripts/pgo.sh`)",
+            Some("plain") => "a plain release build (no PGO)",
+            _ => "a plain release build (runs before PGO)",
         },
         c["nginx_workers"],
     );
