@@ -17,7 +17,7 @@ help:
 	@echo "make test-e2e         the admin page in headless Chromium"
 	@echo "make test-enterprise  MySQL store and Redis rotation against the local MariaDB and Redis"
 	@echo "make bench            benchmarks against nginx and direct (docs/BENCHMARKS.md)"
-	@echo "make dist             both release binaries, checked and measured"
+	@echo "make dist             both release binaries (profile-guided: scripts/pgo.sh), checked and measured"
 
 run:
 	$(CARGO) run --release --

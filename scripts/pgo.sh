@@ -30,11 +30,12 @@ major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 
 # llvm-profdata of rustc's LLVM major version (the profile format follows LLVM).
 find_profdata() {
-    local c path
+    local c path version
     for c in "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" \
         "llvm-profdata-$major" "/usr/lib/llvm-$major/bin/llvm-profdata" llvm-profdata; do
         path=$(command -v "$c" 2>/dev/null) || continue
-        if "$path" --version 2>/dev/null | grep -q "LLVM version $major\."; then
+        version=$("$path" --version 2>/dev/null) || continue
+        if [[ $version == *"LLVM version $major."* ]]; then
             echo "$path"
             return 0
         fi
