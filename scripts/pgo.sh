@@ -91,6 +91,7 @@ say "3/4 merging $(ls "$profiles" | wc -l) profiles ($PROFDATA)"
 "$PROFDATA" merge -o "$work/merged.profdata" "$profiles"/*.profraw
 # Named by its content: cargo rebuilds what RUSTFLAGS changed for, not what a file did.
 merged=$work/merged-$(sha256sum "$work/merged.profdata" | cut -c1-16).profdata
+find "$work" -maxdepth 1 -name 'merged-*.profdata' ! -path "$merged" -delete
 mv "$work/merged.profdata" "$merged"
 
 say "4/4 optimised build"
