@@ -26,7 +26,7 @@ const CONNS: usize = 4;
 pub fn run(bin: &Path, profiles: &Path, n: usize, env: &[(String, String)]) {
     let work = procs::work_dir(&std::env::temp_dir().join("rotator-train"));
     let upstream_port = procs::free_port();
-    let _upstream = targets::spawn_upstream(&work, upstream_port, None);
+    let mut upstream = targets::spawn_upstream(&work, upstream_port, None);
     for level in ["warn", "info"] {
         let port = procs::free_port();
         let opts = ProxyOpts {
@@ -68,6 +68,9 @@ pub fn run(bin: &Path, profiles: &Path, n: usize, env: &[(String, String)]) {
         proxy.stop(Duration::from_secs(10));
         eprintln!("[train] {level}: {n} /proxy and {n} /llm requests, 16 SSE streams");
     }
+    upstream.stop(Duration::from_secs(3));
+    // The logs and databases are kept only when the training failed (a panic above).
+    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// `n` requests shared by `CONNS` keep-alive connections; each must answer `status`.
