@@ -149,8 +149,8 @@ if [[ $MODE == profile ]]; then
         N=${2:-5000}
     fi
     command -v valgrind >/dev/null || die "valgrind is missing"
-    # The release profile strips symbols; profile a copy built with them (same optimisation).
-    # The binary users get (PGO unless BENCH_PGO=0), with symbols.
+    # The binary users get (PGO unless BENCH_PGO=0, same optimisation), built with symbols
+    # (the release profile strips them).
     export CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
     rc=3
     if [[ ${BENCH_PGO:-1} != 0 ]]; then

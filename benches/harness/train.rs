@@ -58,12 +58,8 @@ pub fn run(bin: &Path, profiles: &Path, n: usize, env: &[(String, String)]) {
         let unknown = ReqSpec::new(Method::GET, "/proxy/no-such-service/x")
             .header("x-proxy-key", targets::PROXY_KEY);
         requests(addr, unknown, n / 20, 404);
-        requests(
-            addr,
-            ReqSpec::new(Method::GET, "/proxy/bench/x"),
-            n / 20,
-            401,
-        );
+        let keyless = ReqSpec::new(Method::GET, format!("/proxy/{}/x", targets::REST_SLUG));
+        requests(addr, keyless, n / 20, 401);
         proxy.check_alive(&work);
         proxy.stop(Duration::from_secs(10));
         eprintln!("[train] {level}: {n} /proxy and {n} /llm requests, 16 SSE streams");
