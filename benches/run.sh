@@ -72,26 +72,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 BIN=$CARGO_TARGET_DIR/bench-bin
 mkdir -p "$BIN"
 # release <name> [cargo options]: the binary users get, copied to $BIN/api-key-rotator-<name>:
-# profile-guided (scripts/pgo.sh) unless BENCH_PGO=0 or no llvm-profdata can be had.
-BUILD_KIND=pgo
-[[ ${BENCH_PGO:-1} == 0 ]] && BUILD_KIND=plain
+# profile-guided (scripts/pgo.sh) unless BENCH_PGO=0 or no llvm-profdata can be had, in
+# which case a plain release build; $BIN/build-kind-<name> says which.
 release() {
-    local name=$1 rc=0
+    local name=$1
     shift
-    if [[ $BUILD_KIND == pgo ]]; then
-        say "building the $name release binary with PGO (scripts/pgo.sh)"
-        scripts/pgo.sh "$@" || rc=$?
-        if ((rc == 3)) && [[ $name == lightweight ]]; then
-            say "no llvm-profdata: plain release builds instead (recorded in the results)"
-            BUILD_KIND=plain
-        elif ((rc != 0)); then
-            return 1
-        fi
-    fi
-    if [[ $BUILD_KIND == plain ]]; then
-        say "building the $name release binary"
-        cargo build --release --quiet "$@" || return 1
-    fi
+    say "building the $name release binary (scripts/pgo.sh)"
+    PGO=${BENCH_PGO:-1} scripts/pgo.sh --or-plain --kind-file "$BIN/build-kind-$name" "$@" ||
+        return 1
     cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-$name"
 }
 if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
@@ -105,7 +93,9 @@ if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
         rm -f "$BIN/api-key-rotator-enterprise"
     fi
     unset PGO_TRAIN_ENV
-    echo "$BUILD_KIND" >"$BIN/build-kind"
+    # The enterprise build is of the same kind (the same llvm-profdata, or none).
+    mv "$BIN/build-kind-lightweight" "$BIN/build-kind"
+    rm -f "$BIN/build-kind-enterprise"
 fi
 if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
     say "building the harness"
@@ -152,20 +142,11 @@ if [[ $MODE == profile ]]; then
     # The binary users get (PGO unless BENCH_PGO=0, same optimisation), built with symbols
     # (the release profile strips them).
     export CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
-    rc=3
-    if [[ ${BENCH_PGO:-1} != 0 ]]; then
-        say "building the lightweight release binary with PGO and symbols"
-        rc=0
-        CARGO_TARGET_DIR="$CARGO_TARGET_DIR/profiling" scripts/pgo.sh || rc=$?
-        ((rc == 0 || rc == 3)) || die "the PGO build failed"
-    fi
-    BUILD_KIND=pgo
-    if ((rc == 3)); then
-        BUILD_KIND=plain
-        say "building the lightweight release binary with symbols (no PGO)"
-        cargo build --release --quiet --target-dir "$CARGO_TARGET_DIR/profiling" ||
-            die "cannot build the profiling binary"
-    fi
+    say "building the lightweight release binary with symbols (scripts/pgo.sh)"
+    CARGO_TARGET_DIR="$CARGO_TARGET_DIR/profiling" PGO=${BENCH_PGO:-1} \
+        scripts/pgo.sh --or-plain --kind-file "$WORK/build-kind" ||
+        die "cannot build the profiling binary"
+    BUILD_KIND=$(cat "$WORK/build-kind")
     unset CARGO_PROFILE_RELEASE_STRIP CARGO_PROFILE_RELEASE_DEBUG
     PROFILED=$CARGO_TARGET_DIR/profiling/release/api-key-rotator
     free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }

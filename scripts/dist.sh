@@ -80,17 +80,11 @@ check_serves() {
 # Builds one flavour and copies the binary to dist/: profile-guided (scripts/pgo.sh, as
 # the images are) unless DIST_PGO=0 or no llvm-profdata can be had, which it says.
 build() {
-    local name=$1 rc=0
+    local name=$1
     shift
-    if [[ ${DIST_PGO:-1} != 0 ]]; then
-        echo "== scripts/pgo.sh --locked $* ${target_args[*]}"
-        scripts/pgo.sh --locked "$@" "${target_args[@]}" || rc=$?
-        ((rc == 0 || rc == 3)) || fail "the PGO build of $name failed"
-    fi
-    if [[ ${DIST_PGO:-1} == 0 || $rc == 3 ]]; then
-        echo "== cargo build --release $* ${target_args[*]} (no PGO)"
-        cargo build --release --locked "$@" "${target_args[@]}"
-    fi
+    echo "== scripts/pgo.sh --or-plain --locked $* ${target_args[*]}"
+    PGO=${DIST_PGO:-1} scripts/pgo.sh --or-plain --locked "$@" "${target_args[@]}" ||
+        fail "the release build of $name failed"
     cp "$out_dir/api-key-rotator" "$dist/api-key-rotator-$version-$name-$libc"
 }
 

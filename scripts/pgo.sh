@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A profile-guided (PGO) release build of the proxy:
 #
-#   scripts/pgo.sh [cargo build options]       e.g. --features enterprise, --target T
+#   scripts/pgo.sh [--or-plain] [--kind-file F] [cargo build options]
+#                                      cargo options e.g. --features enterprise, --target T
 #
 # 1. builds an instrumented binary (-Cprofile-generate);
 # 2. runs it under the bench's workload (`harness train`: /proxy and /llm requests, SSE
@@ -16,17 +17,46 @@
 #
 # llvm-profdata must come from rustc's LLVM version: rustup's llvm-tools component, or
 # Debian's llvm-<major> package. When neither is installed the script tries to install
-# one (rustup, then apt-get); when it cannot, it exits with status 3 and the caller
-# builds without PGO.
+# one (rustup, then apt-get); when it cannot, it exits with status 3, or with --or-plain
+# makes a plain `cargo build --release <options>` instead and says so. PGO=0 asks for
+# that plain build outright. --kind-file F writes the kind of build made ("pgo" or
+# "plain") to F, for the caller's records (the bench's results say which they measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 say() { printf '\033[1m[pgo]\033[0m %s\n' "$*" >&2; }
 
+or_plain=0
+kind_file=/dev/null
+while (($#)); do
+    case $1 in
+    --or-plain) or_plain=1 ;;
+    --kind-file) kind_file=${2:?--kind-file needs a file} && shift ;;
+    *) break ;;
+    esac
+    shift
+done
+
+# plain <why>: the release build without a profile, when PGO cannot be or is not wanted.
+plain() {
+    say "$1: a plain release build"
+    cargo build --release --quiet "${cargo_args[@]}"
+    echo plain >"$kind_file"
+    exit 0
+}
+# unavailable <why>: no PGO here; a plain build with --or-plain, else status 3.
+unavailable() {
+    ((or_plain)) && plain "$1"
+    say "$1"
+    exit 3
+}
+cargo_args=("$@")
+[[ ${PGO:-1} == 0 ]] && plain "PGO=0"
+
 host=$(rustc -vV | sed -n 's/^host: //p')
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-[[ -n $major ]] || { say "cannot read rustc's LLVM version"; exit 3; }
+[[ -n $major ]] || unavailable "cannot read rustc's LLVM version"
 
 # llvm-profdata of rustc's LLVM major version (the profile format follows LLVM).
 find_profdata() {
@@ -48,10 +78,8 @@ if ! PROFDATA=$(find_profdata); then
         { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null &&
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
                 "llvm-$major" >/dev/null 2>&1; } || true
-    PROFDATA=$(find_profdata) || {
-        say "no llvm-profdata for LLVM $major (install rustup's llvm-tools or llvm-$major)"
-        exit 3
-    }
+    PROFDATA=$(find_profdata) ||
+        unavailable "no llvm-profdata for LLVM $major (install rustup's llvm-tools or llvm-$major)"
 fi
 
 # Where cargo puts the binary for these options.
@@ -97,4 +125,5 @@ mv "$work/merged.profdata" "$merged"
 say "4/4 optimised build"
 RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$merged" \
     cargo build --release --quiet "$@"
+echo pgo >"$kind_file"
 say "built $CARGO_TARGET_DIR/$sub/api-key-rotator with PGO"
