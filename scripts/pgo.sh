@@ -22,21 +22,22 @@
 # that plain build outright. --kind-file F writes the kind of build made ("pgo" or
 # "plain") to F, for the caller's records (the bench's results say which they measured).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-
-say() { printf '\033[1m[pgo]\033[0m %s\n' "$*" >&2; }
 
 or_plain=0
 kind_file=/dev/null
 while (($#)); do
     case $1 in
     --or-plain) or_plain=1 ;;
-    --kind-file) kind_file=${2:?--kind-file needs a file} && shift ;;
+    --kind-file) kind_file=$(realpath -m "${2:?--kind-file needs a file}") && shift ;;
     *) break ;;
     esac
     shift
 done
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+say() { printf '\033[1m[pgo]\033[0m %s\n' "$*" >&2; }
 
 # plain <why>: the release build without a profile, when PGO cannot be or is not wanted.
 plain() {
