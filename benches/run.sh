@@ -73,13 +73,14 @@ BIN=$CARGO_TARGET_DIR/bench-bin
 mkdir -p "$BIN"
 # release <name> [cargo options]: the binary users get, copied to $BIN/api-key-rotator-<name>:
 # profile-guided (scripts/pgo.sh) unless BENCH_PGO=0 or no llvm-profdata can be had, in
-# which case a plain release build; $BIN/build-kind-<name> says which.
+# which case a plain release build. The lightweight build's kind goes to $BIN/build-kind for
+# the results (the enterprise one is of the same kind: the same llvm-profdata, or none).
 release() {
-    local name=$1
+    local name=$1 kind=/dev/null
     shift
+    [[ $name == lightweight ]] && kind=$BIN/build-kind
     say "building the $name release binary (scripts/pgo.sh)"
-    PGO=${BENCH_PGO:-1} scripts/pgo.sh --or-plain --kind-file "$BIN/build-kind-$name" "$@" ||
-        return 1
+    PGO=${BENCH_PGO:-1} scripts/pgo.sh --or-plain --kind-file "$kind" "$@" || return 1
     cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-$name"
 }
 if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
@@ -93,9 +94,6 @@ if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
         rm -f "$BIN/api-key-rotator-enterprise"
     fi
     unset PGO_TRAIN_ENV
-    # The enterprise build is of the same kind (the same llvm-profdata, or none).
-    mv "$BIN/build-kind-lightweight" "$BIN/build-kind"
-    rm -f "$BIN/build-kind-enterprise"
 fi
 if [[ "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
     say "building the harness"

@@ -88,9 +88,13 @@ build() {
     cp "$out_dir/api-key-rotator" "$dist/api-key-rotator-$version-$name-$libc"
 }
 
+# MySQL and Redis answer: Redis rotation is trained too (as `make bench` does) and the
+# enterprise binary is checked on them.
+services_up=0
+scripts/test-enterprise.sh --check >/dev/null 2>&1 && services_up=1
+
 build lightweight
-# Redis rotation trained too when MySQL and Redis answer, as `make bench` does.
-if scripts/test-enterprise.sh --check >/dev/null 2>&1; then
+if ((services_up)); then
     export PGO_TRAIN_ENV="REDIS_URL=${redis_url%/}/13"
 fi
 build enterprise --features enterprise
@@ -103,7 +107,7 @@ for name in lightweight enterprise; do
 done
 
 ent="$dist/api-key-rotator-$version-enterprise-$libc"
-if scripts/test-enterprise.sh --check >/dev/null 2>&1; then
+if ((services_up)); then
     # A database of its own, reused by every run (the check adds no rows).
     check_serves "$ent" "enterprise on MySQL + Redis" \
         DATABASE_URL="${mysql_url%/}/api_key_rotator_dist_check" REDIS_URL="${redis_url%/}/15"
