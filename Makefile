@@ -6,7 +6,7 @@ BIN     := target/release/api-key-rotator
 IMAGE   ?= api-key-rotator
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: help run build build-enterprise-bin test test-sdk test-e2e test-enterprise test-all \
+.PHONY: help run build build-enterprise-bin test test-sdk test-e2e test-enterprise test-images test-all \
         lint fmt bench dist info build-lightweight build-enterprise build-all \
         test-lightweight publish-lightweight publish-enterprise publish-all clean
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test-enterprise  MySQL store and Redis rotation against the local MariaDB and Redis"
 	@echo "make bench            benchmarks against nginx and direct (docs/BENCHMARKS.md)"
 	@echo "make dist             both release binaries (profile-guided: scripts/pgo.sh), checked and measured"
+	@echo "make test-images      both images (from make dist's static binaries) run as users run them; needs docker.io"
 
 run:
 	$(CARGO) run --release --
@@ -56,6 +57,9 @@ bench:
 
 dist:
 	scripts/dist.sh
+
+test-images:
+	scripts/test-images.sh
 
 info:
 	@echo "api-key-rotator $(VERSION)"

@@ -61,6 +61,36 @@ pub struct MysqlConfig {
     pub database: String,
 }
 
+/// What opening the store needs, and nothing else: all that `export` and `import` read.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub database: DatabaseConfig,
+    /// `RESET_DB_TABLES`: drop and recreate the tables at start.
+    pub reset_db_tables: bool,
+}
+
+impl StoreConfig {
+    /// Reads the database settings from the environment and `./.env`, without requiring
+    /// the serving settings (admin password, JWT secret, proxy keys).
+    pub fn from_env() -> Result<StoreConfig, ConfigError> {
+        let dotenv = read_dotenv(Path::new(".env"));
+        StoreConfig::from_source(&|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| dotenv.get(name).cloned())
+        })
+    }
+
+    /// Parses the database settings from any lookup function.
+    pub fn from_source(get: &dyn Fn(&str) -> Option<String>) -> Result<StoreConfig, ConfigError> {
+        let vars = Vars { get };
+        Ok(StoreConfig {
+            database: database_config(&vars)?,
+            reset_db_tables: vars.flag("RESET_DB_TABLES")?,
+        })
+    }
+}
+
 /// Where the hot shared rotation state lives.
 #[derive(Debug, Clone)]
 pub enum CacheConfig {
@@ -96,8 +126,7 @@ pub struct Config {
     pub worker_threads: usize,
     pub public_base_url: String,
     pub log_level: Level,
-    pub reset_db_tables: bool,
-    pub database: DatabaseConfig,
+    pub store: StoreConfig,
     pub cache: CacheConfig,
     /// How long to wait for upstream response headers.
     pub proxy_timeout: Duration,
@@ -311,8 +340,7 @@ impl Config {
             },
             public_base_url,
             log_level,
-            reset_db_tables: vars.flag("RESET_DB_TABLES")?,
-            database: database_config(&vars)?,
+            store: StoreConfig::from_source(get)?,
             cache: cache_config(&vars)?,
             proxy_timeout: vars.seconds("PROXY_TIMEOUT", 300)?,
             connect_timeout: vars.seconds("CONNECT_TIMEOUT", 10)?,
@@ -522,7 +550,7 @@ mod tests {
         assert_eq!(c.proxy_keys, vec![Secret::new("k1"), Secret::new("k2")]);
         assert_eq!(c.public_base_url, "http://localhost:8000");
         assert_eq!(c.proxy_timeout, Duration::from_secs(300));
-        assert_eq!(c.database.kind(), "sqlite");
+        assert_eq!(c.store.database.kind(), "sqlite");
         assert_eq!(c.cache.kind(), "memory");
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
@@ -597,7 +625,7 @@ mod tests {
             "mysql://u:p%40ss@tcp(db:3307)/rot?charset=utf8mb4&parseTime=True",
         )])
         .unwrap();
-        let DatabaseConfig::Mysql(m) = c.database else {
+        let DatabaseConfig::Mysql(m) = c.store.database else {
             panic!()
         };
         assert_eq!(
@@ -618,11 +646,12 @@ mod tests {
             ("DB_PASSWORD", "x"),
         ])
         .unwrap();
-        assert_eq!(c.database.kind(), "mysql");
+        assert_eq!(c.store.database.kind(), "mysql");
         // A non-MySQL DATABASE_URL keeps SQLite.
         assert_eq!(
             with(&[("DATABASE_URL", "sqlite://x")])
                 .unwrap()
+                .store
                 .database
                 .kind(),
             "sqlite"

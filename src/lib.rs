@@ -91,14 +91,14 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, String> {
     log::set_level(config.log_level);
-    crate::info!("Database Type: {}", config.database.kind());
+    crate::info!("Database Type: {}", config.store.database.kind());
     crate::info!("Cache Type: {}", config.cache.kind());
-    if config.reset_db_tables {
+    if config.store.reset_db_tables {
         crate::warn!(
             "RESET_DB_TABLES=true: DROPPING every service and key and recreating the tables. Unset it after this start!"
         );
     }
-    let store = store::open(&config).await?;
+    let store = store::open(&config.store).await?;
     let cache = cache::Cache::open(&config).await?;
     let state = AppState::new(config, store, cache).await?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;

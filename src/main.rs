@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+mod container;
+
+use api_key_rotator::config::{DatabaseConfig, StoreConfig};
 use api_key_rotator::{Config, config, log, server};
 
 /// musl's own allocator costs the static binary a fifth of its throughput.
@@ -19,11 +22,16 @@ Usage:
   api-key-rotator import <file>    merge an export (\"-\" for stdin) into the configured database
   api-key-rotator --version
 
-Required: ADMIN_PASSWORD, JWT_SECRET, GLOBAL_PROXY_KEYS. See README.md for every variable.";
+serve needs ADMIN_PASSWORD, JWT_SECRET and GLOBAL_PROXY_KEYS; export and import need only the
+database settings (DATABASE_PATH, or DATABASE_URL / DB_*). See README.md for every variable.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.first().map(String::as_str) {
+    let command = args.first().map(String::as_str);
+    if let Err(code) = start_in_container(command) {
+        return code;
+    }
+    let code = match command {
         None | Some("serve") => with_runtime(serve()),
         Some("healthcheck") => healthcheck(),
         Some("export") => with_runtime(export()),
@@ -47,6 +55,37 @@ fn main() -> ExitCode {
     };
     log::flush();
     code
+}
+
+/// Run first, while the process has one thread: when started as root with `RUN_AS` set
+/// (the images), makes the SQLite directory usable and drops to that user for good.
+fn start_in_container(command: Option<&str>) -> Result<(), ExitCode> {
+    let dotenv = config::read_dotenv(std::path::Path::new(".env"));
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .or_else(|| dotenv.get(name).cloned())
+    };
+    let uses_data = matches!(command, None | Some("serve" | "export" | "import"));
+    let data_file = match StoreConfig::from_source(&var) {
+        Ok(StoreConfig {
+            database: DatabaseConfig::Sqlite { path },
+            ..
+        }) if uses_data => Some(path),
+        _ => None,
+    };
+    match container::start(var("RUN_AS").as_deref(), data_file.as_deref()) {
+        Ok(started) => {
+            for note in started.notes {
+                api_key_rotator::info!("{note}");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn build_kind() -> &'static str {
@@ -143,8 +182,16 @@ fn healthcheck() -> ExitCode {
     }
 }
 
+/// The database settings alone: what `export` and `import` need.
+fn load_store_config() -> Result<StoreConfig, ExitCode> {
+    StoreConfig::from_env().map_err(|e| {
+        eprintln!("Configuration error: {e}");
+        ExitCode::from(2)
+    })
+}
+
 async fn export() -> ExitCode {
-    let config = match load_config() {
+    let config = match load_store_config() {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -158,7 +205,7 @@ async fn export() -> ExitCode {
 }
 
 async fn import(path: String) -> ExitCode {
-    let config = match load_config() {
+    let config = match load_store_config() {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -3,11 +3,11 @@
 //! Import is one transaction and idempotent: services are matched by slug, keys by
 //! (service, value).
 
-use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::store::{self, DUMP_FORMAT, Dump, ImportOutcome};
 
 /// Reads everything from the configured store as pretty JSON.
-pub async fn export(config: &Config) -> Result<String, String> {
+pub async fn export(config: &StoreConfig) -> Result<String, String> {
     let store = store::open(config).await?;
     let dump = store.load_all().await.map_err(|e| e.to_string())?;
     serde_json::to_string_pretty(&dump).map_err(|e| e.to_string())
@@ -31,7 +31,7 @@ pub fn parse(text: &str) -> Result<Dump, String> {
 }
 
 /// Merges an export document into the configured store, in one transaction.
-pub async fn import(config: &Config, text: &str) -> Result<ImportOutcome, String> {
+pub async fn import(config: &StoreConfig, text: &str) -> Result<ImportOutcome, String> {
     let dump = parse(text)?;
     let store = store::open(config).await?;
     store.import(dump).await.map_err(|e| e.to_string())

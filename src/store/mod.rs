@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::StoreConfig;
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -256,7 +256,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store the configuration asks for, creating and migrating the schema.
-pub async fn open(config: &Config) -> Result<Arc<dyn Store>, String> {
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
     use crate::config::DatabaseConfig;
     match &config.database {
         #[cfg(feature = "sqlite")]

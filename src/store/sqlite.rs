@@ -70,11 +70,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, reset: bool) -> StoreResult<SqliteStore> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
+            check_writable(&path)?;
             let conn = Connection::open(&path).map_err(backend)?;
             Self::from_connection(conn, reset)
         })
@@ -134,6 +130,52 @@ impl SqliteStore {
             Ok(out)
         })
     }
+}
+
+/// Checks, before SQLite tries, that the directory of `path` exists (creating it) and
+/// is writable, and that the file, if there, can be written: SQLite would only say
+/// "unable to open database file", or open it read-only and fail at the first write.
+fn check_writable(path: &Path) -> StoreResult<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| not_writable("create the directory", dir, &e))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| not_writable("write in the directory", dir, &e))?;
+    let _ = std::fs::remove_file(&probe);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(not_writable("write the database file", path, &e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One line: what failed, where, as whom, and the fix.
+fn not_writable(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fix = if e.raw_os_error() == Some(libc::EROFS) {
+        "the file system is read-only: mount a writable volume there (e.g. -v rotator_data:/app/data) or set DATABASE_PATH to a writable place".to_string()
+    } else {
+        format!(
+            "make it writable by uid {uid}: on the host, `sudo chown -R {uid}:{gid} ./data` for a bind mount, or use a named volume (-v rotator_data:/app/data); or set DATABASE_PATH to a writable place"
+        )
+    };
+    StoreError::Backend(format!(
+        "cannot {what} {} (running as uid {uid}, gid {gid}): {e}. Fix: {fix}",
+        path.display()
+    ))
 }
 
 fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
