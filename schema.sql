@@ -4,7 +4,7 @@
 -- AutoMigrate created them, so a database file written by the original opens as it is.
 -- Columns this project adds (key health, counters, retry settings) are added to both
 -- new and old files by the idempotent migration in src/store/sqlite.rs (ADDED_COLUMNS):
---   proxy_configs: max_retries, retry_on, probe_path
+--   proxy_configs: max_retries, retry_on, probe_path, idle_timeout
 --   api_keys:      created_at, invalid_reason, invalid_at, cooldown_until, request_count,
 --                  success_count, failure_count, consecutive_failures, last_used_at,
 --                  last_status, last_error

@@ -2,7 +2,7 @@
 //! responses (in one place), write the access log line.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth::{LoginThrottle, ProxyKeys};
-use crate::body::Body;
+use crate::body::{Body, End};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{ApiError, json_response};
@@ -101,8 +101,16 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    // Behind a trusted reverse proxy, the client is the one it names.
+    let client = match state.config.trusted_proxies.any() {
+        true => state
+            .config
+            .trusted_proxies
+            .client(peer.ip(), req.headers()),
+        false => peer.ip(),
+    };
     if !crate::log::enabled(crate::log::Level::Info) {
-        return Ok(dispatch(&state, peer, req)
+        return Ok(dispatch(&state, peer.ip(), client, req)
             .await
             .unwrap_or_else(ApiError::into_response));
     }
@@ -110,10 +118,10 @@ pub async fn handle(
         start: Instant::now(),
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
-        peer,
+        client,
         status: StatusCode::OK,
     };
-    let resp = dispatch(&state, peer, req)
+    let resp = dispatch(&state, peer.ip(), client, req)
         .await
         .unwrap_or_else(ApiError::into_response);
     Ok(AccessLine {
@@ -123,9 +131,12 @@ pub async fn handle(
     .attach(resp))
 }
 
+/// Routes a request from `peer` (the connection's address) for `client` (the same, or
+/// the address a trusted proxy reports).
 async fn dispatch(
     state: &Arc<AppState>,
-    peer: SocketAddr,
+    peer: IpAddr,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     match router::route(req.uri().path()) {
@@ -135,7 +146,7 @@ async fn dispatch(
         Route::Proxy { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Generic)).await,
         Route::Llm { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Llm)).await,
         // Boxed, as the proxy's: their futures hold database calls.
-        Route::Admin(_) => Box::pin(crate::admin::handle(state, peer, req)).await,
+        Route::Admin(_) => Box::pin(crate::admin::handle(state, client, req)).await,
         Route::Health => Box::pin(health(state, req.method())).await,
         Route::Metrics => metrics(state, &req),
         Route::ApiNotFound => Err(ApiError::not_found("Route not found")),
@@ -205,38 +216,42 @@ fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, 
 }
 
 /// The access log line of one request, written when its response body ends (or is
-/// dropped). Method, path without the query string, status, duration, bytes: never a
-/// query string, never a header value.
+/// dropped, or fails). Client address, method, path without the query string, status,
+/// duration, bytes: never a query string, never a header value. Every field is escaped
+/// by the logger, so a client's path cannot fake a line.
 struct AccessLine {
     start: Instant,
     method: Method,
     path: String,
-    peer: SocketAddr,
+    client: IpAddr,
     status: StatusCode,
 }
 
 impl AccessLine {
     fn attach(self, resp: Response<Body>) -> Response<Body> {
         let (parts, body) = resp.into_parts();
-        let body = crate::body::watch(body, move |bytes, complete| self.write(bytes, complete));
+        let body = crate::body::watch(body, move |bytes, end| self.write(bytes, end));
         Response::from_parts(parts, body)
     }
 
-    fn write(self, bytes: u64, complete: bool) {
-        if crate::log::enabled(crate::log::Level::Info) {
+    fn write(self, bytes: u64, end: End) {
+        // A body that broke off is an error, whatever its status said.
+        let level = match end {
+            End::Failed(_) => crate::log::Level::Warn,
+            _ => crate::log::Level::Info,
+        };
+        if crate::log::enabled(level) {
             let us = self.start.elapsed().as_micros() as u64;
-            crate::log::write_with(crate::log::Level::Info, |line| {
-                self.format(line, us, bytes, complete)
-            });
+            crate::log::write_with(level, |line| self.format(line, us, bytes, &end));
         }
     }
 
-    /// `<peer> <method> <path> <status> <ms>.<µs>ms <bytes>B[ (client went away)]`,
-    /// appended part by part (no `core::fmt`: this runs on every request).
-    fn format(&self, line: &mut Vec<u8>, us: u64, bytes: u64, complete: bool) {
+    /// `<client> <method> <path> <status> <ms>.<µs>ms <bytes>B[ (…)]`, appended part by
+    /// part (no `core::fmt`: this runs on every request).
+    fn format(&self, line: &mut Vec<u8>, us: u64, bytes: u64, end: &End) {
         use crate::log::push_decimal;
-        match self.peer.ip() {
-            std::net::IpAddr::V4(ip) => {
+        match self.client {
+            IpAddr::V4(ip) => {
                 for (i, octet) in ip.octets().into_iter().enumerate() {
                     if i > 0 {
                         line.push(b'.');
@@ -244,7 +259,7 @@ impl AccessLine {
                     push_decimal(line, u64::from(octet), 1);
                 }
             }
-            ip @ std::net::IpAddr::V6(_) => {
+            ip @ IpAddr::V6(_) => {
                 use std::io::Write as _;
                 let _ = write!(line, "{ip}");
             }
@@ -260,8 +275,14 @@ impl AccessLine {
         line.extend_from_slice(b"ms ");
         push_decimal(line, bytes, 1);
         line.push(b'B');
-        if !complete {
-            line.extend_from_slice(b" (client went away)");
+        match end {
+            End::Complete => {}
+            End::ClientGone => line.extend_from_slice(b" (client went away)"),
+            End::Failed(cause) => {
+                line.extend_from_slice(b" (body cut: ");
+                line.extend_from_slice(cause.as_bytes());
+                line.push(b')');
+            }
         }
     }
 }
@@ -270,32 +291,42 @@ impl AccessLine {
 mod tests {
     use super::*;
 
-    fn line(peer: &str, status: u16, us: u64, bytes: u64, complete: bool) -> String {
+    fn line(client: &str, status: u16, us: u64, bytes: u64, end: End) -> String {
         let access = AccessLine {
             start: Instant::now(),
             method: Method::POST,
             path: "/llm/openai/v1/chat/completions".into(),
-            peer: peer.parse().unwrap(),
+            client: client.parse().unwrap(),
             status: StatusCode::from_u16(status).unwrap(),
         };
         let mut text = Vec::new();
-        access.format(&mut text, us, bytes, complete);
+        access.format(&mut text, us, bytes, &end);
         String::from_utf8(text).unwrap()
     }
 
     #[test]
     fn the_access_line_has_its_parts_in_order() {
         assert_eq!(
-            line("203.0.113.7:5000", 200, 1_234_567, 512, true),
+            line("203.0.113.7", 200, 1_234_567, 512, End::Complete),
             "203.0.113.7 POST /llm/openai/v1/chat/completions 200 1234.567ms 512B"
         );
         assert_eq!(
-            line("10.0.0.1:1", 502, 45, 0, false),
+            line("10.0.0.1", 502, 45, 0, End::ClientGone),
             "10.0.0.1 POST /llm/openai/v1/chat/completions 502 0.045ms 0B (client went away)"
         );
         assert_eq!(
-            line("[2001:db8::1]:443", 429, 1000, 99, true),
+            line("2001:db8::1", 429, 1000, 99, End::Complete),
             "2001:db8::1 POST /llm/openai/v1/chat/completions 429 1.000ms 99B"
+        );
+        assert_eq!(
+            line(
+                "10.0.0.1",
+                200,
+                1000,
+                3,
+                End::Failed("connection closed mid-body".into())
+            ),
+            "10.0.0.1 POST /llm/openai/v1/chat/completions 200 1.000ms 3B (body cut: connection closed mid-body)"
         );
     }
 }

@@ -95,26 +95,26 @@ struct Failures {
     blocked_until_ms: u64,
 }
 
-/// Per-address login throttle: after 5 failures, each further failure blocks the address
-/// for 1 s, 2 s, 4 s… up to 5 min. A success clears the address.
+/// Per-address login throttle: after 5 attempts that did not succeed, each further one
+/// blocks the address for 1 s, 2 s, 4 s… up to 5 min. A success clears the address.
+///
+/// An attempt is counted when it starts, before its body is read, so sending many login
+/// heads first and their bodies afterwards buys no extra guesses. While an address is
+/// blocked, no password is looked at, the right one included: a block cannot be used to
+/// test guesses, and it ends by itself (at most 5 minutes). Behind a reverse proxy, set
+/// `TRUSTED_PROXIES` so the address is the client's, not the proxy's.
 #[derive(Debug, Default)]
 pub struct LoginThrottle(Mutex<HashMap<IpAddr, Failures>>);
 
 impl LoginThrottle {
-    /// `Err(seconds)` while the address is blocked.
-    pub fn check(&self, ip: IpAddr, now_ms: u64) -> Result<(), u64> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some(f) if f.blocked_until_ms > now_ms => {
-                Err((f.blocked_until_ms - now_ms).div_ceil(1000))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a failed login; returns the block (seconds) it starts, if any.
-    pub fn failed(&self, ip: IpAddr, now_ms: u64) -> Option<u64> {
+    /// Starts a login attempt from `ip`: `Err(seconds)` while the address is blocked;
+    /// otherwise the attempt is counted (as a failure until it succeeds), and the block
+    /// it starts, if any, is returned.
+    pub fn attempt(&self, ip: IpAddr, now_ms: u64) -> Result<Option<u64>, u64> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(&ip).filter(|f| f.blocked_until_ms > now_ms) {
+            return Err((f.blocked_until_ms - now_ms).div_ceil(1000));
+        }
         if map.len() >= MAX_TRACKED {
             map.retain(|_, f| now_ms.saturating_sub(f.last_ms) < FORGET_AFTER_MS);
             if map.len() >= MAX_TRACKED {
@@ -138,11 +138,11 @@ impl LoginThrottle {
         f.count += 1;
         f.last_ms = now_ms;
         if f.count < FREE_FAILURES {
-            return None;
+            return Ok(None);
         }
         let secs = (1u64 << (f.count - FREE_FAILURES).min(16)).min(MAX_BLOCK_SECS);
         f.blocked_until_ms = now_ms + secs * 1000;
-        Some(secs)
+        Ok(Some(secs))
     }
 
     /// Forgets an address after a successful login.
@@ -181,21 +181,20 @@ mod tests {
         let t = LoginThrottle::default();
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..4 {
-            assert_eq!(t.failed(ip, 0), None);
+            assert_eq!(t.attempt(ip, 0), Ok(None));
         }
-        assert_eq!(t.check(ip, 0), Ok(()));
-        assert_eq!(t.failed(ip, 0), Some(1));
-        assert_eq!(t.check(ip, 0), Err(1));
-        assert_eq!(t.check(ip, 1000), Ok(()));
-        assert_eq!(t.failed(ip, 1000), Some(2));
-        assert_eq!(t.failed(ip, 3000), Some(4));
-        for _ in 0..20 {
-            t.failed(ip, 3000);
+        assert_eq!(t.attempt(ip, 0), Ok(Some(1)), "the fifth starts a block");
+        assert_eq!(t.attempt(ip, 0), Err(1), "blocked: not even counted");
+        assert_eq!(t.attempt(ip, 999), Err(1));
+        assert_eq!(t.attempt(ip, 1000), Ok(Some(2)));
+        assert_eq!(t.attempt(ip, 3000), Ok(Some(4)));
+        for i in 0..20 {
+            let _ = t.attempt(ip, 10_000_000 + i * 400_000);
         }
-        assert_eq!(t.check(ip, 3000), Err(MAX_BLOCK_SECS));
+        assert_eq!(t.attempt(ip, 17_800_000), Err(100), "capped at 5 min");
         // Another address is not affected; a success clears.
-        assert_eq!(t.check("10.0.0.2".parse().unwrap(), 3000), Ok(()));
+        assert_eq!(t.attempt("10.0.0.2".parse().unwrap(), 3000), Ok(None));
         t.succeeded(ip);
-        assert_eq!(t.check(ip, 3000), Ok(()));
+        assert_eq!(t.attempt(ip, 18_000_000), Ok(None));
     }
 }

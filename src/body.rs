@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body as _, Frame, Incoming};
+use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -138,11 +139,22 @@ impl hyper::body::Body for Chain {
     }
 }
 
-/// Wraps `inner` so that `done(bytes, complete)` runs once: when the body ends
-/// (`complete` = true) or when it is dropped before that (the client went away).
+/// How a response body ended, for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Sent whole.
+    Complete,
+    /// Dropped before its end: the client went away.
+    ClientGone,
+    /// Failed mid-way (the upstream broke off or stalled): the cause.
+    Failed(String),
+}
+
+/// Wraps `inner` so that `done(bytes, end)` runs once: when the body ends, fails, or is
+/// dropped before its end.
 pub fn watch<F>(inner: Body, done: F) -> Body
 where
-    F: FnOnce(u64, bool) + Send + Unpin + 'static,
+    F: FnOnce(u64, End) + Send + Unpin + 'static,
 {
     Watched {
         inner,
@@ -152,13 +164,13 @@ where
     .boxed_unsync()
 }
 
-struct Watched<F: FnOnce(u64, bool)> {
+struct Watched<F: FnOnce(u64, End)> {
     inner: Body,
     bytes: u64,
     done: Option<F>,
 }
 
-impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Watched<F> {
+impl<F: FnOnce(u64, End) + Unpin> hyper::body::Body for Watched<F> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -174,10 +186,15 @@ impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Watched<F> {
             }
             Poll::Ready(None) => {
                 if let Some(done) = this.done.take() {
-                    done(this.bytes, true);
+                    done(this.bytes, End::Complete);
                 }
             }
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                if let Some(done) = this.done.take() {
+                    done(this.bytes, End::Failed(e.to_string()));
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -191,11 +208,166 @@ impl<F: FnOnce(u64, bool) + Unpin> hyper::body::Body for Watched<F> {
     }
 }
 
-impl<F: FnOnce(u64, bool)> Drop for Watched<F> {
+impl<F: FnOnce(u64, End)> Drop for Watched<F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done(self.bytes, self.inner.is_end_stream());
+            let end = match self.inner.is_end_stream() {
+                true => End::Complete,
+                false => End::ClientGone,
+            };
+            done(self.bytes, end);
         }
+    }
+}
+
+/// A body that fails at once with `error`: the end of a body that was cut, so the client
+/// sees a broken answer, never a complete-looking short one.
+pub fn failed(error: impl Into<BoxError>) -> Body {
+    Failing(Some(error.into())).boxed_unsync()
+}
+
+struct Failing(Option<BoxError>);
+
+impl hyper::body::Body for Failing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(Err))
+    }
+}
+
+/// The first bytes of a body, and how it goes on.
+pub struct Prefix {
+    pub bytes: Bytes,
+    pub rest: Tail,
+}
+
+/// What follows a [`Prefix`].
+pub enum Tail {
+    /// Nothing: the prefix is the whole body.
+    End,
+    /// The rest, unread.
+    More(Body),
+    /// The body failed or stalled after the prefix.
+    Failed(BoxError),
+}
+
+impl Prefix {
+    /// The whole body again: the prefix, then the rest (or the failure).
+    pub fn into_body(self) -> Body {
+        match self.rest {
+            Tail::End => full(self.bytes),
+            Tail::More(rest) => chain(self.bytes, rest),
+            Tail::Failed(e) => chain(self.bytes, failed(e)),
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of `body` before `deadline`, keeping whatever was read
+/// when it fails or stalls.
+pub async fn read_prefix(mut body: Body, limit: usize, deadline: tokio::time::Instant) -> Prefix {
+    let mut buf = BytesMut::new();
+    let mut first = Bytes::new();
+    loop {
+        if body.is_end_stream() {
+            return prefix(first, buf, Tail::End);
+        }
+        let next = crate::deadline::timeout_at(deadline, body.frame()).await;
+        let frame = match next {
+            Err(_) => {
+                let stalled = "the upstream's answer stalled (PROXY_TIMEOUT)";
+                return prefix(first, buf, Tail::Failed(stalled.into()));
+            }
+            Ok(None) => return prefix(first, buf, Tail::End),
+            Ok(Some(Err(e))) => return prefix(first, buf, Tail::Failed(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if first.is_empty() && buf.is_empty() {
+            first = data;
+        } else {
+            if buf.is_empty() {
+                buf.extend_from_slice(&first);
+            }
+            buf.extend_from_slice(&data);
+        }
+        if first.len().max(buf.len()) > limit {
+            return prefix(first, buf, Tail::More(body));
+        }
+    }
+}
+
+fn prefix(first: Bytes, buf: BytesMut, rest: Tail) -> Prefix {
+    let bytes = if buf.is_empty() { first } else { buf.freeze() };
+    Prefix { bytes, rest }
+}
+
+/// Fails `inner` when no frame comes for `idle` (checked lazily: a timer is set when the
+/// body first waits, and re-armed only when it fires after progress, so the cut comes
+/// between `idle` and twice `idle` after the last frame, and a body that never waits
+/// costs no timer at all).
+pub fn idle_timeout(inner: Body, idle: std::time::Duration) -> Body {
+    Idle {
+        inner,
+        idle,
+        timer: None,
+        progressed: false,
+    }
+    .boxed_unsync()
+}
+
+struct Idle {
+    inner: Body,
+    idle: std::time::Duration,
+    timer: Option<crate::deadline::Sleep>,
+    progressed: bool,
+}
+
+impl hyper::body::Body for Idle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.progressed = true;
+            return Poll::Ready(frame);
+        }
+        loop {
+            let idle = this.idle;
+            let timer = this.timer.get_or_insert_with(|| {
+                crate::deadline::sleep_until(std::time::Instant::now() + idle)
+            });
+            if Pin::new(timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if !std::mem::take(&mut this.progressed) {
+                this.timer = None;
+                let secs = idle.as_secs_f64();
+                return Poll::Ready(Some(Err(format!(
+                    "the upstream sent nothing for {secs} s (idle timeout)"
+                )
+                .into())));
+            }
+            this.timer = None;
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

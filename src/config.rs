@@ -142,8 +142,17 @@ pub struct Config {
     pub metrics_token: Option<Secret>,
     /// How often per-key statistics are written to the database.
     pub stats_flush_interval: Duration,
-    /// Phrases in an LLM error body that mark the key invalid (`INVALID_KEY_PHRASES`).
+    /// LLM error codes that mark the key invalid (`INVALID_KEY_PHRASES`).
     pub invalid_key_phrases: Vec<String>,
+    /// How long an upstream answer's body may go without a byte (zero: never cut).
+    pub upstream_idle_timeout: Duration,
+    /// How long reading the part of a request body that is buffered (and an admin body)
+    /// may take.
+    pub body_read_timeout: Duration,
+    /// Client connections open at most; beyond, new ones get a 503 and are closed.
+    pub max_connections: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
+    pub trusted_proxies: crate::net::TrustedProxies,
     /// Non-fatal problems found while parsing, to be logged loudly at start.
     pub warnings: Vec<String>,
 }
@@ -228,6 +237,19 @@ impl Vars<'_> {
             ));
         }
         Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// Seconds where 0 means "never".
+    fn seconds_or_zero(
+        &self,
+        name: &'static str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match self.get(name).map(|v| v.trim().to_string()) {
+            Some(v) if v == "0" => Ok(Duration::ZERO),
+            Some(_) => self.seconds(name, 1),
+            None => Ok(default),
+        }
     }
 
     fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
@@ -322,6 +344,7 @@ impl Config {
             })?,
         };
 
+        let proxy_timeout = vars.seconds("PROXY_TIMEOUT", 300)?;
         Ok(Config {
             admin_username: vars.get("ADMIN_USERNAME").unwrap_or_else(|| "admin".into()),
             admin_password: Secret::new(admin_password),
@@ -342,7 +365,7 @@ impl Config {
             log_level,
             store: StoreConfig::from_source(get)?,
             cache: cache_config(&vars)?,
-            proxy_timeout: vars.seconds("PROXY_TIMEOUT", 300)?,
+            proxy_timeout,
             connect_timeout: vars.seconds("CONNECT_TIMEOUT", 10)?,
             upstream_ca_file: vars
                 .get("UPSTREAM_CA_FILE")
@@ -362,6 +385,21 @@ impl Config {
                     .iter()
                     .map(|p| p.to_string())
                     .collect(),
+            },
+            upstream_idle_timeout: vars.seconds_or_zero("UPSTREAM_IDLE_TIMEOUT", proxy_timeout)?,
+            body_read_timeout: vars.seconds("BODY_READ_TIMEOUT", 30)?,
+            max_connections: match vars.parse(
+                "MAX_CONNECTIONS",
+                0usize,
+                "a number of connections",
+            )? {
+                0 => crate::net::default_max_connections(),
+                n => n,
+            },
+            trusted_proxies: match vars.get("TRUSTED_PROXIES") {
+                Some(list) => crate::net::TrustedProxies::parse(&list)
+                    .map_err(|m| err("TRUSTED_PROXIES", m))?,
+                None => crate::net::TrustedProxies::default(),
             },
             warnings,
         })

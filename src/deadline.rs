@@ -221,24 +221,47 @@ pub fn set_for_this_thread(deadlines: Option<Arc<Deadlines>>) {
     SHARD.with(|shard| *shard.borrow_mut() = deadlines);
 }
 
+/// A future that resolves at an instant: on a shard, a slot in its deadline table;
+/// elsewhere, a tokio timer.
+pub struct Sleep(Limit);
+
+/// Resolves at `at`.
+pub fn sleep_until(at: Instant) -> Sleep {
+    Sleep(
+        match SHARD.with(|shard| shard.borrow().as_ref().map(|d| d.until(at))) {
+            Some(deadline) => Limit::Shard(deadline),
+            None => Limit::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
+        },
+    )
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Limit::Shard(deadline) => Pin::new(deadline).poll(cx),
+            Limit::Tokio(sleep) => sleep.as_mut().poll(cx),
+        }
+    }
+}
+
 /// The deadline passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
 
 /// Runs `fut` until `at`: its output, or [`Elapsed`] when the deadline came first.
 pub fn timeout_at<F: Future + Unpin>(at: tokio::time::Instant, fut: F) -> Timeout<F> {
-    let at = at.into_std();
-    let limit = match SHARD.with(|shard| shard.borrow().as_ref().map(|d| d.until(at))) {
-        Some(deadline) => Limit::Shard(deadline),
-        None => Limit::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
-    };
-    Timeout { fut, limit }
+    Timeout {
+        fut,
+        limit: sleep_until(at.into_std()),
+    }
 }
 
 /// See [`timeout_at`].
 pub struct Timeout<F> {
     fut: F,
-    limit: Limit,
+    limit: Sleep,
 }
 
 enum Limit {
@@ -253,11 +276,7 @@ impl<F: Future + Unpin> Future for Timeout<F> {
         if let Poll::Ready(out) = Pin::new(&mut self.fut).poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        let passed = match &mut self.limit {
-            Limit::Shard(deadline) => Pin::new(deadline).poll(cx),
-            Limit::Tokio(sleep) => sleep.as_mut().poll(cx),
-        };
-        passed.map(|()| Err(Elapsed))
+        Pin::new(&mut self.limit).poll(cx).map(|()| Err(Elapsed))
     }
 }
 
@@ -384,7 +403,7 @@ mod tests {
         let soon = tokio::time::Instant::now() + ms(30);
         let slow = std::pin::pin!(tokio::time::sleep(Duration::from_secs(3600)));
         let t = timeout_at(soon, slow);
-        assert!(matches!(t.limit, Limit::Tokio(_)));
+        assert!(matches!(t.limit.0, Limit::Tokio(_)));
         assert_eq!(t.await, Err(Elapsed));
     }
 

@@ -38,6 +38,7 @@ pub mod keys;
 pub mod log;
 pub mod metrics;
 pub mod migrate;
+pub mod net;
 pub mod proxy;
 pub mod router;
 pub mod server;

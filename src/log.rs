@@ -140,9 +140,11 @@ pub fn write_with(level: Level, message: impl FnOnce(&mut Vec<u8>)) {
     let mut compose = |line: &mut Vec<u8>| {
         line.clear();
         stamp(line, level);
+        let start = line.len();
         if let Some(message) = message.take() {
             message(line);
         }
+        escape_from(line, start);
         line.push(b'\n');
         sink.push(line);
     };
@@ -158,6 +160,57 @@ pub fn write_with(level: Level, message: impl FnOnce(&mut Vec<u8>)) {
     if reused != Ok(true) {
         compose(&mut Vec::new());
     }
+}
+
+/// Escapes what could end a line or fake one in `line[start..]`, whatever field it came
+/// from (a client's path, an upstream's error text): control characters (C0, DEL, C1
+/// such as U+0085) and the line and paragraph separators U+2028 and U+2029, as `\xNN`
+/// or `\u{NNNN}`; bytes that are not UTF-8 as `\xNN`. Lines of plain printable ASCII, the
+/// usual case, are only looked at.
+pub fn escape_from(line: &mut Vec<u8>, start: usize) {
+    if line[start..].iter().all(|b| (0x20..0x7f).contains(b)) {
+        return;
+    }
+    let tail = line.split_off(start);
+    let mut rest = &tail[..];
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(s) => (s, &[][..]),
+            Err(e) => {
+                let (ok, after) = rest.split_at(e.valid_up_to());
+                let n = e.error_len().unwrap_or(after.len());
+                // SAFETY-free: `ok` was just checked to be UTF-8.
+                (std::str::from_utf8(ok).unwrap_or(""), &after[..n])
+            }
+        };
+        for c in valid.chars() {
+            match c {
+                '\u{0}'..='\u{1f}' | '\u{7f}' => push_hex_byte(line, c as u8),
+                '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => {
+                    use std::io::Write as _;
+                    let _ = write!(line, "\\u{{{:x}}}", c as u32);
+                }
+                c => {
+                    let mut buf = [0u8; 4];
+                    line.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        for &b in bad {
+            push_hex_byte(line, b);
+        }
+        rest = &rest[valid.len() + bad.len()..];
+    }
+}
+
+fn push_hex_byte(line: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    line.extend_from_slice(&[
+        b'\\',
+        b'x',
+        HEX[usize::from(b >> 4)],
+        HEX[usize::from(b & 15)],
+    ]);
 }
 
 /// The time (UTC, milliseconds) and the level.
@@ -306,6 +359,29 @@ mod tests {
         assert_eq!(out.len(), held, "whole lines only");
         sink.push(b"after\n");
         assert_eq!(*lock(&sink.pending), b"after\n", "room again once written");
+    }
+
+    #[test]
+    fn nothing_logged_can_start_a_new_line() {
+        let escaped = |text: &[u8]| {
+            let mut line = b"KEEP ".to_vec();
+            line.extend_from_slice(text);
+            escape_from(&mut line, 5);
+            String::from_utf8(line).unwrap()
+        };
+        assert_eq!(escaped(b"GET /plain/path"), "KEEP GET /plain/path");
+        assert_eq!(
+            escaped("/x\u{85}2026 WARN\u{2028}fake\u{2029}".as_bytes()),
+            "KEEP /x\\u{85}2026 WARN\\u{2028}fake\\u{2029}"
+        );
+        assert_eq!(escaped(b"a\r\nb\tc\x7f"), "KEEP a\\x0d\\x0ab\\x09c\\x7f");
+        assert_eq!(escaped(b"bad \xff\xfe utf8"), "KEEP bad \\xff\\xfe utf8");
+        assert_eq!(
+            escaped("caf\u{e9} \u{4e2d}\u{6587}".as_bytes()),
+            "KEEP caf\u{e9} \u{4e2d}\u{6587}"
+        );
+        let out = escaped("\u{85}\u{2028}\r\n".as_bytes());
+        assert!(!out.contains(['\n', '\r', '\u{85}', '\u{2028}']), "{out}");
     }
 
     #[test]

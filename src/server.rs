@@ -19,8 +19,8 @@ use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
@@ -63,9 +63,14 @@ impl OpenConnections {
     }
 
     /// The shard that should serve a connection `me` accepted: the one with the fewest
-    /// open connections, `me` on a tie. Counted as open there.
-    fn assign(&self, me: usize) -> usize {
+    /// open connections, `me` on a tie. Counted as open there. `None` when `cap`
+    /// connections are open already.
+    fn assign(&self, me: usize, cap: usize) -> Option<usize> {
         let mut counts = self.counts();
+        let open: usize = counts.iter().filter(|n| **n < GONE).sum();
+        if open >= cap {
+            return None;
+        }
         let mut best = me;
         for (i, n) in counts.iter().enumerate() {
             if *n < counts[best] {
@@ -73,7 +78,7 @@ impl OpenConnections {
             }
         }
         counts[best] += 1;
-        best
+        Some(best)
     }
 
     fn closed(&self, shard: usize) {
@@ -201,7 +206,11 @@ impl Shard {
     /// Where a connection this shard accepted is served: `Some` here, `None` when it
     /// was handed to another shard (or dropped because that shard has stopped).
     fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr, Open)> {
-        let to = self.shards.open().assign(self.index);
+        let cap = self.shards.state.config.max_connections;
+        let Some(to) = self.shards.open().assign(self.index, cap) else {
+            refuse(stream, cap);
+            return None;
+        };
         if to == self.index {
             return Some((stream, peer, Open(self.shards.clone(), to)));
         }
@@ -233,6 +242,29 @@ impl Shard {
     }
 }
 
+/// The answer to a connection over the cap, written without waiting (the socket's
+/// buffer takes it), before the connection is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+    content-length: 71\r\nretry-after: 1\r\nconnection: close\r\nx-rotator-error: 1\r\n\r\n\
+    {\"detail\":\"too many open connections (MAX_CONNECTIONS); retry shortly\"}";
+
+/// Answers 503 and closes a connection over the cap; says so in the log at most once a
+/// minute.
+fn refuse(stream: TcpStream, cap: usize) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let _ = stream.try_write(TOO_MANY);
+    if once_a_minute(&LAST) {
+        crate::warn!("{cap} connections open (MAX_CONNECTIONS): new ones get 503");
+    }
+}
+
+/// Whether a warning last logged at `last` (Unix seconds) may be logged again now.
+fn once_a_minute(last: &AtomicU64) -> bool {
+    let now = crate::timefmt::now_secs();
+    let then = last.load(SeqCst);
+    now >= then + 60 && last.compare_exchange(then, now, SeqCst, SeqCst).is_ok()
+}
+
 /// Serves `shard`'s connections (accepted from `listener` or handed over) until
 /// `shutdown` resolves, then drains for at most the configured grace period and closes
 /// what is left.
@@ -252,8 +284,10 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
                     None => continue,
                 },
                 Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    crate::warn!("accept failed: {e}");
+                    // Usually EMFILE: back off instead of spinning; the connections
+                    // already open are served meanwhile, and new ones once descriptors
+                    // are free again.
+                    accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -298,6 +332,15 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
     connections.abort_all();
     while connections.join_next().await.is_some() {}
     deadline::set_for_this_thread(None);
+}
+
+/// Logs a failed `accept` at most once a minute (it repeats every 50 ms while
+/// descriptors run short).
+fn accept_failed(e: &std::io::Error) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    if once_a_minute(&LAST) {
+        crate::warn!("accept failed: {e} (new connections wait; open ones are served)");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -92,6 +92,9 @@ pub struct ServiceSpec {
     pub placement: Placement,
     pub retry: RetryPolicy,
     pub probe_path: Option<String>,
+    /// How long an answer's body may go without a byte (zero: never cut); `None` for
+    /// the configured default.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// A field that is wrong, and why.
@@ -205,7 +208,22 @@ pub fn spec(f: &ServiceFields) -> Result<ServiceSpec, FieldError> {
         placement: placement(kind, f)?,
         retry: retry(kind, f)?,
         probe_path: non_empty(&f.probe_path).map(|p| p.trim_start_matches('/').to_string()),
+        idle_timeout: idle_timeout(f.idle_timeout)?,
     })
+}
+
+/// Most seconds an `idle_timeout` may be (a day).
+pub const MAX_IDLE_TIMEOUT: i64 = 86_400;
+
+fn idle_timeout(secs: Option<i64>) -> Result<Option<std::time::Duration>, FieldError> {
+    match secs {
+        None => Ok(None),
+        Some(s @ 0..=MAX_IDLE_TIMEOUT) => Ok(Some(std::time::Duration::from_secs(s as u64))),
+        Some(_) => Err(field_err(
+            "idle_timeout",
+            format!("idle_timeout must be 0 (never) to {MAX_IDLE_TIMEOUT} seconds"),
+        )),
+    }
 }
 
 fn methods(m: Option<&str>) -> Result<Option<Vec<Method>>, FieldError> {
@@ -255,6 +273,18 @@ fn placement(kind: Kind, f: &ServiceFields) -> Result<Placement, FieldError> {
             ));
         }
     }
+    let in_header = match kind {
+        Kind::Generic => location.as_deref() == Some("header") && name.is_some(),
+        Kind::Llm(_) => location.as_deref() != Some("query"),
+    };
+    if let Some(n) = name.filter(|n| in_header && framing_or_routing(n)) {
+        return Err(field_err(
+            "api_key_name",
+            format!(
+                "api_key_name '{n}' is a framing, routing or hop-by-hop header; the key cannot go there"
+            ),
+        ));
+    }
     match kind {
         // The original injects for a generic service only when both are set.
         Kind::Generic => Ok(match (location.as_deref(), name) {
@@ -283,6 +313,28 @@ fn placement(kind: Kind, f: &ServiceFields) -> Result<Placement, FieldError> {
             })
         }
     }
+}
+
+/// Headers the proxy or the connection owns: a key written there would break the
+/// request's framing, its routing, or what the upstream learns about the client.
+fn framing_or_routing(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-proxy-key"
+    ) || n.starts_with("proxy-")
+        || n.starts_with("x-forwarded-")
 }
 
 fn retry(kind: Kind, f: &ServiceFields) -> Result<RetryPolicy, FieldError> {
@@ -466,6 +518,53 @@ mod tests {
             }),
             "api_key_name"
         );
+    }
+
+    #[test]
+    fn the_key_cannot_go_in_a_framing_or_routing_header() {
+        for name in [
+            "Host",
+            "Content-Length",
+            "transfer-encoding",
+            "Connection",
+            "TE",
+            "Upgrade",
+            "Keep-Alive",
+            "Trailer",
+            "Proxy-Authorization",
+            "proxy-connection",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "Forwarded",
+        ] {
+            let header = ServiceFields {
+                api_key_location: Some("header".into()),
+                api_key_name: Some(name.into()),
+                ..generic("http://x")
+            };
+            let err = spec(&header).unwrap_err();
+            assert_eq!(err.field, "api_key_name", "{name}");
+            assert!(err.message.contains("framing"), "{}", err.message);
+            let llm_header = ServiceFields {
+                api_key_name: Some(name.into()),
+                ..llm("openai_compatible")
+            };
+            assert!(spec(&llm_header).is_err(), "LLM {name}");
+            // As a query parameter, any name is a name.
+            let query = ServiceFields {
+                api_key_location: Some("query".into()),
+                ..header
+            };
+            assert!(spec(&query).is_ok(), "query {name}");
+        }
+        for fine in ["X-Api-Key", "Authorization", "api-key", "x-goog-api-key"] {
+            let f = ServiceFields {
+                api_key_location: Some("header".into()),
+                api_key_name: Some(fine.into()),
+                ..generic("http://x")
+            };
+            assert!(spec(&f).is_ok(), "{fine}");
+        }
     }
 
     #[test]

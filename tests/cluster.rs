@@ -227,8 +227,13 @@ async fn key_health_taken_on_one_instance_is_honoured_by_the_other() {
     let db = TestDb::new();
     let up = picky_upstream().await;
     let (a, b) = pair(&db, &shared_redis_url(13), "warn");
+    // With a probe path, A's probe confirms the 401 and marks the key invalid.
     let id = a
-        .generic_service("picky", &up.url(""), json!({"max_retries": 0}))
+        .generic_service(
+            "picky",
+            &up.url(""),
+            json!({"max_retries": 0, "probe_path": "/probe"}),
+        )
         .await;
     a.add_keys(id, &["k-ok", "k-limited", "k-dead"]).await;
     served_within_a_second(&b, "picky").await;

@@ -100,13 +100,17 @@ async fn all_keys_down_answers_the_last_upstream_response_then_503_with_retry_af
         ("2", "60")
     );
     assert!(h.get("x-rotator-error").is_none());
+    // One request changes one key's state: key-b answered 429 too, but it was the
+    // second key of that request, so it is still in rotation, and cools down now.
+    let (status, h, _) = call(Method::GET, &s.url("/proxy/svc/x"), &[KEY_HEADER], "").await;
+    assert_eq!((status.as_u16(), h.get("x-rotator-attempts")), (429, None));
     let (status, h, body) = call(Method::GET, &s.url("/proxy/svc/x"), &[KEY_HEADER], "").await;
     assert_eq!(status, 503);
     assert_eq!(h["x-rotator-error"], "1");
     let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((29..=30).contains(&retry), "the soonest recovery: {retry}");
     assert!(String::from_utf8_lossy(&body).contains("cooling down"));
-    assert_eq!(up.count(), 2);
+    assert_eq!(up.count(), 3);
 }
 
 #[tokio::test]
@@ -146,7 +150,7 @@ async fn without_retry_after_the_cooldown_escalates_and_a_success_resets_it() {
 }
 
 #[tokio::test]
-async fn a_401_marks_the_key_invalid_and_it_stays_so_after_a_restart() {
+async fn a_401_confirmed_by_the_probe_path_marks_the_key_invalid_and_it_stays_so_after_a_restart() {
     let up = upstream(|r| {
         if key_of(r) == "dead" {
             reply(401, &[], "bad key")
@@ -157,14 +161,38 @@ async fn a_401_marks_the_key_invalid_and_it_stays_so_after_a_restart() {
     .await;
     let mut s = start(&[]).await;
     let id = s
-        .generic_service("svc", &up.url(""), &["dead", "alive"])
+        .create_service(json!({
+            "name": "svc", "slug": "svc", "config_type": "GENERIC", "method": "ANY",
+            "target_url": up.url(""), "api_key_location": "header", "api_key_name": "X-Api-Key",
+            "probe_path": "/whoami",
+        }))
         .await;
+    s.add_keys(id, &["dead", "alive"]).await;
     let (status, _, _) = call(Method::GET, &s.url("/proxy/svc/x"), &[KEY_HEADER], "").await;
     assert_eq!(status, 200);
-    let dead = s.key(id, "dead").await;
-    assert_eq!(dead["status"], "invalid");
-    assert_eq!(dead["invalid_reason"], "upstream answered 401 Unauthorized");
+    // The client's 401 cools the key down; the probe on /whoami confirms it is dead.
+    let mut dead = s.key(id, "dead").await;
+    for _ in 0..50 {
+        if dead["status"] == "invalid" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        dead = s.key(id, "dead").await;
+    }
+    assert_eq!(dead["status"], "invalid", "{dead}");
+    assert_eq!(
+        dead["invalid_reason"],
+        "upstream answered 401 Unauthorized (to the probe path too)"
+    );
     assert!(dead["invalid_at"].is_string());
+    assert!(
+        up.requests()
+            .iter()
+            .any(|r| r.uri.path() == "/whoami" && key_of(r) == "dead"),
+        "the probe went to the probe path"
+    );
+    // Persisted off the request path: give the write a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let dir = s.dir.clone();
     s.stop().await;
     let s = start_in(dir, &[]).await;
@@ -172,10 +200,13 @@ async fn a_401_marks_the_key_invalid_and_it_stays_so_after_a_restart() {
     for _ in 0..4 {
         call(Method::GET, &s.url("/proxy/svc/x"), &[KEY_HEADER], "").await;
     }
-    assert_eq!(
-        up.requests().iter().filter(|r| key_of(r) == "dead").count(),
-        1
-    );
+    let proxied_to_dead = || {
+        up.requests()
+            .iter()
+            .filter(|r| key_of(r) == "dead" && r.uri.path() != "/whoami")
+            .count()
+    };
+    assert_eq!(proxied_to_dead(), 1);
     // The admin can reset it.
     let (status, _, v) = s
         .admin(
@@ -195,10 +226,7 @@ async fn a_401_marks_the_key_invalid_and_it_stays_so_after_a_restart() {
     for _ in 0..2 {
         call(Method::GET, &s.url("/proxy/svc/x"), &[KEY_HEADER], "").await;
     }
-    assert_eq!(
-        up.requests().iter().filter(|r| key_of(r) == "dead").count(),
-        2
-    );
+    assert_eq!(proxied_to_dead(), 2);
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Reading admin JSON bodies: size-limited (413, chunked bodies included), parsed (400
 //! for malformed JSON), and fields read with messages that name them.
 
+use std::time::Duration;
+
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
@@ -11,20 +13,42 @@ use crate::error::ApiError;
 pub struct JsonBody(Map<String, Value>);
 
 impl JsonBody {
-    /// Reads and parses a body that must be a JSON object.
-    pub async fn read(body: Incoming) -> Result<JsonBody, ApiError> {
-        let bytes = read_limited(body, super::MAX_BODY)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => ApiError::admin(
-                    http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than 1 MiB",
-                ),
-                ReadError::Io(e) => ApiError::admin(
-                    http::StatusCode::BAD_REQUEST,
-                    format!("request body could not be read: {e}"),
-                ),
-            })?;
+    /// Reads and parses a body that must be a JSON object, of at most 1 MiB, arriving
+    /// within `timeout`.
+    pub async fn read(body: Incoming, timeout: Duration) -> Result<JsonBody, ApiError> {
+        JsonBody::read_at_most(body, super::MAX_BODY, timeout).await
+    }
+
+    /// [`JsonBody::read`] with another size limit.
+    pub async fn read_at_most(
+        body: Incoming,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<JsonBody, ApiError> {
+        let at = tokio::time::Instant::now() + timeout;
+        let read = std::pin::pin!(read_limited(body, limit));
+        let bytes = match crate::deadline::timeout_at(at, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                return Err(ApiError::admin(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+        let bytes = bytes.map_err(|e| match e {
+            ReadError::TooLarge => ApiError::admin(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body is larger than {} KiB", limit / 1024),
+            ),
+            ReadError::Io(e) => ApiError::admin(
+                http::StatusCode::BAD_REQUEST,
+                format!("request body could not be read: {e}"),
+            ),
+        })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::admin(
                 http::StatusCode::BAD_REQUEST,

@@ -12,23 +12,12 @@ use crate::app::AppState;
 use crate::body::Body;
 use crate::error::{ApiError, json_response};
 use crate::keys::KeyState;
+use crate::keys::mask;
 use crate::store::{KeyRecord, MAX_KEY_LEN, StoreError};
 use crate::timefmt::{now_ms, rfc3339};
 
 const SERVICE_NOT_FOUND: &str = "Config not found";
 const KEY_NOT_FOUND: &str = "API key not found";
-
-/// Masks a key: at most the first 3 and last 4 characters, never more than half of it.
-pub fn mask(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    let n = chars.len();
-    let head = 3.min(n / 4);
-    let tail = 4.min(n / 4);
-    let mut out: String = chars[..head].iter().collect();
-    out.push_str("****");
-    out.extend(&chars[n - tail..]);
-    out
-}
 
 fn ms_to_rfc3339(ms: Option<i64>) -> Value {
     ms.and_then(|m| u64::try_from(m).ok())
@@ -119,7 +108,7 @@ pub async fn add(
     service_id: i64,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let json = JsonBody::read(body).await?;
+    let json = JsonBody::read(body, state.config.body_read_timeout).await?;
     let value = json
         .opt_str("key_value")?
         .unwrap_or_default()
@@ -149,7 +138,7 @@ pub async fn batch(
     service_id: i64,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let json = JsonBody::read(body).await?;
+    let json = JsonBody::read(body, state.config.body_read_timeout).await?;
     let Some(Value::Array(entries)) = json.value("keys") else {
         return Err(ApiError::invalid(
             "keys",
@@ -220,7 +209,9 @@ pub async fn set_active(
     key_id: i64,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let active = JsonBody::read(body).await?.req_bool("is_active")?;
+    let active = JsonBody::read(body, state.config.body_read_timeout)
+        .await?
+        .req_bool("is_active")?;
     state
         .store
         .set_key_active(key_id, active)
@@ -291,23 +282,4 @@ pub async fn test(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiEr
     })?;
     let result = crate::proxy::probe::probe_key(state, &service, &spec, &key).await;
     Ok(json_response(StatusCode::OK, &result))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask;
-
-    #[test]
-    fn masking_never_shows_more_than_half() {
-        assert_eq!(mask("sk-abcdefghijklmnopqrstuvwxyz"), "sk-****wxyz");
-        assert_eq!(mask("abcdefgh"), "ab****gh");
-        assert_eq!(mask("abc"), "****");
-        assert_eq!(mask(""), "****");
-        for n in 0..40 {
-            let k: String = "x".repeat(n);
-            let shown = mask(&k).replace("****", "").len();
-            assert!(shown * 2 <= n, "{n}: {shown}");
-            assert!(shown <= 7);
-        }
-    }
 }

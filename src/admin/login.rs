@@ -1,6 +1,6 @@
 //! `POST /admin/login` and `GET /admin/app-config`.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,23 +14,27 @@ use crate::timefmt::{now_ms, now_secs};
 
 /// Checks the admin credentials (constant time, throttled per client address) and issues
 /// a token.
+/// Largest login body (a user name and a password).
+const MAX_LOGIN_BODY: usize = 16 * 1024;
+
 pub async fn login(
     state: &AppState,
-    peer: SocketAddr,
+    ip: IpAddr,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let ip = peer.ip();
-    if let Err(secs) = state.login_throttle.check(ip, now_ms()) {
-        return Err(too_many(secs));
-    }
-    let json = JsonBody::read(body).await?;
+    // Counted before the body is read: parallel attempts are not free.
+    let block = state
+        .login_throttle
+        .attempt(ip, now_ms())
+        .map_err(too_many)?;
+    let json = JsonBody::read_at_most(body, MAX_LOGIN_BODY, state.config.body_read_timeout).await?;
     let username = json.req_str("username")?;
     let password = json.req_str("password")?;
     // Both are always compared, so timing says nothing about which one was wrong.
     let user_ok = secrets_equal(&username, &state.config.admin_username);
     let pass_ok = secrets_equal(&password, state.config.admin_password.expose());
     if !(user_ok & pass_ok) {
-        if let Some(secs) = state.login_throttle.failed(ip, now_ms()) {
+        if let Some(secs) = block {
             crate::warn!("failed admin logins from {ip}: blocked for {secs} s");
         }
         return Err(ApiError::admin(StatusCode::UNAUTHORIZED, "Invalid credentials").for_login());

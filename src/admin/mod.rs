@@ -7,7 +7,7 @@ mod keys;
 mod login;
 mod services;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
@@ -96,7 +96,7 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
 /// Handles `/admin/*`.
 pub async fn handle(
     state: &Arc<AppState>,
-    peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let Route::Admin(route) = router::route(req.uri().path()) else {
@@ -113,7 +113,7 @@ pub async fn handle(
     let method = req.method().clone();
     let body = req.into_body();
     match (op, method) {
-        (Op::Login, Method::POST) => login::login(state, peer, body).await,
+        (Op::Login, Method::POST) => login::login(state, client, body).await,
         (Op::Login, _) => Err(method_not_allowed("POST")),
         (Op::AppConfig, Method::GET) => Ok(login::app_config(state)),
         (Op::AppConfig, _) => Err(method_not_allowed("GET")),

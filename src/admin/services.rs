@@ -45,6 +45,7 @@ pub fn view(rec: &ServiceRecord) -> Value {
         .max_retries
         .unwrap_or(i64::from(service::DEFAULT_MAX_RETRIES));
     o.insert("max_retries".into(), max_retries.into());
+    o.insert("idle_timeout".into(), f.idle_timeout.into());
     o.insert("key_count".into(), rec.key_count.into());
     o.insert("active_key_count".into(), rec.active_key_count.into());
     Value::Object(o)
@@ -73,6 +74,7 @@ fn fields(json: &JsonBody, current_active: bool) -> Result<ServiceFields, ApiErr
         max_retries: json.opt_i64("max_retries")?,
         retry_on: clean(json.opt_str("retry_on")?),
         probe_path: clean(json.opt_str("probe_path")?),
+        idle_timeout: json.opt_i64("idle_timeout")?,
     };
     if let Some(of) = f.output_format.as_deref().filter(|o| *o != "none") {
         return Err(ApiError::invalid(
@@ -122,7 +124,10 @@ pub async fn get(state: &AppState, id: i64) -> Result<Response<Body>, ApiError> 
 }
 
 pub async fn create(state: &AppState, body: Incoming) -> Result<Response<Body>, ApiError> {
-    let f = fields(&JsonBody::read(body).await?, true)?;
+    let f = fields(
+        &JsonBody::read(body, state.config.body_read_timeout).await?,
+        true,
+    )?;
     let rec = state
         .store
         .create_service(f)
@@ -134,7 +139,7 @@ pub async fn create(state: &AppState, body: Incoming) -> Result<Response<Body>, 
 }
 
 pub async fn update(state: &AppState, id: i64, body: Incoming) -> Result<Response<Body>, ApiError> {
-    let json = JsonBody::read(body).await?;
+    let json = JsonBody::read(body, state.config.body_read_timeout).await?;
     let current = state
         .store
         .get_service(id)
@@ -156,7 +161,9 @@ pub async fn set_status(
     id: i64,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let active = JsonBody::read(body).await?.req_bool("is_active")?;
+    let active = JsonBody::read(body, state.config.body_read_timeout)
+        .await?
+        .req_bool("is_active")?;
     state
         .store
         .set_service_active(id, active)

@@ -209,6 +209,19 @@ impl KeyPool {
     }
 }
 
+/// A key as the admin page and the logs show it: at most three characters at the start
+/// and four at the end, never more than half of it.
+pub fn mask(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let n = chars.len();
+    let head = 3.min(n / 4);
+    let tail = 4.min(n / 4);
+    let mut out: String = chars[..head].iter().collect();
+    out.push_str("****");
+    out.extend(&chars[n - tail..]);
+    out
+}
+
 /// The per-key runtimes and per-service rotation cursors, kept across snapshots.
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
@@ -271,6 +284,20 @@ mod tests {
         match p.pick(ticket, tried, now) {
             Pick::Key(_, k) => Some(k.id),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn masking_never_shows_more_than_half() {
+        assert_eq!(mask("sk-abcdefghijklmnopqrstuvwxyz"), "sk-****wxyz");
+        assert_eq!(mask("abcdefgh"), "ab****gh");
+        assert_eq!(mask("abc"), "****");
+        assert_eq!(mask(""), "****");
+        for n in 0..40 {
+            let k: String = "x".repeat(n);
+            let shown = mask(&k).replace("****", "").len();
+            assert!(shown * 2 <= n, "{n}: {shown}");
+            assert!(shown <= 7);
         }
     }
 

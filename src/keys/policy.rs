@@ -12,13 +12,16 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// Cap of the escalating default cooldown.
 const MAX_DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
 
-/// Body phrases that mean "this key is dead" for LLM providers, checked in error bodies.
+/// Error codes that mean "this key is dead" for LLM providers. They are looked for only
+/// in the provider's error-code fields (`error.code`, `error.type`, `error.status`,
+/// `error.details[].reason`), never in free text such as `error.message`, which may quote
+/// what the client sent.
 pub const DEFAULT_INVALID_PHRASES: &[&str] = &[
     "insufficient_quota",
     "invalid_api_key",
     "API_KEY_INVALID",
     "billing_not_active",
-    "credit balance is too low",
+    "billing_error",
     "account_deactivated",
 ];
 
@@ -27,12 +30,18 @@ pub const DEFAULT_INVALID_PHRASES: &[&str] = &[
 pub enum Verdict {
     /// 1xx–3xx: the key works.
     Success,
-    /// The client's own fault (400, 404, 413, 422…): says nothing about the key.
+    /// The client's own fault (400, 404, 413, 422, an LLM provider's 403…): says nothing
+    /// about the key.
     ClientFault,
     /// 429: cool the key down, for the time the provider asked when it said.
     RateLimited(Option<Duration>),
-    /// 401, 402, 403, or a dead-key phrase: take the key out until an admin resets it.
+    /// An LLM provider's 401 or 402, or a dead-key code: take the key out until an admin
+    /// resets it.
     Invalid(String),
+    /// A generic service's 401, 402 or 403: the key may be bad, or the client asked for
+    /// something the upstream denies it. The key cools down until a probe on the
+    /// service's probe path says which.
+    Suspect(String),
     /// 5xx: counted as a failure, no state change.
     ServerError,
 }
@@ -42,35 +51,222 @@ impl Verdict {
     pub fn is_success(&self) -> bool {
         matches!(self, Verdict::Success | Verdict::ClientFault)
     }
+
+    /// Whether the verdict changes the key's state (cooldown or invalid mark).
+    pub fn changes_state(&self) -> bool {
+        matches!(
+            self,
+            Verdict::RateLimited(_) | Verdict::Invalid(_) | Verdict::Suspect(_)
+        )
+    }
 }
 
-/// Classifies an answer. `body` is the (beginning of the) error body when it was read.
+/// Classifies an answer. `body` is the (beginning of the) error body when it was read;
+/// `llm` says whether the service is an LLM provider (whose error codes are known).
 pub fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: Option<&[u8]>,
     phrases: &[String],
+    llm: bool,
     now_ms: u64,
 ) -> Verdict {
     let code = status.as_u16();
     if code < 400 {
         return Verdict::Success;
     }
-    if let Some(phrase) = body.and_then(|b| find_phrase(&readable(headers, b), phrases)) {
-        return Verdict::Invalid(format!("upstream answered {code}: {phrase}"));
+    let reason = || {
+        format!(
+            "upstream answered {code} {}",
+            status.canonical_reason().unwrap_or("")
+        )
+        .trim_end()
+        .to_string()
+    };
+    if llm {
+        let readable = body.map(|b| readable(headers, b));
+        let codes = readable.as_deref().map(error_codes).unwrap_or_default();
+        if let Some(phrase) = phrases
+            .iter()
+            .find(|p| !p.is_empty() && codes.iter().any(|c| c.eq_ignore_ascii_case(p)))
+        {
+            return Verdict::Invalid(format!("upstream answered {code}: {phrase}"));
+        }
     }
     match code {
-        401..=403 => Verdict::Invalid(
-            format!(
-                "upstream answered {code} {}",
-                status.canonical_reason().unwrap_or("")
-            )
-            .trim_end()
-            .to_string(),
-        ),
+        401 | 402 if llm => Verdict::Invalid(reason()),
+        401..=403 if !llm => Verdict::Suspect(reason()),
         429 => Verdict::RateLimited(cooldown_from_headers(headers, now_ms)),
         500.. => Verdict::ServerError,
         _ => Verdict::ClientFault,
+    }
+}
+
+/// The values of the provider's error-code fields in a JSON error body:
+/// `error.code`, `error.type`, `error.status` and `error.details[].reason`, also under a
+/// top-level array (as Gemini sometimes answers). Never free text: a string value is
+/// skipped whole, so what `error.message` quotes cannot look like a field. A body cut
+/// short gives the fields read before the cut.
+pub fn error_codes(body: &[u8]) -> Vec<String> {
+    let mut scan = CodeScan {
+        s: body,
+        i: 0,
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    let _ = scan.value(0);
+    scan.found
+}
+
+/// A step of a JSON path: an object member or an array element.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Member(String),
+    Element,
+}
+
+struct CodeScan<'a> {
+    s: &'a [u8],
+    i: usize,
+    path: Vec<Step>,
+    found: Vec<String>,
+}
+
+/// How deep a JSON error body is followed.
+const MAX_DEPTH: usize = 16;
+
+impl CodeScan<'_> {
+    fn ws(&mut self) {
+        while self.s.get(self.i).is_some_and(u8::is_ascii_whitespace) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.s.get(self.i).copied()
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.i += 1)
+    }
+
+    /// A string token; its text when it could be decoded.
+    fn string(&mut self) -> Option<Option<String>> {
+        let start = self.i;
+        self.eat(b'"')?;
+        let mut escaped = false;
+        loop {
+            match *self.s.get(self.i)? {
+                b'\\' => {
+                    escaped = true;
+                    self.i += 2;
+                }
+                b'"' => {
+                    self.i += 1;
+                    let raw = &self.s[start..self.i];
+                    return Some(if escaped {
+                        serde_json::from_slice(raw).ok()
+                    } else {
+                        std::str::from_utf8(&raw[1..raw.len() - 1])
+                            .ok()
+                            .map(str::to_string)
+                    });
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// Whether the current path is an error-code field.
+    fn at_code_field(&self) -> bool {
+        let path: Vec<&Step> = self
+            .path
+            .iter()
+            .skip_while(|s| **s == Step::Element)
+            .collect();
+        let member = |s: &Step, name: &str| matches!(s, Step::Member(m) if m == name);
+        match path.as_slice() {
+            [e, f] => member(e, "error") && ["code", "type", "status"].iter().any(|n| member(f, n)),
+            [e, d, Step::Element, r] => {
+                member(e, "error") && member(d, "details") && member(r, "reason")
+            }
+            _ => false,
+        }
+    }
+
+    /// One value; `None` where the body ends or breaks.
+    fn value(&mut self, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'{' => {
+                self.i += 1;
+                if self.eat(b'}').is_some() {
+                    return Some(());
+                }
+                loop {
+                    let key = self.string()?.unwrap_or_default();
+                    self.eat(b':')?;
+                    self.path.push(Step::Member(key));
+                    let found = self.member_value(depth);
+                    self.path.pop();
+                    found?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.path.push(Step::Element);
+                    let found = self.value(depth + 1);
+                    self.path.pop();
+                    found?;
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'"' => self.string().map(drop),
+            _ => {
+                let start = self.i;
+                while self
+                    .s
+                    .get(self.i)
+                    .is_some_and(|b| !matches!(b, b',' | b'}' | b']') && !b.is_ascii_whitespace())
+                {
+                    self.i += 1;
+                }
+                (self.i > start && self.i < self.s.len()).then_some(())
+            }
+        }
+    }
+
+    /// A member's value: a string at an error-code field is kept.
+    fn member_value(&mut self, depth: usize) -> Option<()> {
+        if self.peek()? == b'"' && self.at_code_field() {
+            if let Some(text) = self.string()? {
+                self.found.push(text);
+            }
+            return Some(());
+        }
+        self.value(depth + 1)
     }
 }
 
@@ -106,14 +302,6 @@ fn decode(mut r: impl std::io::Read) -> Option<Vec<u8>> {
         }
     }
     (!out.is_empty()).then_some(out)
-}
-
-fn find_phrase<'a>(body: &[u8], phrases: &'a [String]) -> Option<&'a str> {
-    let text = String::from_utf8_lossy(body);
-    phrases
-        .iter()
-        .find(|p| !p.is_empty() && text.contains(p.as_str()))
-        .map(String::as_str)
 }
 
 /// The escalating default cooldown after `strikes` earlier 429s in a row:
@@ -246,11 +434,13 @@ impl StatusSet {
     }
 
     /// The default for a service type.
+    /// The statuses that try another key when a service does not say. Never 403: it
+    /// often denies the client's request rather than the key (a resource, a region).
     pub fn default_for(llm: bool) -> StatusSet {
         let list = if llm {
-            "429,401,403,500,502,503,504"
+            "429,401,500,502,503,504"
         } else {
-            "429,401,403"
+            "429,401"
         };
         StatusSet::parse(list).expect("default retry list parses")
     }
@@ -280,41 +470,111 @@ mod tests {
 
     const NOW: u64 = 784_111_777_000;
 
+    fn phrases() -> Vec<String> {
+        DEFAULT_INVALID_PHRASES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
     #[test]
     fn verdicts() {
         let h = HeaderMap::new();
-        let p: Vec<String> = DEFAULT_INVALID_PHRASES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let v = |code: u16, body: Option<&[u8]>| {
-            classify(StatusCode::from_u16(code).unwrap(), &h, body, &p, NOW)
+        let p = phrases();
+        let llm = |code: u16, body: Option<&[u8]>| {
+            classify(StatusCode::from_u16(code).unwrap(), &h, body, &p, true, NOW)
         };
-        assert_eq!(v(200, None), Verdict::Success);
-        assert_eq!(v(302, None), Verdict::Success);
+        let generic = |code: u16| {
+            classify(
+                StatusCode::from_u16(code).unwrap(),
+                &h,
+                None,
+                &p,
+                false,
+                NOW,
+            )
+        };
+        assert_eq!(llm(200, None), Verdict::Success);
+        assert_eq!(generic(302), Verdict::Success);
         for code in [400, 404, 413, 422] {
             assert_eq!(
-                v(code, Some(b"{\"error\":\"bad request\"}")),
+                llm(code, Some(b"{\"error\":\"bad request\"}")),
                 Verdict::ClientFault
             );
+            assert_eq!(generic(code), Verdict::ClientFault);
         }
         assert_eq!(
-            v(401, None),
+            llm(401, None),
             Verdict::Invalid("upstream answered 401 Unauthorized".into())
         );
-        assert_eq!(v(429, None), Verdict::RateLimited(None));
         assert_eq!(
-            v(429, Some(br#"{"error":{"code":"insufficient_quota"}}"#)),
+            generic(401),
+            Verdict::Suspect("upstream answered 401 Unauthorized".into())
+        );
+        assert_eq!(
+            generic(403),
+            Verdict::Suspect("upstream answered 403 Forbidden".into())
+        );
+        assert_eq!(
+            llm(403, None),
+            Verdict::ClientFault,
+            "a region or a resource"
+        );
+        assert_eq!(llm(429, None), Verdict::RateLimited(None));
+        assert_eq!(
+            llm(429, Some(br#"{"error":{"code":"insufficient_quota"}}"#)),
             Verdict::Invalid("upstream answered 429: insufficient_quota".into())
         );
         assert_eq!(
-            v(
+            llm(
                 400,
                 Some(br#"{"error":{"details":[{"reason":"API_KEY_INVALID"}]}}"#)
             ),
             Verdict::Invalid("upstream answered 400: API_KEY_INVALID".into())
         );
-        assert_eq!(v(503, None), Verdict::ServerError);
+        assert_eq!(llm(503, None), Verdict::ServerError);
+    }
+
+    #[test]
+    fn codes_are_read_from_code_fields_never_from_free_text() {
+        // OpenAI quotes the client's input in its message: a client could write any
+        // phrase there.
+        let quoted = br#"{"error":{"message":"Invalid value: 'insufficient_quota \"code\":\"invalid_api_key\"'","type":"invalid_request_error","param":"x","code":null}}"#;
+        assert_eq!(error_codes(quoted), ["invalid_request_error"]);
+        let h = HeaderMap::new();
+        let v = classify(
+            StatusCode::BAD_REQUEST,
+            &h,
+            Some(quoted),
+            &phrases(),
+            true,
+            NOW,
+        );
+        assert_eq!(v, Verdict::ClientFault);
+        // Each provider's fields.
+        assert_eq!(
+            error_codes(br#"{"error":{"message":"m","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#),
+            ["insufficient_quota", "insufficient_quota"]
+        );
+        assert_eq!(
+            error_codes(br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#),
+            ["authentication_error"]
+        );
+        assert_eq!(
+            error_codes(br#"[{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT","details":[{"@type":"t","reason":"API_KEY_INVALID"}]}}]"#),
+            ["INVALID_ARGUMENT", "API_KEY_INVALID"]
+        );
+        // Nested objects the provider echoes are not error fields.
+        assert!(
+            error_codes(br#"{"error":{"param":{"error":{"code":"invalid_api_key"}},"code":"x"}}"#)
+                == ["x"]
+        );
+        assert!(error_codes(b"not json insufficient_quota").is_empty());
+        // A body cut short gives what came before the cut.
+        assert_eq!(
+            error_codes(br#"{"error":{"code":"invalid_api_key","message":"cut her"#),
+            ["invalid_api_key"]
+        );
     }
 
     #[test]
@@ -327,7 +587,7 @@ mod tests {
         gz.write_all(body).unwrap();
         let gz = gz.finish().unwrap();
         let h = headers(&[("content-encoding", "gzip")]);
-        let v = classify(StatusCode::BAD_REQUEST, &h, Some(&gz), &p, NOW);
+        let v = classify(StatusCode::BAD_REQUEST, &h, Some(&gz), &p, true, NOW);
         assert_eq!(
             v,
             Verdict::Invalid("upstream answered 400: API_KEY_INVALID".into())
@@ -338,6 +598,7 @@ mod tests {
             &h,
             Some(&gz[..gz.len() - 8]),
             &p,
+            true,
             NOW,
         );
         assert!(matches!(v, Verdict::Invalid(_)), "{v:?}");
@@ -349,6 +610,7 @@ mod tests {
             &headers(&[("content-encoding", "deflate")]),
             Some(&z),
             &p,
+            true,
             NOW,
         );
         assert!(matches!(v, Verdict::Invalid(_)));

@@ -32,6 +32,8 @@ pub struct KeyRuntime {
     last_status: AtomicU32,
     last_error: Mutex<Option<String>>,
     dirty: AtomicBool,
+    /// Set while a probe confirms a suspect key (one probe at a time).
+    probing: AtomicBool,
 }
 
 /// The key's state as the admin API shows it.
@@ -150,6 +152,23 @@ impl KeyRuntime {
             Some((reason.to_string(), now_ms as i64));
         self.invalid.store(true, Relaxed);
         self.dirty.store(true, Relaxed);
+    }
+
+    /// Ends a cooldown early (a probe found the key good).
+    pub fn clear_cooldown(&self) {
+        self.cooldown_until.store(0, Relaxed);
+        self.strikes.store(0, Relaxed);
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// Claims the key's one probe slot; `false` when a probe is already running.
+    pub fn start_probe(&self) -> bool {
+        !self.probing.swap(true, Relaxed)
+    }
+
+    /// Frees the probe slot.
+    pub fn end_probe(&self) {
+        self.probing.store(false, Relaxed);
     }
 
     /// Clears cooldown, invalid mark and failure streaks (the admin's "reset").

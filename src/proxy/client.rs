@@ -46,10 +46,20 @@ type H1 = h1::Conn<TokioIo<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>>>;
 /// Why an upstream request failed.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be made (refused, DNS, TLS, connect timeout).
+    /// No connection could be made (refused, DNS, TLS, connect timeout): nothing was sent.
     Connect(BoxError),
-    /// The connection failed while sending or before the response headers.
-    Request(BoxError),
+    /// The exchange failed on a connection.
+    Request {
+        error: BoxError,
+        /// Whether request bytes reached the socket: the upstream may have acted on them.
+        wrote: bool,
+        /// Whether the connection came from the pool (it may have been closed meanwhile).
+        reused: bool,
+        /// Whether any byte of an answer came.
+        answered: bool,
+    },
+    /// The client's request body failed (it went away, or sent less than it announced).
+    ClientBody(BoxError),
 }
 
 impl SendError {
@@ -57,13 +67,41 @@ impl SendError {
     pub fn is_connect(&self) -> bool {
         matches!(self, SendError::Connect(_))
     }
+
+    /// Whether the upstream may have received the request (and, for a POST, acted on it:
+    /// it must not be sent again with another key).
+    pub fn may_have_been_received(&self) -> bool {
+        matches!(self, SendError::Request { wrote: true, .. })
+    }
+
+    /// A pooled connection that failed before any answer: most likely one the upstream
+    /// closed while it was idle, which a fresh connection does not share.
+    pub fn is_stale_connection(&self) -> bool {
+        matches!(
+            self,
+            SendError::Request {
+                reused: true,
+                answered: false,
+                ..
+            }
+        )
+    }
+
+    fn request(error: impl Into<BoxError>) -> SendError {
+        SendError::Request {
+            error: error.into(),
+            wrote: true,
+            reused: false,
+            answered: false,
+        }
+    }
 }
 
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(e) => write!(f, "{e}"),
-            SendError::Request(e) => write!(f, "{e}"),
+            SendError::Connect(e) | SendError::Request { error: e, .. } => write!(f, "{e}"),
+            SendError::ClientBody(e) => write!(f, "{e}"),
         }
     }
 }
@@ -71,8 +109,8 @@ impl std::fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SendError::Connect(e) => e.source(),
-            SendError::Request(e) => e.source(),
+            SendError::Connect(e) | SendError::Request { error: e, .. } => e.source(),
+            SendError::ClientBody(e) => e.source(),
         }
     }
 }
@@ -84,7 +122,7 @@ impl RequestRef<'_> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = url::absolute(origin.0.clone(), origin.1.clone(), self.target)
-            .map_err(|e| SendError::Request(e.0.into()))?;
+            .map_err(|e| SendError::request(e.0))?;
         let extra = self.extra.map(|(name, _)| name);
         let headers = req.headers_mut();
         self.rewrite.each(self.headers, |name, value| {
@@ -254,45 +292,61 @@ impl Pool {
             rewrite: Rewrite::NONE,
             extra: None,
         };
-        self.send_head(head, body).await
+        self.send_head(head, body, false).await
     }
 
     /// Sends a request given by reference (the proxy keeps its headers for the next
     /// attempt): HTTP/1.1 writes them as they are, HTTP/2 builds a request from a copy.
+    /// `fresh` asks for a new HTTP/1.1 connection instead of an idle one.
     pub async fn send_head(
         self: &Arc<Self>,
         head: RequestRef<'_>,
         body: Body,
+        fresh: bool,
     ) -> Result<Response<Body>, SendError> {
         let index = crate::server::shard() % self.slots.len();
         let h2 = self.slot(index).h2.clone();
         if let Some(h2) = h2.filter(|c| !c.is_closed()) {
             return send_h2(h2, head.to_request(&self.origin, body)?).await;
         }
-        let conn = loop {
-            let idle = self.slot(index).idle.pop();
-            match idle {
-                // Closed by the upstream while idle, or sending unasked: not reused.
-                Some((mut conn, _)) => match conn.is_reusable() {
-                    true => break conn,
-                    false => continue,
-                },
-                // Boxed: connecting is rare, and its future is large.
-                None => match Box::pin(self.connect(index)).await? {
-                    Fresh::H1(conn) => break conn,
-                    // The server chose HTTP/2.
-                    Fresh::H2(conn) => {
-                        return send_h2(conn, head.to_request(&self.origin, body)?).await;
-                    }
-                },
-            }
+        let idle = if fresh { None } else { self.checkout(index) };
+        let reused = idle.is_some();
+        let conn = match idle {
+            Some(conn) => conn,
+            // Boxed: connecting is rare, and its future is large.
+            None => match Box::pin(self.connect(index)).await? {
+                Fresh::H1(conn) => conn,
+                // The server chose HTTP/2.
+                Fresh::H2(conn) => {
+                    return send_h2(conn, head.to_request(&self.origin, body)?).await;
+                }
+            },
         };
         let pool = self.clone();
         h1::send(conn, head, &self.host, body, move |conn| {
             pool.put_idle(index, conn)
         })
         .await
-        .map_err(|e| SendError::Request(e.into()))
+        .map_err(|f| match f.error {
+            h1::Error::Body(e) => SendError::ClientBody(e),
+            error => SendError::Request {
+                error: error.into(),
+                wrote: f.wrote,
+                reused,
+                answered: f.answered,
+            },
+        })
+    }
+
+    /// The most recently idle connection of this shard that can take a request: not idle
+    /// longer than `IDLE_TIMEOUT`, neither closed by the upstream nor sending unasked.
+    fn checkout(&self, index: usize) -> Option<H1> {
+        loop {
+            let (mut conn, since) = self.slot(index).idle.pop()?;
+            if since.elapsed() <= IDLE_TIMEOUT && conn.is_reusable() {
+                return Some(conn);
+            }
+        }
     }
 
     /// Opens a connection on this shard's runtime.
@@ -311,7 +365,7 @@ impl Pool {
                 .keep_alive_interval(Duration::from_secs(30))
                 .handshake(io)
                 .await
-                .map_err(|e| SendError::Request(e.into()))?;
+                .map_err(SendError::request)?;
             tokio::spawn(driver);
             self.slot(index).h2 = Some(conn.clone());
             return Ok(Fresh::H2(conn));
@@ -339,13 +393,13 @@ async fn send_h2(
     mut conn: http2::SendRequest<Body>,
     req: Request<Body>,
 ) -> Result<Response<Body>, SendError> {
-    conn.ready()
-        .await
-        .map_err(|e| SendError::Request(e.into()))?;
-    let resp = conn
-        .send_request(req)
-        .await
-        .map_err(|e| SendError::Request(e.into()))?;
+    conn.ready().await.map_err(|e| SendError::Request {
+        error: e.into(),
+        wrote: false,
+        reused: true,
+        answered: false,
+    })?;
+    let resp = conn.send_request(req).await.map_err(SendError::request)?;
     Ok(resp.map(body::stream))
 }
 
@@ -367,6 +421,28 @@ impl std::future::Future for ConnectorReady<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_idle_too_long_is_not_taken_from_the_pool() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ups = Upstreams::new(Duration::from_secs(1), 1, None).unwrap();
+        let pool = ups.pool(&Upstream::parse(&format!("http://{addr}")).unwrap());
+        let idle_conn = || async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            h1::Conn::new(TokioIo::new(MaybeHttpsStream::Http(TokioIo::new(tcp))))
+        };
+        let Some(stale) = Instant::now().checked_sub(IDLE_TIMEOUT + Duration::from_secs(1)) else {
+            return; // the clock cannot go back that far on this machine
+        };
+        let conn = idle_conn().await;
+        pool.slot(0).idle.push((conn, stale));
+        assert!(pool.checkout(0).is_none(), "idle longer than the limit");
+        let conn = idle_conn().await;
+        pool.slot(0).idle.push((conn, Instant::now()));
+        assert!(pool.checkout(0).is_some());
+        drop(listener);
+    }
 
     #[test]
     fn pools_are_shared_per_upstream_and_pruned_when_unused() {

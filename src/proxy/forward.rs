@@ -2,20 +2,22 @@
 //! usable key while nothing has gone to the client, then stream the answer back.
 //!
 //! Failover is only possible before response headers go downstream; once they have,
-//! the body streams frame by frame and a failure can only cut the stream.
+//! the body streams frame by frame and a failure can only cut the stream. A request the
+//! upstream may have received is never sent again with another key unless its method is
+//! idempotent (a POST to an LLM is billed each time), and one client request changes the
+//! state of one key at most, however many keys it tries.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use tokio::time::Instant;
 
 use super::client::{RequestRef, SendError};
-use super::{Outgoing, cors, headers};
+use super::{Outgoing, cors, headers, redact};
 use crate::app::AppState;
-use crate::body::{self, Body, Buffered};
+use crate::body::{self, Body, Prefix, Tail};
 use crate::cache::KeyEvent;
 use crate::deadline;
 use crate::error::ApiError;
@@ -25,7 +27,7 @@ use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
 use crate::timefmt::now_ms;
 
-/// Most of an error body read to look for dead-key phrases or to keep for replay.
+/// Most of an error body read to judge it, to mask the key in it, or to keep for replay.
 const ERROR_PEEK: usize = 64 * 1024;
 /// Attempts at most (1 + the largest `max_retries`).
 const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
@@ -47,6 +49,8 @@ pub async fn run(
     // connection error.
     let mut last_failure: Option<Response<Body>> = None;
     let mut last_error: Option<ApiError> = None;
+    // Whether this request may still change a key's state.
+    let mut may_change = true;
     // One rotation ticket per request (one Redis round trip at most); a failover walks on
     // from it, skipping the keys already tried.
     let ticket = state.cache.ticket(svc).await;
@@ -68,29 +72,14 @@ pub async fn run(
             svc.metrics.retry();
         }
         let is_last = attempt == max_attempts;
-        // The request goes by reference: the client's headers stay here for the next
-        // attempt, and the key is written over any header of the same name.
-        let body = out.body.take();
-        let target = out.target(svc, &key.secret)?;
-        let extra = match (&svc.spec.placement, key.header.as_ref()) {
-            (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
-            _ => None,
-        };
-        let head = RequestRef {
-            method: &out.method,
-            target: target.as_str(),
-            headers: &out.headers,
-            rewrite: out.rewrite,
-            extra,
-        };
         let sent = if attempt == 1 {
             started
         } else {
             Instant::now()
         };
-        let send = std::pin::pin!(svc.conns.send_head(head, body));
-        let resp = match deadline::timeout_at(deadline, send).await {
-            Err(_) => {
+        let resp = match send(svc, &mut out, key, deadline).await? {
+            Ok(resp) => resp,
+            Err(Failed::TimedOut) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));
                 svc.metrics.response(504);
                 return Err(ApiError::proxy(
@@ -101,16 +90,26 @@ pub async fn run(
                     ),
                 ));
             }
-            Ok(Err(e)) => {
+            Err(Failed::Send(SendError::ClientBody(e))) => {
+                // The client's own body failed: nothing about the key.
+                return Err(ApiError::proxy(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body could not be read: {e}"),
+                ));
+            }
+            Err(Failed::Send(e)) => {
                 let reason = describe(&e);
                 key.rt.record(now, None, false, Some(&reason));
                 last_error = Some(ApiError::proxy(
                     StatusCode::BAD_GATEWAY,
                     format!("upstream unreachable: {reason}"),
                 ));
+                if e.may_have_been_received() && !idempotent(&out.method) {
+                    // The upstream may have acted on it: never sent twice.
+                    break;
+                }
                 continue;
             }
-            Ok(Ok(resp)) => resp,
         };
         let waited = sent.elapsed();
         svc.metrics.upstream_latency(waited);
@@ -118,8 +117,17 @@ pub async fn run(
         // The time of the answer (the start of a cooldown, the last use of the key): the
         // wall time read before sending plus the wait, one clock read fewer.
         let answered = now + waited.as_millis() as u64;
-        let (resp, verdict) = judge(state, svc, resp, deadline, answered).await;
-        apply(state, svc, idx, key, status, &verdict, answered);
+        let (resp, verdict) = judge(state, svc, resp, key, deadline, answered).await;
+        apply(
+            state,
+            svc,
+            idx,
+            key,
+            status,
+            &verdict,
+            answered,
+            &mut may_change,
+        );
         let retry =
             !verdict.is_success() && svc.spec.retry.on.contains(status.as_u16()) && !is_last;
         if !retry {
@@ -143,6 +151,70 @@ pub async fn run(
         }
         (None, None) => Err(no_keys()),
     }
+}
+
+/// Why an attempt got no answer.
+enum Failed {
+    TimedOut,
+    Send(SendError),
+}
+
+/// One attempt with `key`. A pooled connection that failed before any answer (most
+/// likely closed by the upstream while idle) is tried once more on a fresh connection,
+/// with the same key and without counting against it, when the request can be sent
+/// again: its body is kept, and either nothing of it was written or its method is
+/// idempotent.
+async fn send(
+    svc: &Service,
+    out: &mut Outgoing,
+    key: &PoolKey,
+    deadline: Instant,
+) -> Result<Result<Response<Body>, Failed>, ApiError> {
+    let mut fresh = false;
+    loop {
+        // The request goes by reference: the client's headers stay here for the next
+        // attempt, and the key is written over any header of the same name.
+        let body = out.body.take();
+        let target = out.target(svc, &key.secret)?;
+        let extra = match (&svc.spec.placement, key.header.as_ref()) {
+            (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
+            _ => None,
+        };
+        let head = RequestRef {
+            method: &out.method,
+            target: target.as_str(),
+            headers: &out.headers,
+            rewrite: out.rewrite,
+            extra,
+        };
+        let sending = std::pin::pin!(svc.conns.send_head(head, body, fresh));
+        let e = match deadline::timeout_at(deadline, sending).await {
+            Err(_) => return Ok(Err(Failed::TimedOut)),
+            Ok(Ok(resp)) => return Ok(Ok(resp)),
+            Ok(Err(e)) => e,
+        };
+        let again = !fresh
+            && e.is_stale_connection()
+            && out.body.replayable()
+            && (!e.may_have_been_received() || idempotent(&out.method));
+        if !again {
+            return Ok(Err(Failed::Send(e)));
+        }
+        crate::debug!(
+            "service '{}': a pooled connection failed ({}); again on a fresh one",
+            svc.slug,
+            describe(&e)
+        );
+        fresh = true;
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn no_keys() -> ApiError {
@@ -183,59 +255,87 @@ pub fn describe(e: &SendError) -> String {
     parts.join(": ")
 }
 
-/// Classifies an answer. For LLM services, the beginning of an error body is read to
-/// look for dead-key phrases; the body the client gets is unchanged. `now` (Unix ms) is
+/// Classifies an answer and takes the key out of it. For answers that are not 2xx, the
+/// beginning of the body is read (LLM error codes are looked up in it; the key is masked
+/// in it); the client gets that body whole, or, when it broke off or stalled while being
+/// read, a 502 that says so: never a short body that looks complete. `now` (Unix ms) is
 /// when the answer came, for a `Retry-After` date.
 async fn judge(
     state: &AppState,
     svc: &Service,
     resp: Response<Body>,
+    key: &PoolKey,
     deadline: Instant,
     now: u64,
 ) -> (Response<Body>, Verdict) {
     let status = resp.status();
-    let peek =
-        matches!(svc.spec.kind, Kind::Llm(_)) && matches!(status.as_u16(), 400 | 402 | 403 | 429);
-    let (parts, incoming) = resp.into_parts();
-    if !peek {
-        let verdict = policy::classify(
-            status,
-            &parts.headers,
-            None,
-            &state.config.invalid_key_phrases,
-            now,
-        );
+    let llm = matches!(svc.spec.kind, Kind::Llm(_));
+    let phrases = &state.config.invalid_key_phrases;
+    let (mut parts, incoming) = resp.into_parts();
+    let error_answer = status.as_u16() >= 300 && status != StatusCode::NOT_MODIFIED;
+    redact::headers(&mut parts.headers, &key.secret, error_answer);
+    if !error_answer {
+        let verdict = policy::classify(status, &parts.headers, None, phrases, llm, now);
         return (Response::from_parts(parts, incoming), verdict);
     }
-    let read = std::pin::pin!(body::read_up_to(incoming, ERROR_PEEK));
-    let read = deadline::timeout_at(deadline, read).await;
-    let (body, head) = match read {
-        Ok(Ok(Buffered::Complete(b))) => (body::full(b.clone()), b),
-        Ok(Ok(Buffered::Partial(b, rest))) => (body::chain(b.clone(), rest), b),
-        _ => (body::empty(), Bytes::new()),
-    };
+    let prefix = body::read_prefix(incoming, ERROR_PEEK, deadline).await;
     let verdict = policy::classify(
         status,
         &parts.headers,
-        Some(&head),
-        &state.config.invalid_key_phrases,
+        Some(&prefix.bytes),
+        phrases,
+        llm,
         now,
     );
-    (Response::from_parts(parts, body), verdict)
+    if let Tail::Failed(e) = &prefix.rest {
+        // Nothing went to the client yet: say what happened rather than pass on a short
+        // body that would look complete.
+        let read = prefix.bytes.len();
+        let err = ApiError::proxy(
+            StatusCode::BAD_GATEWAY,
+            format!(
+                "the upstream's {} answer broke off after {read} bytes: {e}",
+                status.as_u16()
+            ),
+        );
+        return (err.into_response(), verdict);
+    }
+    let complete = matches!(prefix.rest, Tail::End);
+    let prefix = match redact::body(&mut parts.headers, &prefix.bytes, complete, &key.secret) {
+        Some(bytes) => Prefix {
+            bytes,
+            rest: prefix.rest,
+        },
+        None => prefix,
+    };
+    (Response::from_parts(parts, prefix.into_body()), verdict)
 }
 
 /// Records the answer (at `now`, Unix ms) in the key's health and counters, and shares
-/// changes.
+/// changes. `may_change` is the request's one change of a key's state: once spent, a
+/// later verdict is counted but changes nothing, so one client request cannot cool down
+/// or invalidate several keys.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     state: &AppState,
-    svc: &Service,
+    svc: &Arc<Service>,
     idx: usize,
     key: &PoolKey,
     status: StatusCode,
     verdict: &Verdict,
     now: u64,
+    may_change: &mut bool,
 ) {
     let code = Some(status.as_u16());
+    if verdict.changes_state() && !std::mem::replace(may_change, false) {
+        key.rt.record(
+            now,
+            code,
+            false,
+            Some(&format!("upstream answered {}", status.as_u16())),
+        );
+        return;
+    }
     match verdict {
         Verdict::Success | Verdict::ClientFault => key.rt.record(now, code, true, None),
         Verdict::ServerError => key.rt.record(
@@ -251,21 +351,14 @@ pub fn apply(
                 false,
                 Some("upstream answered 429 (rate limited)"),
             );
-            let wait = wait.unwrap_or_else(|| policy::default_cooldown(key.rt.strikes()));
-            let until = now + wait.as_millis() as u64;
-            key.rt.cool_until(until);
-            svc.pool.refresh(idx, now);
-            crate::info!(
-                "service '{}': key id {} cooling down for {:.0} s",
-                svc.slug,
-                key.id,
-                wait.as_secs_f64().ceil()
-            );
-            state.cache.publish_key_event(KeyEvent::Cooldown {
-                service_id: svc.id,
-                key_id: key.id,
-                until_ms: until,
-            });
+            cool_down(state, svc, idx, key, *wait, now, "rate limited");
+        }
+        Verdict::Suspect(reason) => {
+            key.rt.record(now, code, false, Some(reason));
+            cool_down(state, svc, idx, key, None, now, reason);
+            if svc.spec.probe_path.is_some() {
+                super::probe::confirm(state, svc.clone(), idx);
+            }
         }
         Verdict::Invalid(reason) => {
             key.rt.record(now, code, false, Some(reason));
@@ -281,8 +374,35 @@ pub fn apply(
     }
 }
 
+/// Cools a key down for `wait`, or the escalating default; shares it.
+fn cool_down(
+    state: &AppState,
+    svc: &Service,
+    idx: usize,
+    key: &PoolKey,
+    wait: Option<std::time::Duration>,
+    now: u64,
+    why: &str,
+) {
+    let wait = wait.unwrap_or_else(|| policy::default_cooldown(key.rt.strikes()));
+    let until = now + wait.as_millis() as u64;
+    key.rt.cool_until(until);
+    svc.pool.refresh(idx, now);
+    crate::info!(
+        "service '{}': key id {} cooling down for {:.0} s ({why})",
+        svc.slug,
+        key.id,
+        wait.as_secs_f64().ceil()
+    );
+    state.cache.publish_key_event(KeyEvent::Cooldown {
+        service_id: svc.id,
+        key_id: key.id,
+        until_ms: until,
+    });
+}
+
 /// Writes an invalid mark to the store (off the request path), then tells other instances.
-fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
+pub fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
     let health = key.rt.health(now_ms());
     let store = state.store.clone();
     let cache = state.cache.clone();
@@ -337,6 +457,14 @@ fn finish(
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     svc.metrics.response(parts.status.as_u16());
+    let idle = svc
+        .spec
+        .idle_timeout
+        .unwrap_or(state.config.upstream_idle_timeout);
+    let body = match idle.is_zero() {
+        true => body,
+        false => body::idle_timeout(body, idle),
+    };
     // Counted in the open-streams gauge while the body lives.
     let gauge = state.metrics.open_streams.clone();
     gauge.fetch_add(1, Relaxed);

@@ -34,13 +34,20 @@ pub static LLM_CREDENTIALS: [HeaderName; 5] = [
 enum Class {
     /// Concerns one connection only (RFC 9110 §7.6.1); never forwarded either way.
     HopByHop,
-    /// Never forwarded upstream: `Host`, `Expect`, `X-Proxy-Key`.
+    /// Never forwarded upstream: `Expect`, `X-Proxy-Key`.
     Dropped,
+    /// `Host`: never forwarded (the upstream's comes from its URI); on `/proxy` it
+    /// becomes `X-Forwarded-Host`.
+    Host,
     /// One of [`LLM_CREDENTIALS`]: dropped on `/llm`.
     Credential,
-    /// `X-Forwarded-For` and `X-Forwarded-Proto`, which `/proxy` writes itself.
+    /// `X-Forwarded-For`, `-Proto` and `-Host`: written by `/proxy` itself, and from a
+    /// client that is not a trusted proxy never forwarded as sent.
     ForwardedFor,
     ForwardedProto,
+    ForwardedHost,
+    /// `Forwarded` and `X-Real-IP`: only from a trusted proxy.
+    Forwarded,
     Kept,
 }
 
@@ -55,12 +62,15 @@ fn class(name: &str) -> Class {
         | "trailer"
         | "transfer-encoding"
         | "upgrade" => Class::HopByHop,
-        "host" | "expect" | "x-proxy-key" => Class::Dropped,
+        "expect" | "x-proxy-key" => Class::Dropped,
+        "host" => Class::Host,
         "authorization" | "x-api-key" | "x-anthropic-api-key" | "x-goog-api-key" | "api-key" => {
             Class::Credential
         }
         "x-forwarded-for" => Class::ForwardedFor,
         "x-forwarded-proto" => Class::ForwardedProto,
+        "x-forwarded-host" => Class::ForwardedHost,
+        "forwarded" | "x-real-ip" => Class::Forwarded,
         _ => Class::Kept,
     }
 }
@@ -123,8 +133,14 @@ fn remove_connection_listed(h: &mut HeaderMap) {
 /// (and the names `Connection` lists), `Host` (the upstream's comes from its URI),
 /// `Expect` (this server answered it when it read the body; the upstream gets the body
 /// right away), `X-Proxy-Key` and, on LLM routes, the client's credential headers stay
-/// behind; on `/proxy`, the peer is appended to `X-Forwarded-For` and
-/// `X-Forwarded-Proto: http` added when the client sent none.
+/// behind.
+///
+/// Forwarding headers are what the proxy knows, never what a client claims: on `/proxy`,
+/// `X-Forwarded-For` is the peer, `X-Forwarded-Proto` is `http` and `X-Forwarded-Host`
+/// the `Host` the client asked for; on `/llm` there are none (a provider needs no client
+/// address). The client's own `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are dropped,
+/// unless the peer is a trusted proxy (`TRUSTED_PROXIES`): then they go on, and `/proxy`
+/// appends the peer to `X-Forwarded-For` and fills in what the proxy left out.
 ///
 /// The real key is not part of this: the sender writes it last, over any header of the
 /// same name, so a client's `Connection: x-api-key` cannot remove the injected key.
@@ -133,7 +149,10 @@ pub struct Rewrite {
     /// Off: the headers go as they are (the key checks of the admin page).
     strip: bool,
     llm_credentials: bool,
+    /// On `/proxy`: the peer, whom the forwarding headers name.
     forwarded_for: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy, whose forwarding headers go on.
+    trusted: bool,
 }
 
 /// A header value as it goes upstream: the client's own, or pieces written one after
@@ -145,6 +164,7 @@ pub enum Value<'a> {
 
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl Rewrite {
     /// Headers sent as they are.
@@ -152,52 +172,63 @@ impl Rewrite {
         strip: false,
         llm_credentials: false,
         forwarded_for: None,
+        trusted: false,
     };
 
-    /// `/proxy`: the client came from `peer`.
-    pub fn generic(h: &mut HeaderMap, peer: IpAddr) -> Rewrite {
+    /// `/proxy`: the client came from `peer`, a trusted proxy or not.
+    pub fn generic(h: &mut HeaderMap, peer: IpAddr, trusted: bool) -> Rewrite {
         remove_connection_listed(h);
         Rewrite {
             strip: true,
             llm_credentials: false,
             forwarded_for: Some(peer),
+            trusted,
         }
     }
 
     /// `/llm`: the client's credential headers stay behind too.
-    pub fn llm(h: &mut HeaderMap) -> Rewrite {
+    pub fn llm(h: &mut HeaderMap, trusted: bool) -> Rewrite {
         remove_connection_listed(h);
         Rewrite {
             strip: true,
             llm_credentials: true,
             forwarded_for: None,
+            trusted,
         }
     }
 
-    /// Whether a client header of this name goes upstream.
+    /// Whether a client header of this class goes upstream as it is.
     fn keeps(&self, class: Class) -> bool {
         !self.strip
             || match class {
-                Class::HopByHop | Class::Dropped => false,
+                Class::HopByHop | Class::Dropped | Class::Host => false,
                 Class::Credential => !self.llm_credentials,
-                Class::ForwardedFor | Class::ForwardedProto | Class::Kept => true,
+                Class::ForwardedFor
+                | Class::ForwardedProto
+                | Class::ForwardedHost
+                | Class::Forwarded => self.trusted,
+                Class::Kept => true,
             }
     }
 
-    /// Calls `emit` with each header that goes upstream, in the client's order, the
-    /// forwarding headers last when the client sent none.
+    /// Calls `emit` with each header that goes upstream, in the client's order, then the
+    /// forwarding headers the proxy writes.
     pub fn each(&self, headers: &HeaderMap, mut emit: impl FnMut(&HeaderName, Value<'_>)) {
         let mut ip = [0u8; 39];
         let peer = self.forwarded_for.map(|addr| ip_text(addr, &mut ip));
-        let (mut had_xff, mut had_xfp) = (false, false);
+        let (mut had_xff, mut had_xfp, mut had_xfh) = (false, false, false);
+        let mut host = None;
         for (name, value) in headers {
             let class = class(name.as_str());
+            if class == Class::Host {
+                host = Some(value);
+            }
             if !self.keeps(class) {
                 continue;
             }
             if let Some(peer) = peer {
                 if class == Class::ForwardedFor {
-                    // One value: the (first) client value, then the peer.
+                    // One value: the (first) trusted proxy's list, then the peer.
                     if !had_xff {
                         match value.to_str() {
                             Ok(_) => emit(name, Value::Joined(&[value.as_bytes(), b", ", peer])),
@@ -208,6 +239,7 @@ impl Rewrite {
                     continue;
                 }
                 had_xfp |= class == Class::ForwardedProto;
+                had_xfh |= class == Class::ForwardedHost;
             }
             emit(name, Value::Same(value));
         }
@@ -217,6 +249,9 @@ impl Rewrite {
             }
             if !had_xfp {
                 emit(&XFP, Value::Joined(&[b"http"]));
+            }
+            if let (false, Some(host)) = (had_xfh, host) {
+                emit(&XFH, Value::Same(host));
             }
         }
     }
@@ -362,7 +397,7 @@ mod tests {
             ("content-type", "application/json"),
             ("user-agent", "sdk"),
         ]);
-        let llm = Rewrite::llm(&mut h);
+        let llm = Rewrite::llm(&mut h, false);
         let sent_llm = sent(&llm, &h);
         let mut kept = names(&sent_llm);
         kept.sort();
@@ -375,7 +410,7 @@ mod tests {
             ("x-proxy-key", "p"),
             ("host", "me"),
         ]);
-        let generic = Rewrite::generic(&mut h, "10.0.0.1".parse().unwrap());
+        let generic = Rewrite::generic(&mut h, "10.0.0.1".parse().unwrap(), false);
         let mut sent_generic = sent(&generic, &h);
         sent_generic.sort();
         assert_eq!(
@@ -383,6 +418,7 @@ mod tests {
             [
                 ("authorization".into(), "Basic kept".into()),
                 ("x-forwarded-for".into(), "10.0.0.1".into()),
+                ("x-forwarded-host".into(), "me".into()),
                 ("x-forwarded-proto".into(), "http".into()),
             ]
         );
@@ -408,12 +444,21 @@ mod tests {
         ] {
             assert!(is_hop_by_hop(name), "{name}");
         }
-        for name in ["host", "expect", X_PROXY_KEY.as_str()] {
+        for name in ["expect", X_PROXY_KEY.as_str()] {
             assert_eq!(class(name), Class::Dropped, "{name}");
         }
-        for name in ["content-type", "x-api-keys", "api-key2", "x-forwarded-host"] {
+        for name in [
+            "content-type",
+            "x-api-keys",
+            "api-key2",
+            "x-forwarded-hosts",
+        ] {
             assert_eq!(class(name), Class::Kept, "{name}");
         }
+        assert_eq!(class("host"), Class::Host);
+        assert_eq!(class("x-forwarded-host"), Class::ForwardedHost);
+        assert_eq!(class("forwarded"), Class::Forwarded);
+        assert_eq!(class("x-real-ip"), Class::Forwarded);
         assert_eq!(class(XFF.as_str()), Class::ForwardedFor);
         assert_eq!(class(XFP.as_str()), Class::ForwardedProto);
     }
@@ -466,7 +511,7 @@ mod tests {
     fn forwarded_for_names_the_peer() {
         for peer in ["10.0.0.1", "10.0.0.2", "::1"] {
             let mut h = HeaderMap::new();
-            let rewrite = Rewrite::generic(&mut h, peer.parse().unwrap());
+            let rewrite = Rewrite::generic(&mut h, peer.parse().unwrap(), false);
             assert_eq!(
                 sent(&rewrite, &h)[0],
                 ("x-forwarded-for".into(), peer.into())
@@ -475,23 +520,59 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends_to_the_clients_and_proto_is_kept() {
+    fn a_clients_forwarding_headers_are_replaced_by_what_the_proxy_knows() {
+        let forged = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("host", "proxy.example"),
+        ];
+        let mut h = map(&forged);
+        let rewrite = Rewrite::generic(&mut h, "198.51.100.7".parse().unwrap(), false);
+        let mut got = sent(&rewrite, &h);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("x-forwarded-for".into(), "198.51.100.7".into()),
+                ("x-forwarded-host".into(), "proxy.example".into()),
+                ("x-forwarded-proto".into(), "http".into()),
+            ]
+        );
+        // On /llm: none at all.
+        let mut h = map(&forged);
+        let rewrite = Rewrite::llm(&mut h, false);
+        assert!(sent(&rewrite, &h).is_empty());
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarding_headers_go_on_with_the_peer_appended() {
         let mut h = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-for", "10.0.0.9"),
             ("x-forwarded-proto", "https"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
         ]);
-        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap());
+        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap(), true);
         assert_eq!(
             sent(&rewrite, &h),
             [
-                ("x-forwarded-for".into(), "10.0.0.1, 127.0.0.1".into()),
+                ("x-forwarded-for".into(), "203.0.113.9, 127.0.0.1".into()),
                 ("x-forwarded-proto".into(), "https".into()),
+                ("forwarded".into(), "for=203.0.113.9;proto=https".into()),
             ]
         );
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
-        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap());
+        let rewrite = Rewrite::generic(&mut h, "127.0.0.1".parse().unwrap(), true);
         assert_eq!(sent(&rewrite, &h)[0].1, "127.0.0.1");
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+        let rewrite = Rewrite::llm(&mut h, true);
+        assert_eq!(
+            sent(&rewrite, &h),
+            [("x-forwarded-for".into(), "203.0.113.9".into())]
+        );
     }
 }

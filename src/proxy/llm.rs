@@ -7,6 +7,7 @@
 //! removed before the real key goes in.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use http::header::{CONTENT_LENGTH, HeaderValue};
@@ -25,27 +26,40 @@ use crate::service::{ApiFormat, Kind};
 const CREDENTIAL_PARAMS: &[&str] = &["key"];
 const ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// Longest body read for an `api_key` member when no header carries a proxy key: a
+/// client that has not authenticated gets no more buffered than this.
+const BODY_KEY_LIMIT: usize = 64 * 1024;
+
 pub async fn handle(
     state: &AppState,
+    peer: IpAddr,
     mut parts: Parts,
     incoming: Incoming,
 ) -> Result<Response<Body>, ApiError> {
+    let unauthorized = |m: &'static str| ApiError::proxy(StatusCode::UNAUTHORIZED, m);
+    const MISSING: &str = "invalid or missing proxy key: send it as Authorization: Bearer <key>, x-api-key, x-goog-api-key or ?key=";
+    // Authenticated by a header before any body byte is read; the body is read (a small
+    // one, at most) only to look for an `api_key` member when no header has a key.
     let header_ok =
         credentials(&parts.headers, parts.uri.query()).any(|c| state.proxy_keys.check(&c));
-    let mut body = OutBody::read(incoming, state.config.retry_body_limit).await?;
+    let limit = match header_ok {
+        true => state.config.retry_body_limit,
+        false => BODY_KEY_LIMIT.min(state.config.retry_body_limit),
+    };
+    let mut body = OutBody::read(incoming, limit, state.config.body_read_timeout).await?;
     let body_key = match &body {
-        OutBody::Replayable(bytes) => find_api_key(bytes),
+        OutBody::Replayable(bytes) => {
+            strip_api_keys(bytes).map_err(|m| ApiError::proxy(StatusCode::BAD_REQUEST, m))?
+        }
+        OutBody::Streaming(_) if !header_ok => return Err(unauthorized(MISSING)),
         OutBody::Streaming(_) => None,
     };
     let body_ok = !header_ok
         && body_key
             .as_ref()
-            .is_some_and(|k| state.proxy_keys.check(k.value.as_bytes()));
+            .is_some_and(|(k, _)| state.proxy_keys.check(k.as_bytes()));
     if !header_ok && !body_ok {
-        return Err(ApiError::proxy(
-            StatusCode::UNAUTHORIZED,
-            "invalid or missing proxy key: send it as Authorization: Bearer <key>, x-api-key, x-goog-api-key or ?key=",
-        ));
+        return Err(unauthorized(MISSING));
     }
     let uri = parts.uri.clone();
     let (slug, rest) = split_path(uri.path(), Flavor::Llm);
@@ -60,18 +74,18 @@ pub async fn handle(
         }
     };
     if format == ApiFormat::OpenAi {
-        if let (Some(found), OutBody::Replayable(bytes)) = (&body_key, &mut body) {
-            *bytes = found.remove_from(bytes);
+        if let (Some((_, without)), OutBody::Replayable(bytes)) = (body_key, &mut body) {
+            *bytes = without;
             parts.headers.remove(CONTENT_LENGTH);
         }
     } else if body_ok {
-        return Err(ApiError::proxy(
-            StatusCode::UNAUTHORIZED,
+        return Err(unauthorized(
             "a proxy key in the JSON body is only accepted by OpenAI-compatible services",
         ));
     }
     let rest = action(format, &svc.spec.upstream.base_path, rest);
-    let rewrite = headers::Rewrite::llm(&mut parts.headers);
+    let trusted = state.config.trusted_proxies.trusts(peer);
+    let rewrite = headers::Rewrite::llm(&mut parts.headers, trusted);
     headers::keep_decodable_encodings(&mut parts.headers);
     if format == ApiFormat::Anthropic && !parts.headers.contains_key("anthropic-version") {
         parts.headers.insert(
@@ -140,14 +154,40 @@ impl BodyKey {
     }
 }
 
-/// Finds a top-level `api_key` string member, scanning the JSON without rebuilding it.
+/// Every top-level `api_key` member removed: its value and the body without it. Members
+/// named with escapes (`"api\u005fkey"`) count too, as any JSON reader sees them; several
+/// members with different values are refused (readers differ on which one wins).
+pub fn strip_api_keys(json: &[u8]) -> Result<Option<(String, bytes::Bytes)>, &'static str> {
+    let Some(first) = find_api_key(json) else {
+        return Ok(None);
+    };
+    let mut body = first.remove_from(json);
+    for _ in 0..32 {
+        let Some(next) = find_api_key(&body) else {
+            return Ok(Some((first.value, body)));
+        };
+        if next.value != first.value {
+            return Err("the JSON body has several api_key members with different values");
+        }
+        body = next.remove_from(&body);
+    }
+    Err("the JSON body has too many api_key members")
+}
+
+/// Finds the first top-level `api_key` string member, scanning the JSON without
+/// rebuilding it.
 pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
     // The quick test every request pays for: a vectorised search on the bytes (std's
     // substring search needs a `str`, and checking 1 KB of UTF-8 cost more than the
-    // search itself), with the searcher built once.
+    // search itself), with the searchers built once. A name written with escapes needs
+    // the full scan.
     static MEMBER: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"\"api_key\""));
-    MEMBER.find(json)?;
+    static ESCAPE: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\\u"));
+    if MEMBER.find(json).is_none() && ESCAPE.find(json).is_none() {
+        return None;
+    }
     let mut i = skip_ws(json, 0);
     if json.get(i) != Some(&b'{') {
         return None;
@@ -274,6 +314,29 @@ mod tests {
         assert_eq!(rest, r#"{ "a": [1, {"api_key": "nested"}] }"#);
         let (k, rest) = cut(r#"{"api_key":"p\"k"}"#).unwrap();
         assert_eq!((k.as_str(), rest.as_str()), ("p\"k", "{}"));
+    }
+
+    #[test]
+    fn every_top_level_api_key_is_removed() {
+        let strip = |json: &str| {
+            strip_api_keys(json.as_bytes())
+                .map(|o| o.map(|(k, b)| (k, String::from_utf8(b.to_vec()).unwrap())))
+        };
+        assert_eq!(
+            strip(r#"{"model":"m","api_key":"pk","api_key":"pk"}"#),
+            Ok(Some(("pk".into(), r#"{"model":"m"}"#.into())))
+        );
+        assert_eq!(
+            strip(r#"{"api_key":"pk","api_key":"pk","api_key":"pk","n":1}"#),
+            Ok(Some(("pk".into(), r#"{"n":1}"#.into())))
+        );
+        assert!(strip(r#"{"api_key":"pk","api_key":"other"}"#).is_err());
+        // A name with escapes is the same name to any JSON reader.
+        assert_eq!(
+            strip(r#"{"api\u005fkey":"pk","m":1}"#),
+            Ok(Some(("pk".into(), r#"{"m":1}"#.into())))
+        );
+        assert_eq!(strip(r#"{"model":"m"}"#), Ok(None));
     }
 
     #[test]

@@ -11,11 +11,13 @@ pub mod h1;
 pub mod headers;
 mod llm;
 pub mod probe;
+mod redact;
 pub mod url;
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -44,17 +46,31 @@ pub enum OutBody {
 }
 
 impl OutBody {
-    /// Reads up to `limit` bytes; a longer body streams on.
-    async fn read(incoming: Incoming, limit: usize) -> Result<OutBody, ApiError> {
-        match body::read_up_to(incoming, limit).await {
-            Ok(Buffered::Complete(bytes)) => Ok(OutBody::Replayable(bytes)),
-            Ok(Buffered::Partial(prefix, rest)) => Ok(OutBody::Streaming(Some(body::chain(
+    /// Reads up to `limit` bytes within `timeout`; a longer body streams on. A client
+    /// that sends its body too slowly gets a 408.
+    async fn read(
+        incoming: Incoming,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<OutBody, ApiError> {
+        let at = tokio::time::Instant::now() + timeout;
+        let read = std::pin::pin!(body::read_up_to(incoming, limit));
+        match crate::deadline::timeout_at(at, read).await {
+            Ok(Ok(Buffered::Complete(bytes))) => Ok(OutBody::Replayable(bytes)),
+            Ok(Ok(Buffered::Partial(prefix, rest))) => Ok(OutBody::Streaming(Some(body::chain(
                 prefix,
                 body::stream(rest),
             )))),
-            Err(e) => Err(ApiError::proxy(
+            Ok(Err(e)) => Err(ApiError::proxy(
                 StatusCode::BAD_REQUEST,
                 format!("request body could not be read: {e}"),
+            )),
+            Err(_) => Err(ApiError::proxy(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s (BODY_READ_TIMEOUT)",
+                    timeout.as_secs_f64()
+                ),
             )),
         }
     }
@@ -171,10 +187,10 @@ fn split_path(path: &str, flavor: Flavor) -> (&str, &str) {
     crate::router::first_segment(path.strip_prefix(prefix).unwrap_or(""))
 }
 
-/// Handles a proxy route.
+/// Handles a proxy route from `peer` (the connection's address).
 pub async fn handle(
     state: &Arc<AppState>,
-    peer: SocketAddr,
+    peer: IpAddr,
     req: Request<Incoming>,
     flavor: Flavor,
 ) -> Result<Response<Body>, ApiError> {
@@ -184,14 +200,14 @@ pub async fn handle(
     let (parts, incoming) = req.into_parts();
     match flavor {
         Flavor::Generic => generic(state, peer, parts, incoming).await,
-        Flavor::Llm => llm::handle(state, parts, incoming).await,
+        Flavor::Llm => llm::handle(state, peer, parts, incoming).await,
     }
 }
 
 /// `/proxy/<slug>/<rest>`: proxy key in `X-Proxy-Key`.
 async fn generic(
     state: &AppState,
-    peer: SocketAddr,
+    peer: IpAddr,
     mut parts: Parts,
     incoming: Incoming,
 ) -> Result<Response<Body>, ApiError> {
@@ -228,8 +244,14 @@ async fn generic(
         }
     }
     // The path is checked once, where the upstream URI is composed (`Outgoing::new`).
-    let rewrite = headers::Rewrite::generic(&mut parts.headers, peer.ip());
-    let body = OutBody::read(incoming, state.config.retry_body_limit).await?;
+    let trusted = state.config.trusted_proxies.trusts(peer);
+    let rewrite = headers::Rewrite::generic(&mut parts.headers, peer, trusted);
+    let body = OutBody::read(
+        incoming,
+        state.config.retry_body_limit,
+        state.config.body_read_timeout,
+    )
+    .await?;
     let out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
     forward::run(state, svc, out).await
 }

@@ -2,6 +2,7 @@
 //! services, the configured probe path for generic ones), recorded in the key's health
 //! like any proxied answer.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request};
@@ -10,8 +11,10 @@ use serde_json::{Value, json};
 use super::{forward, url};
 use crate::app::AppState;
 use crate::body;
+use crate::cache::KeyEvent;
 use crate::keys::policy::{self, Verdict};
 use crate::service::{ApiFormat, Kind, Placement, ServiceSpec};
+use crate::snapshot::Service;
 use crate::store::{KeyRecord, ServiceRecord};
 use crate::timefmt::now_ms;
 
@@ -65,6 +68,76 @@ fn build(spec: &ServiceSpec, key: &str) -> Result<Request<body::Body>, String> {
     Ok(req)
 }
 
+/// What one probe call found.
+struct Probed {
+    status: Option<http::StatusCode>,
+    verdict: Option<Verdict>,
+    latency_ms: u64,
+    error: Option<String>,
+}
+
+/// Calls the upstream with `secret` on the probe path and judges the answer; the whole
+/// call, body included, within `PROBE_TIMEOUT` (or `PROXY_TIMEOUT` when shorter).
+async fn call(
+    pool: &std::sync::Arc<crate::proxy::client::Pool>,
+    spec: &ServiceSpec,
+    secret: &str,
+    limit: Duration,
+    phrases: &[String],
+) -> Probed {
+    let failed = |latency_ms, error: String| Probed {
+        status: None,
+        verdict: None,
+        latency_ms,
+        error: Some(error),
+    };
+    let req = match build(spec, secret) {
+        Ok(r) => r,
+        Err(e) => return failed(0, e),
+    };
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let answer = tokio::time::timeout_at(deadline, pool.send(req)).await;
+    let resp = match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            let ms = started.elapsed().as_millis() as u64;
+            return failed(
+                ms,
+                format!("upstream unreachable: {}", forward::describe(&e)),
+            );
+        }
+        Err(_) => {
+            let ms = started.elapsed().as_millis() as u64;
+            return failed(ms, "upstream did not answer in time".into());
+        }
+    };
+    let (parts, incoming) = resp.into_parts();
+    let prefix = body::read_prefix(incoming, 64 * 1024, deadline).await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let llm = matches!(spec.kind, Kind::Llm(_));
+    let verdict = policy::classify(
+        parts.status,
+        &parts.headers,
+        Some(&prefix.bytes),
+        phrases,
+        llm,
+        now_ms(),
+    );
+    let error = match (&verdict, &prefix.rest) {
+        (Verdict::Success, body::Tail::Failed(e)) => Some(format!("the answer broke off: {e}")),
+        (Verdict::Success, _) => None,
+        (Verdict::Invalid(reason) | Verdict::Suspect(reason), _) => Some(reason.clone()),
+        _ => Some(format!("upstream answered {}", parts.status.as_u16())),
+    };
+    Probed {
+        status: Some(parts.status),
+        verdict: Some(verdict),
+        latency_ms,
+        error,
+    }
+}
+
 /// Calls the upstream with `key` and records the outcome. Answers
 /// `{"ok", "status", "latency_ms", "error"}`.
 pub async fn probe_key(
@@ -73,50 +146,86 @@ pub async fn probe_key(
     spec: &ServiceSpec,
     key: &KeyRecord,
 ) -> Value {
-    let req = match build(spec, &key.key_value) {
-        Ok(r) => r,
-        Err(e) => return json!({"ok": false, "status": null, "latency_ms": 0, "error": e}),
-    };
-    let started = Instant::now();
-    let answer = tokio::time::timeout(
-        PROBE_TIMEOUT.min(state.config.proxy_timeout),
-        state.upstreams.pool(&spec.upstream).send(req),
+    let pool = state.upstreams.pool(&spec.upstream);
+    let limit = PROBE_TIMEOUT.min(state.config.proxy_timeout);
+    let p = call(
+        &pool,
+        spec,
+        &key.key_value,
+        limit,
+        &state.config.invalid_key_phrases,
     )
     .await;
-    let latency_ms = started.elapsed().as_millis() as u64;
-    let resp = match answer {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            return json!({"ok": false, "status": null, "latency_ms": latency_ms, "error": format!("upstream unreachable: {}", forward::describe(&e))});
-        }
-        Err(_) => {
-            return json!({"ok": false, "status": null, "latency_ms": latency_ms, "error": "upstream did not answer in time"});
-        }
-    };
-    let (parts, incoming) = resp.into_parts();
-    let head = match body::read_up_to(incoming, 64 * 1024).await {
-        Ok(body::Buffered::Complete(b) | body::Buffered::Partial(b, _)) => b,
-        Err(_) => Default::default(),
-    };
-    let verdict = policy::classify(
-        parts.status,
-        &parts.headers,
-        Some(&head),
-        &state.config.invalid_key_phrases,
-        now_ms(),
-    );
-    record(state, service.id, key.id, parts.status, &verdict);
-    let error = match &verdict {
-        Verdict::Success => None,
-        Verdict::Invalid(reason) => Some(reason.clone()),
-        _ => Some(format!("upstream answered {}", parts.status.as_u16())),
-    };
+    if let (Some(status), Some(verdict)) = (p.status, &p.verdict) {
+        record(state, service.id, key.id, status, verdict);
+    }
     json!({
-        "ok": verdict == Verdict::Success,
-        "status": parts.status.as_u16(),
-        "latency_ms": latency_ms,
-        "error": error,
+        "ok": p.error.is_none() && p.verdict == Some(Verdict::Success),
+        "status": p.status.map(|s| s.as_u16()),
+        "latency_ms": p.latency_ms,
+        "error": p.error,
     })
+}
+
+/// A generic service's key answered 401/403 to a client's request: probes it (off the
+/// request path, one probe per key at a time) on the service's probe path, which no
+/// client chooses. Denied there too: the key is bad, and marked invalid. Answered well:
+/// its cooldown ends.
+pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
+    let key = &svc.pool.keys()[idx];
+    if !key.rt.start_probe() {
+        return;
+    }
+    let store = state.store.clone();
+    let cache = state.cache.clone();
+    let phrases = state.config.invalid_key_phrases.clone();
+    let limit = PROBE_TIMEOUT.min(state.config.proxy_timeout);
+    tokio::spawn(async move {
+        let key = &svc.pool.keys()[idx];
+        let p = call(&svc.conns, &svc.spec, &key.secret, limit, &phrases).await;
+        key.rt.end_probe();
+        let now = now_ms();
+        match p.verdict {
+            Some(Verdict::Suspect(reason) | Verdict::Invalid(reason)) => {
+                let reason = format!("{reason} (to the probe path too)");
+                key.rt.invalidate(&reason, now);
+                svc.pool.refresh(idx, now);
+                crate::warn!(
+                    "service '{}': key id {} marked invalid ({reason})",
+                    svc.slug,
+                    key.id
+                );
+                let health = key.rt.health(now);
+                let (service_id, key_id) = (svc.id, key.id);
+                match store.set_key_health(key_id, health).await {
+                    Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
+                    Err(e) => {
+                        crate::error!("could not save the invalid mark of key id {key_id}: {e}")
+                    }
+                }
+            }
+            Some(Verdict::Success) => {
+                key.rt.clear_cooldown();
+                svc.pool.refresh(idx, now);
+                crate::info!(
+                    "service '{}': key id {} answered the probe path well: back in rotation",
+                    svc.slug,
+                    key.id
+                );
+                cache.publish_key_event(KeyEvent::Reset {
+                    service_id: svc.id,
+                    key_id: key.id,
+                });
+            }
+            // Down, rate limited, or a probe path that does not fit: the cooldown runs on.
+            _ => crate::debug!(
+                "service '{}': probe of key id {} settled nothing ({:?})",
+                svc.slug,
+                key.id,
+                p.error
+            ),
+        }
+    });
 }
 
 /// Applies a verdict to the key: through its pool when the key is being served, else to
@@ -130,14 +239,23 @@ fn record(
 ) {
     let snap = state.snapshot.load();
     if let Some((svc, idx)) = snap.find_key(service_id, key_id) {
+        // An admin's test changes the key whatever it says.
+        let mut may_change = true;
+        let key = &svc.pool.keys()[idx];
+        // The admin asked: a denial on the probe path is the key's.
+        let verdict = match verdict {
+            Verdict::Suspect(reason) => Verdict::Invalid(reason.clone()),
+            v => v.clone(),
+        };
         forward::apply(
             state,
             svc,
             idx,
-            &svc.pool.keys()[idx],
+            key,
             status,
-            verdict,
+            &verdict,
             now_ms(),
+            &mut may_change,
         );
         return;
     }
@@ -149,7 +267,7 @@ fn record(
         Verdict::Success | Verdict::ClientFault => {
             rt.record(now, Some(status.as_u16()), true, None)
         }
-        Verdict::Invalid(reason) => {
+        Verdict::Invalid(reason) | Verdict::Suspect(reason) => {
             rt.record(now, Some(status.as_u16()), false, Some(reason));
             rt.invalidate(reason, now);
             let (store, health) = (state.store.clone(), rt.health(now));

@@ -105,7 +105,15 @@ static PCHAR: [bool; 256] = {
     table
 };
 
+/// Whether a (decoded) segment is a dot segment, also with path parameters after a
+/// `;` (`..;x`), which some servers strip before resolving the path.
+fn is_dot_segment(seg: &[u8]) -> bool {
+    let name = seg.split(|b| *b == b';').next().unwrap_or(seg);
+    name == b"." || name == b".."
+}
+
 fn check_segment(seg: &[u8]) -> Result<(), PathError> {
+    const DOTS: PathError = PathError("'.' and '..' path segments are not allowed");
     if seg.is_empty() {
         return Err(PathError("empty path segment ('//') is not allowed"));
     }
@@ -121,14 +129,27 @@ fn check_segment(seg: &[u8]) -> Result<(), PathError> {
     if !escaped {
         // Nothing to decode, and `pchar` already excludes `/`, `\` and control
         // characters: only the dot segments are left to refuse.
-        return if seg == b"." || seg == b".." {
-            Err(PathError("'.' and '..' path segments are not allowed"))
-        } else {
-            Ok(())
+        return match is_dot_segment(seg) {
+            true => Err(DOTS),
+            false => Ok(()),
         };
     }
     let decoded = percent_decode(seg).ok_or(PathError("malformed percent-escape in path"))?;
-    if decoded == b"." || decoded == b".." {
+    check_decoded(&decoded)?;
+    // Decoded twice, as a server behind the upstream might: `%252e%252e` is `..` then.
+    if decoded.contains(&b'%') {
+        if let Some(twice) = percent_decode(&decoded) {
+            check_decoded(&twice)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a decoded segment must not be or hold: a dot segment, a separator, a control
+/// character, or bytes that are not UTF-8 (an overlong encoding such as `%c0%ae` is a
+/// dot to some decoders).
+fn check_decoded(decoded: &[u8]) -> Result<(), PathError> {
+    if is_dot_segment(decoded) {
         return Err(PathError("'.' and '..' path segments are not allowed"));
     }
     if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
@@ -138,6 +159,9 @@ fn check_segment(seg: &[u8]) -> Result<(), PathError> {
     }
     if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
         return Err(PathError("control characters in the path are not allowed"));
+    }
+    if std::str::from_utf8(decoded).is_err() {
+        return Err(PathError("a percent-encoded path must decode to UTF-8"));
     }
     Ok(())
 }
@@ -358,6 +382,41 @@ mod tests {
             "a b", "é",
         ] {
             assert!(url("https://api.x.com/v1", rest, None).is_err(), "{rest}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_in_disguise_are_refused() {
+        for rest in [
+            // Path parameters some servers strip: `..;/`.
+            "..;/admin",
+            "a/..;x/b",
+            ".;/x",
+            "%2e%2e;/x",
+            // Double-encoded: `..`, `/` and `\` after a second decoding.
+            "%252e%252e/x",
+            "a/%252E%252E",
+            "a%252fb",
+            "a%255cb",
+            // Overlong UTF-8 for '.' and '/', and other bytes that are not UTF-8.
+            "%c0%ae%c0%ae/x",
+            "%e0%80%ae",
+            "a%c0%afb",
+            "%ff",
+        ] {
+            assert!(url("https://api.x.com/v1", rest, None).is_err(), "{rest}");
+        }
+        // What looks close but is fine.
+        for rest in [
+            "..a",
+            "a..",
+            ".well-known/x",
+            "a;b",
+            "%25",
+            "caf%C3%A9",
+            "100%2525",
+        ] {
+            assert!(url("https://api.x.com/v1", rest, None).is_ok(), "{rest}");
         }
     }
 

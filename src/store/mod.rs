@@ -98,6 +98,10 @@ pub struct ServiceFields {
     /// Path (under the target) that `POST /admin/keys/:id/test` calls for generic services.
     #[serde(default)]
     pub probe_path: Option<String>,
+    /// Seconds an answer's body may go without a byte before it is cut (0: never;
+    /// unset: `UPSTREAM_IDLE_TIMEOUT`).
+    #[serde(default)]
+    pub idle_timeout: Option<i64>,
 }
 
 /// Health of a key that survives restarts.

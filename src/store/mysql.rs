@@ -37,6 +37,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("proxy_configs", "max_retries", "int DEFAULT NULL"),
     ("proxy_configs", "retry_on", "text"),
     ("proxy_configs", "probe_path", "text"),
+    ("proxy_configs", "idle_timeout", "int DEFAULT NULL"),
     ("api_keys", "created_at", "datetime(3) DEFAULT NULL"),
     ("api_keys", "invalid_reason", "text"),
     ("api_keys", "invalid_at", "bigint DEFAULT NULL"),
@@ -80,7 +81,7 @@ const MIGRATION_LOCK: &str = "api_key_rotator_migration";
 
 const SERVICE_COLS: &str = "id, name, slug, config_type, is_active, api_key_location, api_key_name, \
      method, target_url, target_base_url, api_format, output_format, max_retries, retry_on, \
-     probe_path, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ'), \
+     probe_path, idle_timeout, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ'), \
      DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%sZ'), \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id), \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active)";
@@ -371,11 +372,12 @@ fn service_from_row(mut row: Row) -> StoreResult<ServiceRecord> {
             max_retries: col(r, 12)?,
             retry_on: col(r, 13)?,
             probe_path: col(r, 14)?,
+            idle_timeout: col(r, 15)?,
         },
-        created_at: col(r, 15)?,
-        updated_at: col(r, 16)?,
-        key_count: col(r, 17)?,
-        active_key_count: col(r, 18)?,
+        created_at: col(r, 16)?,
+        updated_at: col(r, 17)?,
+        key_count: col(r, 18)?,
+        active_key_count: col(r, 19)?,
     })
 }
 
@@ -502,6 +504,7 @@ fn field_values(f: &ServiceFields) -> Vec<Value> {
         f.max_retries.into(),
         f.retry_on.clone().into(),
         f.probe_path.clone().into(),
+        f.idle_timeout.into(),
     ]
 }
 
@@ -513,8 +516,8 @@ async fn insert_service(tx: &mut Tx, f: &ServiceFields) -> StoreResult<i64> {
         tx,
         "INSERT INTO proxy_configs (name, slug, config_type, is_active, api_key_location, \
          api_key_name, method, target_url, target_base_url, api_format, output_format, \
-         max_retries, retry_on, probe_path, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         max_retries, retry_on, probe_path, idle_timeout, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         Params::Positional(values),
     )
     .await?;
@@ -529,7 +532,7 @@ async fn update_service_row(tx: &mut Tx, id: i64, f: &ServiceFields) -> StoreRes
         "UPDATE proxy_configs SET name = ?, slug = ?, config_type = ?, is_active = ?, \
          api_key_location = ?, api_key_name = ?, method = ?, target_url = ?, \
          target_base_url = ?, api_format = ?, output_format = ?, max_retries = ?, \
-         retry_on = ?, probe_path = ?, updated_at = ? WHERE id = ?",
+         retry_on = ?, probe_path = ?, idle_timeout = ?, updated_at = ? WHERE id = ?",
         Params::Positional(values),
     )
     .await?;

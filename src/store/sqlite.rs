@@ -23,6 +23,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("proxy_configs", "max_retries", "integer"),
     ("proxy_configs", "retry_on", "text"),
     ("proxy_configs", "probe_path", "text"),
+    ("proxy_configs", "idle_timeout", "integer"),
     ("api_keys", "created_at", "datetime"),
     ("api_keys", "invalid_reason", "text"),
     ("api_keys", "invalid_at", "integer"),
@@ -46,7 +47,7 @@ const ADDED_INDEXES: &str =
 
 const SERVICE_COLS: &str = "id, name, slug, config_type, is_active, api_key_location, api_key_name, \
      method, target_url, target_base_url, api_format, output_format, max_retries, retry_on, \
-     probe_path, created_at, updated_at, \
+     probe_path, idle_timeout, created_at, updated_at, \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id), \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active)";
 
@@ -264,11 +265,12 @@ fn service_from_row(row: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
             max_retries: row.get(12)?,
             retry_on: row.get(13)?,
             probe_path: row.get(14)?,
+            idle_timeout: row.get(15)?,
         },
-        created_at: get_time(row, 15)?,
-        updated_at: get_time(row, 16)?,
-        key_count: row.get(17)?,
-        active_key_count: row.get(18)?,
+        created_at: get_time(row, 16)?,
+        updated_at: get_time(row, 17)?,
+        key_count: row.get(18)?,
+        active_key_count: row.get(19)?,
     })
 }
 
@@ -380,6 +382,7 @@ fn service_values(f: &ServiceFields) -> Vec<&dyn rusqlite::ToSql> {
         &f.max_retries,
         &f.retry_on,
         &f.probe_path,
+        &f.idle_timeout,
     ]
 }
 
@@ -390,8 +393,8 @@ fn insert_service(tx: &Transaction<'_>, f: &ServiceFields) -> StoreResult<i64> {
     tx.execute(
         "INSERT INTO proxy_configs (name, slug, config_type, is_active, api_key_location, \
          api_key_name, method, target_url, target_base_url, api_format, output_format, \
-         max_retries, retry_on, probe_path, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15)",
+         max_retries, retry_on, probe_path, idle_timeout, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)",
         values.as_slice(),
     )
     .map_err(backend)?;
@@ -407,7 +410,7 @@ fn update_service_row(tx: &Transaction<'_>, id: i64, f: &ServiceFields) -> Store
         "UPDATE proxy_configs SET name = ?1, slug = ?2, config_type = ?3, is_active = ?4, \
          api_key_location = ?5, api_key_name = ?6, method = ?7, target_url = ?8, \
          target_base_url = ?9, api_format = ?10, output_format = ?11, max_retries = ?12, \
-         retry_on = ?13, probe_path = ?14, updated_at = ?15 WHERE id = ?16",
+         retry_on = ?13, probe_path = ?14, idle_timeout = ?15, updated_at = ?16 WHERE id = ?17",
         values.as_slice(),
     )
     .map_err(backend)?;

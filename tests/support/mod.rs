@@ -409,3 +409,66 @@ pub fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// An upstream on 127.0.0.1:0 that hands each accepted connection, raw, to `handler`:
+/// for answers no well-behaved server sends.
+pub async fn raw_upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(handler(stream, n));
+            n += 1;
+        }
+    });
+    Upstream {
+        addr,
+        received: Arc::new(Mutex::new(Vec::new())),
+        task,
+    }
+}
+
+/// Reads one request head (and a Content-Length body) from a raw connection; `None`
+/// when the connection closed first.
+pub async fn read_raw_request(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        if sock.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_lowercase();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0; len];
+        sock.read_exact(&mut body).await.ok()?;
+        got.extend(body);
+    }
+    Some(got)
+}
+
+/// Sends raw bytes to `addr` and reads until the server closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: std::time::Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, sock.read_to_end(&mut out)).await;
+    out
+}
