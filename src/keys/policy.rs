@@ -22,6 +22,7 @@ pub const DEFAULT_INVALID_PHRASES: &[&str] = &[
     "API_KEY_INVALID",
     "billing_not_active",
     "billing_error",
+    "credit_balance_too_low",
     "account_deactivated",
 ];
 
@@ -153,6 +154,7 @@ impl CodeScan<'_> {
 
     /// A string token; its text when it could be decoded.
     fn string(&mut self) -> Option<Option<String>> {
+        self.ws();
         let start = self.i;
         self.eat(b'"')?;
         let mut escaped = false;
@@ -562,6 +564,11 @@ mod tests {
         );
         assert_eq!(
             error_codes(br#"[{"error":{"code":400,"message":"API key not valid","status":"INVALID_ARGUMENT","details":[{"@type":"t","reason":"API_KEY_INVALID"}]}}]"#),
+            ["INVALID_ARGUMENT", "API_KEY_INVALID"]
+        );
+        // With the spaces Python's json.dumps writes.
+        assert_eq!(
+            error_codes(br#"{"error": {"code": 400, "message": "API key not valid.", "status": "INVALID_ARGUMENT", "details": [{"@type": "t", "reason": "API_KEY_INVALID", "metadata": {"service": "g"}}]}}"#),
             ["INVALID_ARGUMENT", "API_KEY_INVALID"]
         );
         // Nested objects the provider echoes are not error fields.

@@ -152,13 +152,15 @@ def test_bad_proxy_key_is_an_authentication_error(rotator, upstreams, missing):
     assert upstreams.anthropic.requests == []
 
 
-def test_a_key_without_credit_is_taken_out_of_rotation(rotator, upstreams):
-    """Anthropic answers a key whose account has no credit with 400 "credit balance is too
-    low": the proxy must recognise the phrase and stop using that key, whatever the
-    encoding of the error body (the SDK asks for gzip)."""
+def test_an_error_message_never_takes_a_key_out_of_rotation(rotator, upstreams):
+    """Anthropic answers a key whose account has no credit with 400 invalid_request_error
+    and says so only in the message. The proxy never reads phrases in free text (a
+    client can make a provider quote any text back), so that key stays in rotation and
+    its answer reaches the client as Anthropic sent it; the admin page shows the key's
+    last status, 400. (Error codes are read: see the Gemini and OpenAI suites.)"""
     client = anthropic_client(rotator, slug="claude-no-credit")
     outcomes = []
-    for _ in range(6):
+    for _ in range(4):
         try:
             client.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=MESSAGES)
             outcomes.append("ok")
@@ -166,5 +168,5 @@ def test_a_key_without_credit_is_taken_out_of_rotation(rotator, upstreams):
             assert "credit balance" in e.message
             outcomes.append(e.status_code)
     used = [r.header("x-api-key") for r in upstreams.anthropic.requests]
-    assert used.count(ANTHROPIC_NO_CREDIT_KEY) == 1, (used, outcomes)
-    assert outcomes.count("ok") >= 5, outcomes
+    assert used.count(ANTHROPIC_NO_CREDIT_KEY) == 2, (used, outcomes)
+    assert outcomes.count("ok") == 2 and outcomes.count(400) == 2, outcomes
