@@ -10,8 +10,14 @@
 #                                   the same under load (wrk -c64 for S seconds), for
 #                                   ours and for nginx, each alone under callgrind
 #
+# Results go to $CARGO_TARGET_DIR/bench-results/ (not committed); BENCH_KEEP=1 writes
+# them to benches/results/ instead, for a run the docs cite.
+#
 # Environment:
 #   CARGO_TARGET_DIR     where cargo builds (default: target)
+#   BENCH_KEEP=1         write results to benches/results/ (committed) instead
+#   BENCH_LITELLM=0      skip the comparison with LiteLLM's proxy (otherwise installed
+#                        with pip into $CARGO_TARGET_DIR/litellm-venv on first use)
 #   BENCH_ARGS           extra harness options, e.g. "--pin split --reps 5 --seconds 8",
 #                        "--workers 1" (one shard for the proxy, one worker for nginx)
 #   BENCH_MAX_LOAD       wait until the 1-minute load average is below this (default 0.5)
@@ -23,7 +29,8 @@
 #   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes
 #
 # Installs nginx, wrk and valgrind with apt-get when they are missing, and fails loudly
-# when it cannot. Method and results: docs/BENCHMARKS.md; raw results: benches/results/.
+# when it cannot. Method and results: docs/BENCHMARKS.md; the runs the docs cite:
+# benches/results/.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,6 +74,26 @@ command -v cargo >/dev/null || die "cargo is missing (install the Rust toolchain
 # and the client's and the upstream's own.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= 8192)) || die "cannot raise the open-file limit to 8192 (ulimit -n is $(ulimit -n))"
+
+# Where results go: an ignored folder unless this run is to be kept.
+if [[ "${BENCH_KEEP:-}" == 1 ]]; then
+    RESULTS=$ROOT/benches/results
+else
+    RESULTS=$CARGO_TARGET_DIR/bench-results
+fi
+mkdir -p "$RESULTS"
+
+# --- LiteLLM, compared on /llm ------------------------------------------------------
+LITELLM=()
+if [[ $MODE == run && "${BENCH_LITELLM:-1}" != 0 ]]; then
+    VENV=$CARGO_TARGET_DIR/litellm-venv
+    if [[ ! -x $VENV/bin/litellm ]]; then
+        say "installing LiteLLM's proxy into $VENV (pip install 'litellm[proxy]'; BENCH_LITELLM=0 skips it)"
+        python3 -m venv "$VENV" || die "cannot make a Python venv (apt-get install python3-venv)"
+        "$VENV/bin/pip" install -q 'litellm[proxy]' || die "pip install 'litellm[proxy]' failed"
+    fi
+    LITELLM=(--litellm "$VENV/bin/litellm")
+fi
 
 # --- builds ------------------------------------------------------------------------
 BIN=$CARGO_TARGET_DIR/bench-bin
@@ -205,11 +232,10 @@ if [[ $MODE == profile ]]; then
     OURS=$((TOTAL / COUNT))
     OURS_COUNT=$COUNT
     set +o pipefail # `| head` below closes pipes early on purpose
-    mkdir -p benches/results
     LEVEL_TAG=""
     [[ ${LOG_LEVEL:-warn} != warn ]] && LEVEL_TAG="-${LOG_LEVEL}"
     if ((!LOAD)); then
-        OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG-latest.txt
+        OUT=$RESULTS/callgrind-$ROUTE$LEVEL_TAG-latest.txt
         {
             echo "# callgrind: $N sequential $ROUTE requests on one keep-alive connection (after 500 warm-up"
             echo "# requests), LOG_LEVEL=${LOG_LEVEL:-warn}, $BUILD_KIND build; proxy process only (user space)."
@@ -237,7 +263,7 @@ if [[ $MODE == profile ]]; then
     done
     measure nginx "$NGX_PORT"
     NGX=$((TOTAL / COUNT))
-    OUT=benches/results/callgrind-$ROUTE$LEVEL_TAG$LOAD_TAG-latest.txt
+    OUT=$RESULTS/callgrind-$ROUTE$LEVEL_TAG$LOAD_TAG-latest.txt
     RATIO=$(awk -v a="$OURS" -v b="$NGX" 'BEGIN{printf "%.2f", a / b}')
     {
         echo "# callgrind under load: wrk, 64 keep-alive connections, ${SECS} s against each process"
@@ -280,5 +306,6 @@ say "measuring (see docs/BENCHMARKS.md for the method)"
 NICE=()
 nice -n -10 true 2>/dev/null && NICE=(nice -n -10)
 # shellcheck disable=SC2086
-"${NICE[@]}" "$HARNESS" run --light "$BIN/api-key-rotator-lightweight" "${ENT[@]}" \
-    --results "$ROOT/benches/results" --work "$WORK" --build "$BUILD_KIND" "$@" ${BENCH_ARGS:-}
+"${NICE[@]}" "$HARNESS" run --light "$BIN/api-key-rotator-lightweight" "${ENT[@]}" "${LITELLM[@]}" \
+    --results "$RESULTS" --work "$WORK" --build "$BUILD_KIND" "$@" ${BENCH_ARGS:-}
+say "results in $RESULTS"

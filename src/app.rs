@@ -1,99 +1,21 @@
-//! Application state and the request entry point: route, dispatch, turn errors into
-//! responses (in one place), write the access log line.
+//! The request entry point, on top of everything: route, dispatch to a handler (proxy,
+//! admin, status, static files), turn errors into responses (in one place:
+//! [`ApiError::into_response`]), write the access log line.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth::{LoginThrottle, ProxyKeys};
 use crate::body::{Body, End};
-use crate::cache::Cache;
-use crate::config::Config;
-use crate::error::{ApiError, json_response};
-use crate::keys::KeyRegistry;
-use crate::metrics::Metrics;
-use crate::proxy::client::Upstreams;
+use crate::error::ApiError;
 use crate::proxy::{self, Flavor};
 use crate::router::{self, Route};
-use crate::snapshot::{Snapshot, SnapshotCell};
-use crate::store::Store;
-use crate::timefmt::now_ms;
-
-/// Everything a request may need, built once at start.
-pub struct AppState {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub cache: Cache,
-    pub snapshot: SnapshotCell,
-    pub registry: KeyRegistry,
-    /// Upstream connection pools (one slot per shard).
-    pub upstreams: Upstreams,
-    pub metrics: Metrics,
-    pub proxy_keys: ProxyKeys,
-    pub login_throttle: LoginThrottle,
-    /// Serialises snapshot rebuilds so an older one never replaces a newer one.
-    reload_lock: tokio::sync::Mutex<()>,
-}
-
-impl AppState {
-    /// Builds the state and loads the first snapshot.
-    pub async fn new(
-        config: Config,
-        store: Arc<dyn Store>,
-        cache: Cache,
-    ) -> Result<Arc<AppState>, String> {
-        let state = Arc::new(AppState {
-            upstreams: Upstreams::new(
-                config.connect_timeout,
-                config.worker_threads,
-                config.upstream_ca_file.as_deref(),
-            )?,
-            proxy_keys: ProxyKeys::new(&config.proxy_keys),
-            config,
-            store,
-            cache,
-            snapshot: SnapshotCell::default(),
-            registry: KeyRegistry::default(),
-            metrics: Metrics::default(),
-            login_throttle: LoginThrottle::default(),
-            reload_lock: tokio::sync::Mutex::new(()),
-        });
-        state
-            .reload()
-            .await
-            .map_err(|e| format!("Failed to load services: {e}"))?;
-        Ok(state)
-    }
-
-    /// Rebuilds the snapshot from the store.
-    pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
-        let _guard = self.reload_lock.lock().await;
-        let dump = self.store.load_all().await?;
-        let snap = Snapshot::build(
-            &dump,
-            &self.registry,
-            &self.metrics,
-            &self.upstreams,
-            now_ms(),
-        );
-        self.snapshot.store(snap);
-        self.upstreams.prune();
-        Ok(())
-    }
-
-    /// After an admin write: rebuild the snapshot and tell other instances.
-    pub async fn changed(&self) -> Result<(), ApiError> {
-        self.reload()
-            .await
-            .map_err(|e| ApiError::internal("saved, but reloading the services failed", e))?;
-        self.cache.publish_change();
-        Ok(())
-    }
-}
+use crate::state::AppState;
+use crate::status;
 
 /// Handles one request. Never fails: errors are already responses here.
 pub async fn handle(
@@ -147,72 +69,12 @@ async fn dispatch(
         Route::Llm { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Llm)).await,
         // Boxed, as the proxy's: their futures hold database calls.
         Route::Admin(_) => Box::pin(crate::admin::handle(state, client, req)).await,
-        Route::Health => Box::pin(health(state, req.method())).await,
-        Route::Metrics => metrics(state, &req),
+        Route::Health => Box::pin(status::health(state, req.method())).await,
+        Route::Metrics => status::metrics(state, &req),
         Route::ApiNotFound => Err(ApiError::not_found("Route not found")),
         Route::Index | Route::PageFallback => crate::static_files::page(req.method()),
         Route::Asset(name) => crate::static_files::asset(req.method(), name),
     }
-}
-
-/// 405 for anything but GET and HEAD.
-pub(crate) fn only_get(method: &Method) -> Result<(), ApiError> {
-    if method == Method::GET || method == Method::HEAD {
-        Ok(())
-    } else {
-        Err(
-            ApiError::admin(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-                .with_allow("GET, HEAD"),
-        )
-    }
-}
-
-/// `GET /health`: 200 when the database answers, 503 when it does not.
-async fn health(state: &AppState, method: &Method) -> Result<Response<Body>, ApiError> {
-    only_get(method)?;
-    let db_ok = matches!(
-        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let status = if db_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok(json_response(
-        status,
-        &serde_json::json!({
-            "status": if db_ok { "ok" } else { "unavailable" },
-            "database": state.store.kind(),
-            "database_ok": db_ok,
-            "cache": state.cache.kind(),
-            "version": env!("CARGO_PKG_VERSION"),
-        }),
-    ))
-}
-
-/// `GET /metrics`: `Authorization: Bearer <METRICS_TOKEN>`, or an admin token when no
-/// `METRICS_TOKEN` is set.
-fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    only_get(req.method())?;
-    let token = crate::auth::bearer(req.headers()).unwrap_or("");
-    let allowed = match &state.config.metrics_token {
-        Some(t) => crate::auth::secrets_equal(token, t.expose()),
-        None => crate::admin::token_valid(state, token),
-    };
-    if !allowed {
-        return Err(ApiError::admin(
-            StatusCode::UNAUTHORIZED,
-            "metrics need Authorization: Bearer <METRICS_TOKEN> (or an admin token when METRICS_TOKEN is unset)",
-        ));
-    }
-    let text = state.metrics.render(&state.snapshot.load(), now_ms());
-    let mut resp = Response::new(crate::body::full(text));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    Ok(resp)
 }
 
 /// The access log line of one request, written when its response body ends (or is

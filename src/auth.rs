@@ -38,7 +38,8 @@ fn equals_secret(secret: &[u8], candidate: &[u8]) -> bool {
 }
 
 /// The `GLOBAL_PROXY_KEYS`. Checked on every proxied request, so without hashing: a
-/// constant-time comparison against each key costs tens of instructions, not thousands.
+/// constant-time comparison against each key costs tens of instructions, not thousands
+/// (docs/BENCHMARKS.md).
 pub struct ProxyKeys(Vec<Box<[u8]>>);
 
 impl std::fmt::Debug for ProxyKeys {
@@ -69,7 +70,7 @@ pub fn bearer(h: &HeaderMap) -> Option<&str> {
 
 /// [`bearer`] as bytes, for a comparison with the proxy keys (no text check first).
 pub fn bearer_bytes(h: &HeaderMap) -> Option<&[u8]> {
-    let v = crate::proxy::headers::find(h, &http::header::AUTHORIZATION)?
+    let v = crate::headers::find(h, &http::header::AUTHORIZATION)?
         .as_bytes()
         .trim_ascii();
     let space = v.iter().position(|b| *b == b' ')?;

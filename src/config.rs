@@ -179,6 +179,20 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Error codes that mean "this key is dead" for LLM providers. They are looked for only
+/// in the provider's error-code fields (`error.code`, `error.type`, `error.status`,
+/// `error.details[].reason`), never in free text such as `error.message`, which may quote
+/// what the client sent.
+pub const DEFAULT_INVALID_KEY_CODES: &[&str] = &[
+    "insufficient_quota",
+    "invalid_api_key",
+    "API_KEY_INVALID",
+    "billing_not_active",
+    "billing_error",
+    "credit_balance_too_low",
+    "account_deactivated",
+];
+
 /// Values that the original shipped as defaults or examples: accepted, but warned about.
 const KNOWN_WEAK: &[&str] = &[
     "admin123",
@@ -330,7 +344,8 @@ impl Config {
             None => format!("http://localhost:{port}"),
             Some(u) => {
                 let u = u.trim().trim_end_matches('/').to_string();
-                check_http_url(&u).map_err(|m| err("PROXY_PUBLIC_BASE_URL", m))?;
+                crate::upstream::url::check_http_url(&u)
+                    .map_err(|m| err("PROXY_PUBLIC_BASE_URL", m))?;
                 u
             }
         };
@@ -381,7 +396,7 @@ impl Config {
                     .map(|p| p.trim().to_string())
                     .filter(|p| !p.is_empty())
                     .collect(),
-                None => crate::keys::policy::DEFAULT_INVALID_PHRASES
+                None => DEFAULT_INVALID_KEY_CODES
                     .iter()
                     .map(|p| p.to_string())
                     .collect(),
@@ -404,21 +419,6 @@ impl Config {
             warnings,
         })
     }
-}
-
-/// Checks that `u` is an absolute http(s) URL with a host.
-pub fn check_http_url(u: &str) -> Result<(), String> {
-    let rest = u
-        .strip_prefix("http://")
-        .or_else(|| u.strip_prefix("https://"))
-        .ok_or_else(|| format!("must start with http:// or https://, got '{u}'"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
-        return Err(format!("must be an http(s) URL with a host, got '{u}'"));
-    }
-    u.parse::<http::Uri>()
-        .map(|_| ())
-        .map_err(|e| format!("is not a valid URL ({e}): '{u}'"))
 }
 
 fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
@@ -511,7 +511,7 @@ fn cache_config(vars: &Vars<'_>) -> Result<CacheConfig, ConfigError> {
     let db: u32 = vars.parse("REDIS_DB", 0, "a database number")?;
     let auth = vars
         .get("REDIS_PASSWORD")
-        .map(|p| format!(":{}@", crate::proxy::url::encode_component(&p)))
+        .map(|p| format!(":{}@", crate::upstream::url::encode_component(&p)))
         .unwrap_or_default();
     Ok(CacheConfig::Redis {
         url: Secret::new(format!("redis://{auth}{}:{port}/{db}", host.trim())),
@@ -519,7 +519,7 @@ fn cache_config(vars: &Vars<'_>) -> Result<CacheConfig, ConfigError> {
 }
 
 fn percent_decode(s: &str) -> String {
-    crate::proxy::url::percent_decode(s.as_bytes())
+    crate::upstream::url::percent_decode(s.as_bytes())
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_else(|| s.to_string())
 }

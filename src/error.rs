@@ -76,7 +76,7 @@ impl ApiError {
 
     /// 500 for a store failure; the cause is logged, not shown.
     pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
-        crate::error!("{context}: {cause}");
+        crate::log::error!("{context}: {cause}");
         Self::admin(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{context}; see the server log"),
@@ -131,7 +131,7 @@ impl ApiError {
             }
             Surface::Proxy => {
                 h.insert("x-rotator-error", HeaderValue::from_static("1"));
-                crate::proxy::cors::add_response_headers(h);
+                crate::cors::add_response_headers(h);
             }
         }
         if let Some(secs) = self.retry_after {
@@ -153,6 +153,18 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// 405 for anything but GET and HEAD.
+pub fn only_get(method: &http::Method) -> Result<(), ApiError> {
+    if method == http::Method::GET || method == http::Method::HEAD {
+        Ok(())
+    } else {
+        Err(
+            ApiError::admin(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+                .with_allow("GET, HEAD"),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -5,25 +5,39 @@
 //!
 //! ## How a request flows
 //!
-//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c, TCP_NODELAY, header timeout)
-//!    and hands each request to [`app::handle`]. Each shard keeps the deadlines of its
-//!    requests (header read, upstream answer) in one [`deadline`] table.
-//! 2. [`router`] maps the path to a route (pure, no I/O).
-//! 3. Admin routes ([`admin`]) check the admin token ([`jwt`]), validate input
-//!    ([`service`]), write to the [`store`] and rebuild the [`snapshot`].
-//! 4. Proxy routes ([`proxy`]) check the proxy key ([`auth`]), find the service in the
-//!    current [`snapshot`] (never the database), check the path and compose the upstream
-//!    URL ([`proxy::url`]), strip hop-by-hop headers and client credentials
-//!    ([`proxy::headers`]).
-//! 5. [`proxy::forward`] takes a rotation ticket ([`cache`]), picks a usable key
-//!    ([`keys`]), injects it, sends the request on the pooled client
-//!    ([`proxy::client`]; HTTP/1.1 upstreams through [`proxy::h1`], driven by the
-//!    request's own task), judges the answer ([`keys::policy`]: cooldown on 429, invalid
-//!    on 401/403) and fails over to the next key while nothing went to the client.
-//! 6. The answer streams back frame by frame; counters go to [`metrics`] and, in
-//!    batches, to the store ([`stats`]).
+//! 1. [`server`] accepts the connection (HTTP/1.1 or h2c, one shard thread each, a
+//!    connection cap) and hands each request to [`app::handle`].
+//! 2. [`app`] routes it ([`router`], pure), finds the client's address ([`net`]) and
+//!    dispatches: proxy, admin, status or static files. Errors become responses in one
+//!    place, [`error::ApiError::into_response`]; the access line is written when the
+//!    answer's body ends.
+//! 3. Proxy routes ([`proxy`]) check the proxy key ([`auth`]) before reading any body,
+//!    find the service in the current [`snapshot`] (never the database), compose the
+//!    upstream URL ([`upstream::url`]) and decide which headers go on ([`headers`]).
+//! 4. [`proxy::forward`] takes a rotation ticket ([`cache`]), picks a usable key
+//!    ([`keys`]), sends the request through the pooled [`upstream`] client (HTTP/1.1
+//!    upstreams through [`upstream::h1`], driven by the request's own task), judges the
+//!    answer ([`keys::policy`]) and fails over while nothing went to the client.
+//! 5. The answer streams back frame by frame; counters go to [`metrics`] and, in
+//!    batches, to the [`store`] ([`stats`]).
 //!
-//! Errors become HTTP responses in one place: [`error::ApiError::into_response`].
+//! Admin routes ([`admin`]) check the admin token ([`jwt`]), validate input
+//! ([`service`]), write to the [`store`] and rebuild the [`snapshot`].
+//!
+//! ## Layers
+//!
+//! Each module imports only modules below it:
+//!
+//! | layer | modules |
+//! |---|---|
+//! | start | `lib` (this file), `server` |
+//! | dispatch | `app` |
+//! | handlers | `proxy`, `admin`, `status`, `static_files`, `stats`, `migrate` |
+//! | shared state | `state` |
+//! | rotation and snapshot | `cache`, `snapshot`, `metrics` |
+//! | keys and services | `keys`, `service` |
+//! | storage and upstreams | `store`, `upstream` |
+//! | foundations | `config`, `auth`, `headers`, `cors`, `net`, `error`, `body`, `deadline`, `shard`, `router`, `jwt`, `log`, `timefmt` |
 
 pub mod admin;
 pub mod app;
@@ -31,8 +45,10 @@ pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod deadline;
 pub mod error;
+pub mod headers;
 pub mod jwt;
 pub mod keys;
 pub mod log;
@@ -43,11 +59,15 @@ pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod service;
+pub mod shard;
 pub mod snapshot;
+pub mod state;
 pub mod static_files;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod timefmt;
+pub mod upstream;
 
 #[cfg(not(any(feature = "sqlite", feature = "mysql")))]
 compile_error!("build with at least one store: the default `sqlite` feature or `mysql`");
@@ -59,8 +79,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use app::AppState;
 pub use config::Config;
+pub use state::AppState;
 
 /// A running server (the binary and the tests both start one this way).
 pub struct Running {
@@ -92,10 +112,10 @@ pub async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Running, String> {
     log::set_level(config.log_level);
-    crate::info!("Database Type: {}", config.store.database.kind());
-    crate::info!("Cache Type: {}", config.cache.kind());
+    crate::log::info!("Database Type: {}", config.store.database.kind());
+    crate::log::info!("Cache Type: {}", config.cache.kind());
     if config.store.reset_db_tables {
-        crate::warn!(
+        crate::log::warn!(
             "RESET_DB_TABLES=true: DROPPING every service and key and recreating the tables. Unset it after this start!"
         );
     }
@@ -119,7 +139,7 @@ async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     stop: Arc<watch::Sender<bool>>,
 ) {
-    let background = cache::spawn_background(&state, stop.subscribe());
+    let background = cache::spawn_background(&state.cache, state.clone(), stop.subscribe());
     let flusher = tokio::spawn(stats::run(state.clone(), stop.subscribe()));
     let mut stopped = stop.subscribe();
     let stopped = async move {

@@ -293,25 +293,29 @@ fn writer_loop() {
     }
 }
 
-/// Logs at ERROR.
-#[macro_export]
+/// Logs at ERROR: `log::error!("…", …)`.
 macro_rules! error {
     ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Error) { $crate::log::write($crate::log::Level::Error, format_args!($($arg)*)) } };
 }
 /// Logs at WARN.
-#[macro_export]
-macro_rules! warn {
+macro_rules! warn_ {
     ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Warn) { $crate::log::write($crate::log::Level::Warn, format_args!($($arg)*)) } };
 }
 /// Logs at INFO.
-#[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Info) { $crate::log::write($crate::log::Level::Info, format_args!($($arg)*)) } };
 }
 /// Logs at DEBUG.
-#[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => { if $crate::log::enabled($crate::log::Level::Debug) { $crate::log::write($crate::log::Level::Debug, format_args!($($arg)*)) } };
+}
+pub(crate) use {debug, error, info, warn_ as warn};
+
+/// Logs one line at `level` (for the binary, which cannot use the crate's macros).
+pub fn line(level: Level, text: &str) {
+    if enabled(level) {
+        write(level, format_args!("{text}"));
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@ use std::process::ExitCode;
 mod container;
 
 use api_key_rotator::config::{DatabaseConfig, StoreConfig};
-use api_key_rotator::{Config, config, log, server};
+use api_key_rotator::log::{self, Level};
+use api_key_rotator::{Config, config, server};
 
-/// musl's own allocator costs the static binary a fifth of its throughput.
+/// musl's own allocator cost the static binary a fifth of its throughput
+/// (docs/BENCHMARKS.md).
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -77,7 +79,7 @@ fn start_in_container(command: Option<&str>) -> Result<(), ExitCode> {
     match container::start(var("RUN_AS").as_deref(), data_file.as_deref()) {
         Ok(started) => {
             for note in started.notes {
-                api_key_rotator::info!("{note}");
+                log::line(Level::Info, &note);
             }
             Ok(())
         }
@@ -118,7 +120,7 @@ fn load_config() -> Result<Config, ExitCode> {
     })?;
     log::set_level(config.log_level);
     for w in &config.warnings {
-        api_key_rotator::warn!("!!! {w}");
+        log::line(Level::Warn, &format!("!!! {w}"));
     }
     Ok(config)
 }
@@ -132,24 +134,30 @@ async fn serve() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            api_key_rotator::error!("Failed to start server: cannot listen on {addr}: {e}");
+            log::line(
+                Level::Error,
+                &format!("Failed to start server: cannot listen on {addr}: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     match api_key_rotator::start(config, listener, server::shutdown_signal()).await {
         Ok(running) => {
-            api_key_rotator::info!(
-                "api-key-rotator {} ({} build) listening on http://{}",
-                env!("CARGO_PKG_VERSION"),
-                build_kind(),
-                running.addr
+            log::line(
+                Level::Info,
+                &format!(
+                    "api-key-rotator {} ({} build) listening on http://{}",
+                    env!("CARGO_PKG_VERSION"),
+                    build_kind(),
+                    running.addr
+                ),
             );
             running.wait().await;
-            api_key_rotator::info!("stopped");
+            log::line(Level::Info, "stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            api_key_rotator::error!("{e}");
+            log::line(Level::Error, &e);
             ExitCode::FAILURE
         }
     }

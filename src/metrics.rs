@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::snapshot::Snapshot;
+use crate::keys::KeyState;
 
 /// Upper bounds (seconds) of the upstream latency histogram.
 const BUCKETS: [f64; 14] = [
@@ -56,7 +56,7 @@ pub struct Metrics {
     /// Proxied responses whose body is still streaming.
     pub open_streams: Arc<AtomicI64>,
     /// Client connections open on each shard.
-    pub connections: crate::server::OpenConnections,
+    pub connections: OpenConnections,
 }
 
 impl Metrics {
@@ -69,8 +69,12 @@ impl Metrics {
         map.entry(slug.into()).or_default().clone()
     }
 
-    /// Renders the Prometheus text format.
-    pub fn render(&self, snapshot: &Snapshot, now_ms: u64) -> String {
+    /// Renders the Prometheus text format, with the enabled keys of each active service
+    /// counted by state.
+    pub fn render<'a>(
+        &self,
+        key_states: impl Iterator<Item = (&'a str, [(KeyState, usize); 3])>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         let services: Vec<(Box<str>, Arc<ServiceMetrics>)> = {
             let map = self.services.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,12 +139,12 @@ impl Metrics {
         }
         out.push_str("# HELP rotator_keys Enabled keys of active services, by state.\n");
         out.push_str("# TYPE rotator_keys gauge\n");
-        for svc in snapshot.services() {
-            for (state, n) in svc.pool.count_states(now_ms) {
+        for (slug, states) in key_states {
+            for (state, n) in states {
                 let _ = writeln!(
                     out,
                     "rotator_keys{{service=\"{}\",state=\"{}\"}} {n}",
-                    esc(&svc.slug),
+                    esc(slug),
                     state.as_str()
                 );
             }
@@ -160,6 +164,62 @@ impl Metrics {
             let _ = writeln!(out, "rotator_open_connections{{shard=\"{shard}\"}} {n}");
         }
         out
+    }
+}
+
+/// Client connections open on each shard, which the shards use to balance new ones.
+/// Rendered by `/metrics` as `rotator_open_connections{shard="…"}`.
+#[derive(Debug, Default)]
+pub struct OpenConnections(Mutex<Vec<usize>>);
+
+/// Marks a shard that could not start: never chosen.
+const GONE: usize = usize::MAX / 2;
+
+impl OpenConnections {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts counting for `shards` shards, none open.
+    pub fn start(&self, shards: usize) {
+        *self.counts() = vec![0; shards];
+    }
+
+    /// Marks a shard that could not start: never chosen.
+    pub fn gone(&self, shard: usize) {
+        self.counts()[shard] = GONE;
+    }
+
+    /// Open connections per shard (a shard that could not start is left out).
+    pub fn per_shard(&self) -> Vec<(usize, usize)> {
+        let counts = self.counts();
+        let live = counts.iter().enumerate().filter(|(_, n)| **n < GONE);
+        live.map(|(i, n)| (i, *n)).collect()
+    }
+
+    /// The shard that should serve a connection `me` accepted: the one with the fewest
+    /// open connections, `me` on a tie. Counted as open there. `None` when `cap`
+    /// connections are open already.
+    pub fn assign(&self, me: usize, cap: usize) -> Option<usize> {
+        let mut counts = self.counts();
+        let open: usize = counts.iter().filter(|n| **n < GONE).sum();
+        if open >= cap {
+            return None;
+        }
+        let mut best = me;
+        for (i, n) in counts.iter().enumerate() {
+            if *n < counts[best] {
+                best = i;
+            }
+        }
+        counts[best] += 1;
+        Some(best)
+    }
+
+    /// A connection of `shard` closed.
+    pub fn closed(&self, shard: usize) {
+        let mut counts = self.counts();
+        counts[shard] = counts[shard].saturating_sub(1);
     }
 }
 

@@ -6,8 +6,8 @@
 //! single-threaded runtime and its own upstream connection pool, all accepting on the same
 //! socket (as nginx's workers do). A request is then handled start to end on one thread:
 //! no work stealing, no cross-thread wake-ups between the client's connection and the
-//! upstream's, which costs about a fifth of the CPU per request that a shared
-//! multi-threaded runtime spends.
+//! upstream's, which cost about a fifth of the CPU per request that a shared
+//! multi-threaded runtime spent (docs/BENCHMARKS.md).
 //!
 //! Which shard wins an `accept` is up to the kernel, and left alone one shard took three
 //! quarters of 64 keep-alive connections and became the bottleneck. So connections are
@@ -15,7 +15,6 @@
 //! connection hands it to the shard with the fewest open ones, itself on a tie. That costs
 //! one cross-thread hand-off per connection, never per request.
 
-use std::cell::Cell;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -32,60 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::app::{self, AppState};
+use crate::app;
 use crate::deadline::{self, Deadlines, ShardTimer};
-
-thread_local!(static SHARD: Cell<usize> = const { Cell::new(0) });
-
-/// The shard running on this thread (0 on any other thread).
-pub fn shard() -> usize {
-    SHARD.with(Cell::get)
-}
-
-/// Client connections open on each shard, which the shards use to balance new ones.
-/// Rendered by `/metrics` as `rotator_open_connections{shard="…"}`.
-#[derive(Debug, Default)]
-pub struct OpenConnections(Mutex<Vec<usize>>);
-
-/// Marks a shard that could not start: never chosen.
-const GONE: usize = usize::MAX / 2;
-
-impl OpenConnections {
-    fn counts(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Open connections per shard (a shard that could not start is left out).
-    pub fn per_shard(&self) -> Vec<(usize, usize)> {
-        let counts = self.counts();
-        let live = counts.iter().enumerate().filter(|(_, n)| **n < GONE);
-        live.map(|(i, n)| (i, *n)).collect()
-    }
-
-    /// The shard that should serve a connection `me` accepted: the one with the fewest
-    /// open connections, `me` on a tie. Counted as open there. `None` when `cap`
-    /// connections are open already.
-    fn assign(&self, me: usize, cap: usize) -> Option<usize> {
-        let mut counts = self.counts();
-        let open: usize = counts.iter().filter(|n| **n < GONE).sum();
-        if open >= cap {
-            return None;
-        }
-        let mut best = me;
-        for (i, n) in counts.iter().enumerate() {
-            if *n < counts[best] {
-                best = i;
-            }
-        }
-        counts[best] += 1;
-        Some(best)
-    }
-
-    fn closed(&self, shard: usize) {
-        let mut counts = self.counts();
-        counts[shard] = counts[shard].saturating_sub(1);
-    }
-}
+use crate::metrics::OpenConnections;
+use crate::state::AppState;
 
 /// A connection accepted by one shard and handed to another.
 type Handoff = (std::net::TcpStream, SocketAddr);
@@ -121,12 +70,12 @@ pub async fn serve_sharded(
     let listener = match listener.into_std() {
         Ok(l) => l,
         Err(e) => {
-            crate::error!("cannot share the listening socket: {e}");
+            crate::log::error!("cannot share the listening socket: {e}");
             return;
         }
     };
     let count = state.config.worker_threads.max(1);
-    *state.metrics.connections.counts() = vec![0; count];
+    state.metrics.connections.start(count);
     let (inboxes, receivers): (Vec<_>, Vec<_>) =
         (0..count).map(|_| mpsc::unbounded_channel()).unzip();
     let shards = Arc::new(Shards { state, inboxes });
@@ -136,8 +85,8 @@ pub async fn serve_sharded(
         match start_shard(index, &listener, inbox, shards.clone(), stop_rx.clone()) {
             Ok(done) => finished.push(done),
             Err(e) => {
-                crate::error!("cannot start shard {index}: {e}");
-                shards.open().counts()[index] = GONE;
+                crate::log::error!("cannot start shard {index}: {e}");
+                shards.open().gone(index);
             }
         }
     }
@@ -162,7 +111,7 @@ fn start_shard(
     std::thread::Builder::new()
         .name(format!("shard-{index}"))
         .spawn(move || {
-            SHARD.with(|s| s.set(index));
+            crate::shard::enter(index);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -185,8 +134,8 @@ fn start_shard(
                         .await;
                     }
                     Err(e) => {
-                        crate::error!("shard {index} cannot listen: {e}");
-                        shards.open().counts()[index] = GONE;
+                        crate::log::error!("shard {index} cannot listen: {e}");
+                        shards.open().gone(index);
                     }
                 }
             });
@@ -219,7 +168,7 @@ impl Shard {
         let sent = match stream.into_std() {
             Ok(std) => self.shards.inboxes[to].send((std, peer)).is_ok(),
             Err(e) => {
-                crate::warn!("cannot hand a connection to shard {to}: {e}");
+                crate::log::warn!("cannot hand a connection to shard {to}: {e}");
                 false
             }
         };
@@ -235,7 +184,7 @@ impl Shard {
         match TcpStream::from_std(std) {
             Ok(stream) => Some((stream, peer, open)),
             Err(e) => {
-                crate::warn!("shard {} cannot take a connection: {e}", self.index);
+                crate::log::warn!("shard {} cannot take a connection: {e}", self.index);
                 None
             }
         }
@@ -254,7 +203,7 @@ fn refuse(stream: TcpStream, cap: usize) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let _ = stream.try_write(TOO_MANY);
     if once_a_minute(&LAST) {
-        crate::warn!("{cap} connections open (MAX_CONNECTIONS): new ones get 503");
+        crate::log::warn!("{cap} connections open (MAX_CONNECTIONS): new ones get 503");
     }
 }
 
@@ -310,13 +259,13 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
         connections.spawn(async move {
             let _open = open;
             if let Err(e) = conn.await {
-                crate::debug!("connection from {peer} ended: {e}");
+                crate::log::debug!("connection from {peer} ended: {e}");
             }
         });
     }
     drop(listener);
     let grace = state.config.shutdown_grace;
-    crate::info!(
+    crate::log::info!(
         "shutting down: draining {} connection(s) for at most {:?}",
         connections.len(),
         grace
@@ -324,7 +273,7 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
     closing.close();
     let drained = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drained).await.is_err() {
-        crate::warn!(
+        crate::log::warn!(
             "grace period over: closing {} connection(s) still open",
             connections.len()
         );
@@ -339,7 +288,7 @@ async fn serve(listener: TcpListener, mut shard: Shard, shutdown: impl Future<Ou
 fn accept_failed(e: &std::io::Error) {
     static LAST: AtomicU64 = AtomicU64::new(0);
     if once_a_minute(&LAST) {
-        crate::warn!("accept failed: {e} (new connections wait; open ones are served)");
+        crate::log::warn!("accept failed: {e} (new connections wait; open ones are served)");
     }
 }
 
@@ -392,7 +341,7 @@ impl Builders {
 /// The preface is peeked at, not read, so the HTTP/1.1 connection reads its first request
 /// into its own 8 KiB buffer. (hyper-util's auto builder reads the first bytes itself and
 /// hands them back through a wrapper, which makes that buffer grow to 16 KiB on every
-/// connection: 8 MB more for 1,000 open streams.)
+/// connection: 8 MB more for 1,000 open streams; docs/BENCHMARKS.md.)
 async fn connection(
     builders: Builders,
     closing: Arc<Closing>,
@@ -423,7 +372,8 @@ async fn connection(
 
 /// A shard's shutdown signal to its connections: each one registers its task's waker
 /// once and looks at one flag when it is polled (hyper-util's `GracefulShutdown` polls
-/// a `watch` channel's `changed` future each time instead, about 1 % of a request).
+/// a `watch` channel's `changed` future each time instead, about 1 % of a request:
+/// docs/BENCHMARKS.md).
 #[derive(Default)]
 struct Closing {
     closed: AtomicBool,

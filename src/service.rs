@@ -5,8 +5,8 @@
 use http::{HeaderName, Method};
 
 use crate::keys::policy::StatusSet;
-use crate::proxy::url::Upstream;
 use crate::store::ServiceFields;
+use crate::upstream::url::{self, Upstream};
 
 /// Longest slug.
 pub const MAX_SLUG_LEN: usize = 64;
@@ -197,8 +197,7 @@ pub fn spec(f: &ServiceFields) -> Result<ServiceSpec, FieldError> {
             &f.target_base_url
         };
         if let Some(u) = non_empty(value) {
-            crate::config::check_http_url(u)
-                .map_err(|m| field_err(other, format!("{other} {m}")))?;
+            url::check_http_url(u).map_err(|m| field_err(other, format!("{other} {m}")))?;
         }
     }
     Ok(ServiceSpec {

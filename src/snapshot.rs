@@ -11,9 +11,9 @@ use http::HeaderValue;
 
 use crate::keys::{KeyPool, KeyRegistry, KeyRuntime, PoolKey};
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::proxy::client::{Pool, Upstreams};
 use crate::service::{self, Placement, ServiceSpec};
 use crate::store::{Dump, KeyRecord, ServiceRecord};
+use crate::upstream::{Pool, Upstreams};
 
 /// One active service, ready for the hot path.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Snapshot {
             let spec = match service::spec(&rec.fields) {
                 Ok(spec) => spec,
                 Err(e) => {
-                    crate::warn!(
+                    crate::log::warn!(
                         "service '{}' (id {}) is not served: {}",
                         rec.fields.slug,
                         rec.id,
@@ -132,7 +132,7 @@ fn pool_key(
                     Some(v)
                 }
                 Err(_) => {
-                    crate::warn!(
+                    crate::log::warn!(
                         "key id {} cannot be sent in a header (invalid characters); skipped",
                         k.id
                     );

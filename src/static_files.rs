@@ -52,13 +52,13 @@ fn respond(name: &str, bytes: &'static [u8]) -> Response<Body> {
 
 /// `/` and any non-API path: `index.html`.
 pub fn page(method: &Method) -> Result<Response<Body>, ApiError> {
-    crate::app::only_get(method)?;
+    crate::error::only_get(method)?;
     Ok(respond("index.html", find("index.html").unwrap_or(NO_PAGE)))
 }
 
 /// `/assets/<name>`.
 pub fn asset(method: &Method, name: &str) -> Result<Response<Body>, ApiError> {
-    crate::app::only_get(method)?;
+    crate::error::only_get(method)?;
     let path = format!("assets/{name}");
     find(&path)
         .map(|bytes| respond(&path, bytes))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::timefmt::now_ms;
 
 /// Writes pending counters now. Returns how many keys were written.
@@ -25,7 +25,7 @@ pub async fn flush(state: &AppState) -> usize {
     match state.store.save_stats(updates).await {
         Ok(()) => pending.len(),
         Err(e) => {
-            crate::warn!("could not save key statistics (will retry): {e}");
+            crate::log::warn!("could not save key statistics (will retry): {e}");
             for (rt, u) in &pending {
                 rt.restore(u);
             }

@@ -196,19 +196,16 @@ fn a_bad_ca_file_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.pem");
     std::fs::write(&bad, "not a certificate").unwrap();
-    let err = api_key_rotator::proxy::client::Upstreams::new(
-        std::time::Duration::from_secs(1),
-        1,
-        Some(&bad),
-    )
-    .err()
-    .unwrap();
+    let err =
+        api_key_rotator::upstream::Upstreams::new(std::time::Duration::from_secs(1), 1, Some(&bad))
+            .err()
+            .unwrap();
     assert!(
         err.contains("UPSTREAM_CA_FILE") && err.contains("no PEM certificate"),
         "{err}"
     );
     let missing = dir.path().join("missing.pem");
-    let err = api_key_rotator::proxy::client::Upstreams::new(
+    let err = api_key_rotator::upstream::Upstreams::new(
         std::time::Duration::from_secs(1),
         1,
         Some(&missing),

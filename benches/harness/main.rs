@@ -16,6 +16,7 @@
 //! Method and results: docs/BENCHMARKS.md. Raw results: benches/results/.
 
 mod client;
+mod litellm;
 mod openloop;
 mod procs;
 mod report;
@@ -55,6 +56,8 @@ pub struct Opts {
     pub streams: usize,
     /// How benches/run.sh built the proxy binaries: `pgo` (scripts/pgo.sh) or `plain`.
     pub build: String,
+    /// LiteLLM's `litellm` command, to compare on /llm (benches/run.sh installs it).
+    pub litellm: Option<PathBuf>,
 }
 
 fn main() {
@@ -182,6 +185,7 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1000),
                 build: get("--build").unwrap_or_else(|| "plain".into()),
+                litellm: get("--litellm").map(PathBuf::from),
             };
             if cmd == "memory" {
                 memory_only(&opts);
@@ -192,7 +196,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: harness run --light BIN [--enterprise BIN] [--results DIR] [--work DIR] \
-                 [--reps N] [--seconds S] [--pin none|split] [--workers N] [--build pgo|plain] [--quick]\n\
+                 [--reps N] [--seconds S] [--pin none|split] [--workers N] [--build pgo|plain] [--litellm CMD] [--quick]\n\
                  harness memory --light BIN [--streams N]   (the memory part alone)\n\
                  (normally started by benches/run.sh: `make bench`)"
             );
@@ -495,6 +499,12 @@ fn run(o: &Opts) {
         }
     }
     raw["sse"] = json!(sse_runs);
+
+    // 5: LiteLLM, on /llm, against ours.
+    raw["litellm"] = match &o.litellm {
+        Some(bin) => litellm_phase(o, &work, bin, up_port, &ours, &direct, &pin),
+        None => json!({"status": "pending", "reason": "no --litellm given"}),
+    };
     drop(ours_procs);
 
     // 4: memory with many open streams (a fresh proxy; nginx as it is now).
@@ -597,6 +607,85 @@ fn conditions(o: &Opts) -> Value {
         "nginx_workers": server_cpus(&pins(o)),
         "proxy_build": o.build,
     })
+}
+
+/// LiteLLM's proxy against ours on /llm: wrk throughput and CPU per request, interleaved,
+/// and LiteLLM's memory idle and after the load.
+fn litellm_phase(
+    o: &Opts,
+    work: &Path,
+    bin: &Path,
+    up_port: u16,
+    ours: &Target,
+    direct: &Target,
+    pin: &Pins,
+) -> Value {
+    let workers = server_cpus(pin);
+    log(&format!("LiteLLM ({workers} workers), /llm"));
+    let port = procs::free_port();
+    let p = litellm::spawn(work, bin, port, up_port, workers, pin.server.as_deref());
+    let t = Target {
+        name: "litellm".into(),
+        kind: Kind::Litellm,
+        addr: addr(port),
+        pid: p.pid,
+    };
+    sanity_route(&t, Route::Llm);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_kb = t.rss_kb();
+    let mut runs = Vec::new();
+    for rep in 0..o.reps {
+        let mut list = [ours, &t];
+        list.rotate_left(rep % 2);
+        for target in list {
+            let r = throughput(o, work, target, Route::Llm, direct, pin.client.as_deref());
+            log(&format!(
+                "  rep {} llm {:<8} {:>9.0} req/s  cpu {:.1} µs/req",
+                rep + 1,
+                target.name,
+                r["rps"].as_f64().unwrap_or(0.0),
+                r["cpu_us_per_req"].as_f64().unwrap_or(0.0)
+            ));
+            let mut r = r;
+            r["rep"] = json!(rep + 1);
+            runs.push(r);
+        }
+    }
+    let loaded_kb = t.rss_kb();
+    let version = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    log(&format!(
+        "  litellm RSS idle {:.1} MB, after load {:.1} MB",
+        idle_kb as f64 / 1024.0,
+        loaded_kb as f64 / 1024.0
+    ));
+    drop(p);
+    json!({
+        "status": "measured",
+        "version": version,
+        "workers": workers,
+        "throughput": runs,
+        "idle_rss_kb": idle_kb,
+        "loaded_rss_kb": loaded_kb,
+    })
+}
+
+/// A target answers a route with 200.
+fn sanity_route(t: &Target, route: Route) {
+    let spec = targets::request(t.kind, route, "");
+    let got = targets::rt().block_on(client::fetch_once(t.addr, &spec, Duration::from_secs(30)));
+    match got {
+        Ok((200, _)) => {}
+        other => panic!(
+            "{} {}: expected 200, got {:?}",
+            t.name,
+            route.label(),
+            other.map(|(s, b)| (s, String::from_utf8_lossy(&b).to_string()))
+        ),
+    }
 }
 
 /// Every target answers every route with 200 before anything is measured.

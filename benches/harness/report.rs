@@ -423,6 +423,8 @@ pub fn markdown(raw: &Value) -> String {
         );
     }
 
+    litellm(&mut o, raw);
+
     // Targets.
     let _ = writeln!(o, "\n### Targets\n");
     let _ = writeln!(o, "| target | measured | |");
@@ -494,4 +496,52 @@ pub fn markdown(raw: &Value) -> String {
         let _ = writeln!(o, "| Redis mode ≥ 0.8× memory mode | pending | |");
     }
     o
+}
+
+/// The /llm route against LiteLLM's proxy, measured in its own phase (ours again, so the
+/// ratio comes from the same minutes).
+fn litellm(o: &mut String, raw: &Value) {
+    let l = &raw["litellm"];
+    if l["status"] != "measured" {
+        let _ = writeln!(
+            o,
+            "\nLiteLLM: not measured ({}).",
+            l["reason"].as_str().unwrap_or("?")
+        );
+        return;
+    }
+    let spread =
+        |t: &str, k: &str| Spread::of(&pick(&l["throughput"], |r| r["target"] == t, |r| f(&r[k])));
+    let (ours, lite) = (spread("ours", "rps"), spread("litellm", "rps"));
+    let (oc, lc) = (
+        spread("ours", "cpu_us_per_req").median,
+        spread("litellm", "cpu_us_per_req").median,
+    );
+    let _ = writeln!(
+        o,
+        "\n### Against LiteLLM ({}, {} worker processes), /llm POST 1 KB JSON\n",
+        l["version"].as_str().unwrap_or("?"),
+        l["workers"]
+    );
+    let _ = writeln!(o, "| measurement | LiteLLM | ours | ours ÷ LiteLLM |");
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "| req/s at saturation | {} | {} | **{:.1}×** |",
+        pm(&lite),
+        pm(&ours),
+        ours.median / lite.median
+    );
+    let _ = writeln!(
+        o,
+        "| CPU µs per request | {lc:.0} | {oc:.1} | {:.3}× |",
+        oc / lc
+    );
+    let _ = writeln!(
+        o,
+        "| RSS idle / after the load (LiteLLM: every process) | {} / {} | {} | |",
+        mb(f(&l["idle_rss_kb"])),
+        mb(f(&l["loaded_rss_kb"])),
+        mb(f(&raw["memory"]["ours"]["idle_rss_kb"]))
+    );
 }

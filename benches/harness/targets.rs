@@ -29,6 +29,8 @@ pub enum Kind {
     Direct,
     Nginx,
     Ours,
+    /// LiteLLM's proxy (/llm only).
+    Litellm,
 }
 
 /// A running target.
@@ -45,7 +47,7 @@ impl Target {
     /// Every pid of the target (nginx: master and workers).
     pub fn pids(&self) -> Vec<u32> {
         match self.kind {
-            Kind::Nginx => procs::family(self.pid),
+            Kind::Nginx | Kind::Litellm => procs::family(self.pid),
             _ => vec![self.pid],
         }
     }
@@ -127,7 +129,7 @@ pub fn request(kind: Kind, route: Route, query: &str) -> ReqSpec {
         .header("accept", "application/json"),
         (kind, Route::Llm | Route::Sse) => {
             let path = match kind {
-                Kind::Direct => format!("/v1/chat/completions{q}"),
+                Kind::Direct | Kind::Litellm => format!("/v1/chat/completions{q}"),
                 _ => format!("/llm/{LLM_SLUG}/v1/chat/completions{q}"),
             };
             let key = match kind {

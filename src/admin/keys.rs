@@ -8,11 +8,11 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::{JsonBody, message, store_error};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::error::{ApiError, json_response};
 use crate::keys::KeyState;
 use crate::keys::mask;
+use crate::state::AppState;
 use crate::store::{KeyRecord, MAX_KEY_LEN, StoreError};
 use crate::timefmt::{now_ms, rfc3339};
 
@@ -93,7 +93,7 @@ pub async fn list(
         .await
         .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?;
     if reveal {
-        crate::info!("keys of service id {service_id} revealed to the admin (export)");
+        crate::log::info!("keys of service id {service_id} revealed to the admin (export)");
     }
     let now = now_ms();
     let list: Vec<Value> = keys
@@ -179,7 +179,7 @@ pub async fn batch(
     if outcome.success_count > 0 {
         state.changed().await?;
     }
-    crate::info!(
+    crate::log::info!(
         "batch import into service id {service_id}: {} added, {} skipped, {} failed",
         outcome.success_count,
         outcome.skipped_count,

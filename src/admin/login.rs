@@ -6,10 +6,10 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::JsonBody;
-use crate::app::AppState;
 use crate::auth::secrets_equal;
 use crate::body::Body;
 use crate::error::{ApiError, json_response};
+use crate::state::AppState;
 use crate::timefmt::{now_ms, now_secs};
 
 /// Checks the admin credentials (constant time, throttled per client address) and issues
@@ -35,7 +35,7 @@ pub async fn login(
     let pass_ok = secrets_equal(&password, state.config.admin_password.expose());
     if !(user_ok & pass_ok) {
         if let Some(secs) = block {
-            crate::warn!("failed admin logins from {ip}: blocked for {secs} s");
+            crate::log::warn!("failed admin logins from {ip}: blocked for {secs} s");
         }
         return Err(ApiError::admin(StatusCode::UNAUTHORIZED, "Invalid credentials").for_login());
     }

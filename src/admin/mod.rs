@@ -13,10 +13,10 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::app::AppState;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::router::{self, AdminRoute, Route};
+use crate::state::AppState;
 
 pub use json::JsonBody;
 

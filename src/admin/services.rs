@@ -5,10 +5,10 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::{JsonBody, message, store_error};
-use crate::app::AppState;
 use crate::body::Body;
 use crate::error::{ApiError, json_response};
 use crate::service::{self, Kind};
+use crate::state::AppState;
 use crate::store::{ServiceFields, ServiceRecord};
 
 const NOT_FOUND: &str = "Config not found";
@@ -134,7 +134,7 @@ pub async fn create(state: &AppState, body: Incoming) -> Result<Response<Body>, 
         .await
         .map_err(|e| store_error(e, NOT_FOUND))?;
     state.changed().await?;
-    crate::info!("service '{}' (id {}) created", rec.fields.slug, rec.id);
+    crate::log::info!("service '{}' (id {}) created", rec.fields.slug, rec.id);
     Ok(json_response(StatusCode::CREATED, &view(&rec)))
 }
 
@@ -180,7 +180,7 @@ pub async fn delete(state: &AppState, id: i64) -> Result<Response<Body>, ApiErro
         .await
         .map_err(|e| store_error(e, NOT_FOUND))?;
     state.changed().await?;
-    crate::info!("service id {id} deleted with its keys");
+    crate::log::info!("service id {id} deleted with its keys");
     Ok(json_response(
         StatusCode::OK,
         &json!({"message": "Config deleted successfully"}),

@@ -123,7 +123,7 @@ impl Leases {
         F: FnOnce(u64) -> Fut,
         Fut: Future<Output = Option<u64>> + Send + 'static,
     {
-        let shard = crate::server::shard() % self.shards.len();
+        let shard = crate::shard::current() % self.shards.len();
         let slot = &self.shards[shard];
         let size = loop {
             let reserved = {

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
 use crate::config::{CacheConfig, Config};
 use crate::snapshot::Service;
+use crate::store::{BoxFuture, StoreError};
 
 #[cfg(feature = "redis")]
 pub mod lease;
@@ -34,6 +34,15 @@ pub enum KeyEvent {
     Invalid { service_id: i64, key_id: i64 },
     /// An admin reset the key: clear cooldown and invalid mark.
     Reset { service_id: i64, key_id: i64 },
+}
+
+/// What the cache tells the rest of the service about changes other instances made
+/// (the state implements it; the cache stays below the state).
+pub trait Listener: Send + Sync + 'static {
+    /// Services or keys changed in the store: rebuild the snapshot.
+    fn reload(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// A key cooled down or was reset on another instance: apply it here.
+    fn key_event(&self, event: KeyEvent);
 }
 
 /// Where rotation state lives.
@@ -111,15 +120,16 @@ impl Cache {
 /// Starts what the cache needs in the background (with Redis: the change subscriber and
 /// the periodic reload), until `stop` changes.
 pub fn spawn_background(
-    state: &Arc<AppState>,
+    cache: &Cache,
+    listener: Arc<dyn Listener>,
     stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
-    match &state.cache {
+    match cache {
         Cache::Memory => {
-            let _ = stop;
+            let _ = (listener, stop);
             None
         }
         #[cfg(feature = "redis")]
-        Cache::Redis(r) => Some(r.clone().spawn_background(state.clone(), stop)),
+        Cache::Redis(r) => Some(r.clone().spawn_background(listener, stop)),
     }
 }

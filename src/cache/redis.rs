@@ -32,9 +32,8 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::AppState;
-use crate::cache::KeyEvent;
 use crate::cache::lease::Leases;
+use crate::cache::{KeyEvent, Listener};
 use crate::snapshot::Service;
 use crate::timefmt::now_ms;
 
@@ -110,7 +109,7 @@ impl RedisCache {
             .map_err(|_| format!("redis {target} did not answer within 5 s"))?
             .map_err(|e| format!("redis {target}: {e} (Redis 6 or later is needed)"))?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
-        crate::info!("Cache: redis {target}, channel {channel}");
+        crate::log::info!("Cache: redis {target}, channel {channel}");
         Ok(RedisCache {
             conn,
             client,
@@ -195,7 +194,7 @@ impl RedisCache {
 
     /// This shard's command connection (opened here on first use).
     async fn shard_conn(&self) -> redis::RedisResult<ConnectionManager> {
-        let cell = &self.shard_conns[crate::server::shard() % self.shard_conns.len()];
+        let cell = &self.shard_conns[crate::shard::current() % self.shard_conns.len()];
         let conn = cell
             .get_or_try_init(|| {
                 let config = ConnectionManagerConfig::new()
@@ -229,7 +228,7 @@ impl RedisCache {
     /// until `stop` changes.
     pub fn spawn_background(
         self: Arc<Self>,
-        state: Arc<AppState>,
+        state: Arc<dyn Listener>,
         stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -242,7 +241,7 @@ impl RedisCache {
 
     async fn background(
         &self,
-        state: Arc<AppState>,
+        state: Arc<dyn Listener>,
         mut outbox: mpsc::Receiver<String>,
         mut pushes: UnboundedReceiver<PushInfo>,
         mut stop: watch::Receiver<bool>,
@@ -252,7 +251,7 @@ impl RedisCache {
         let mut tick = tokio::time::interval(TICK);
         loop {
             let reload = tokio::select! {
-                Some(push) = pushes.recv() => self.received(&state, push, &mut pushes),
+                Some(push) = pushes.recv() => self.received(&*state, push, &mut pushes),
                 Some(text) = outbox.recv() => { self.publish(text).await; false }
                 _ = tick.tick() => self.keep_connected().await,
                 _ = reload_tick.tick() => true,
@@ -260,7 +259,7 @@ impl RedisCache {
             };
             if reload {
                 if let Err(e) = state.reload().await {
-                    crate::warn!("could not reload the services after a change notice: {e}");
+                    crate::log::warn!("could not reload the services after a change notice: {e}");
                 }
             }
         }
@@ -270,7 +269,7 @@ impl RedisCache {
     /// reload. Returns whether the snapshot must be reloaded.
     fn received(
         &self,
-        state: &AppState,
+        state: &dyn Listener,
         first: PushInfo,
         pushes: &mut UnboundedReceiver<PushInfo>,
     ) -> bool {
@@ -283,7 +282,7 @@ impl RedisCache {
         reload
     }
 
-    fn handle_push(&self, state: &AppState, push: PushInfo) -> bool {
+    fn handle_push(&self, state: &dyn Listener, push: PushInfo) -> bool {
         match push.kind {
             PushKind::Disconnection => {
                 self.breaker.trip("connection lost", &self.target);
@@ -353,36 +352,14 @@ fn message_text(data: &[Value]) -> Option<String> {
 }
 
 /// Applies a notice from another instance. Returns whether the snapshot must be reloaded.
-fn apply(state: &AppState, notice: Notice) -> bool {
+fn apply(state: &dyn Listener, notice: Notice) -> bool {
     match notice {
         // The store has the change (an invalid mark is persisted before it is announced).
         Notice::Change | Notice::Key(KeyEvent::Invalid { .. }) => true,
-        Notice::Key(KeyEvent::Cooldown {
-            service_id,
-            key_id,
-            until_ms,
-        }) => {
-            if let Some(rt) = state.registry.get(key_id) {
-                rt.cool_until(until_ms);
-            }
-            refresh(state, service_id, key_id);
+        Notice::Key(event) => {
+            state.key_event(event);
             false
         }
-        Notice::Key(KeyEvent::Reset { service_id, key_id }) => {
-            if let Some(rt) = state.registry.get(key_id) {
-                rt.reset();
-            }
-            refresh(state, service_id, key_id);
-            false
-        }
-    }
-}
-
-/// Re-sorts a key in its pool after its health changed.
-fn refresh(state: &AppState, service_id: i64, key_id: i64) {
-    let snap = state.snapshot.load();
-    if let Some((svc, idx)) = snap.find_key(service_id, key_id) {
-        svc.pool.refresh(idx, now_ms());
     }
 }
 
@@ -497,7 +474,7 @@ impl Breaker {
         if admit == Admit::Probe && self.down.swap(false, Relaxed) {
             self.backoff_ms.store(BACKOFF_MIN_MS, Relaxed);
             self.rejoined.store(true, Relaxed);
-            crate::info!("Redis answers again: global rotation and change notices resumed");
+            crate::log::info!("Redis answers again: global rotation and change notices resumed");
         }
     }
 
@@ -522,7 +499,7 @@ impl Breaker {
         self.backoff_ms.store(BACKOFF_MIN_MS, Relaxed);
         self.retry_at.store(now_ms() + BACKOFF_MIN_MS, Relaxed);
         if !self.down.swap(true, Relaxed) {
-            crate::warn!(
+            crate::log::warn!(
                 "Redis {target} is unreachable ({why}): rotating keys locally and missing \
                  change notices until it answers again"
             );

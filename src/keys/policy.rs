@@ -12,20 +12,6 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(24 * 3600);
 /// Cap of the escalating default cooldown.
 const MAX_DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
 
-/// Error codes that mean "this key is dead" for LLM providers. They are looked for only
-/// in the provider's error-code fields (`error.code`, `error.type`, `error.status`,
-/// `error.details[].reason`), never in free text such as `error.message`, which may quote
-/// what the client sent.
-pub const DEFAULT_INVALID_PHRASES: &[&str] = &[
-    "insufficient_quota",
-    "invalid_api_key",
-    "API_KEY_INVALID",
-    "billing_not_active",
-    "billing_error",
-    "credit_balance_too_low",
-    "account_deactivated",
-];
-
 /// The key's part in an upstream answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -473,7 +459,7 @@ mod tests {
     const NOW: u64 = 784_111_777_000;
 
     fn phrases() -> Vec<String> {
-        DEFAULT_INVALID_PHRASES
+        crate::config::DEFAULT_INVALID_KEY_CODES
             .iter()
             .map(|s| s.to_string())
             .collect()

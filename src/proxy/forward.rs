@@ -14,18 +14,20 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::client::{RequestRef, SendError};
-use super::{Outgoing, cors, headers, redact};
-use crate::app::AppState;
+use super::health::{self, Follow};
+use super::{Outgoing, redact};
 use crate::body::{self, Body, Prefix, Tail};
-use crate::cache::KeyEvent;
+use crate::cors;
 use crate::deadline;
 use crate::error::ApiError;
+use crate::headers;
 use crate::keys::policy::{self, Verdict};
 use crate::keys::{Pick, PoolKey};
 use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
+use crate::state::AppState;
 use crate::timefmt::now_ms;
+use crate::upstream::{RequestRef, SendError};
 
 /// Most of an error body read to judge it, to mask the key in it, or to keep for replay.
 const ERROR_PEEK: usize = 64 * 1024;
@@ -98,7 +100,7 @@ pub async fn run(
                 ));
             }
             Err(Failed::Send(e)) => {
-                let reason = describe(&e);
+                let reason = e.describe();
                 key.rt.record(now, None, false, Some(&reason));
                 last_error = Some(ApiError::proxy(
                     StatusCode::BAD_GATEWAY,
@@ -118,7 +120,7 @@ pub async fn run(
         // wall time read before sending plus the wait, one clock read fewer.
         let answered = now + waited.as_millis() as u64;
         let (resp, verdict) = judge(state, svc, resp, key, deadline, answered).await;
-        apply(
+        let follow = health::apply(
             state,
             svc,
             idx,
@@ -128,12 +130,15 @@ pub async fn run(
             answered,
             &mut may_change,
         );
+        if follow == Follow::Probe {
+            super::probe::confirm(state, svc.clone(), idx);
+        }
         let retry =
             !verdict.is_success() && svc.spec.retry.on.contains(status.as_u16()) && !is_last;
         if !retry {
             return Ok(finish(state, svc, resp, attempt, out.cors));
         }
-        crate::debug!(
+        crate::log::debug!(
             "service '{}': key id {} answered {}; trying another key",
             svc.slug,
             key.id,
@@ -200,10 +205,10 @@ async fn send(
         if !again {
             return Ok(Err(Failed::Send(e)));
         }
-        crate::debug!(
+        crate::log::debug!(
             "service '{}': a pooled connection failed ({}); again on a fresh one",
             svc.slug,
-            describe(&e)
+            e.describe()
         );
         fresh = true;
     }
@@ -233,26 +238,6 @@ fn all_down(retry_after_ms: Option<u64>, now: u64) -> ApiError {
         Some(at) => err.with_retry_after(at.saturating_sub(now).div_ceil(1000)),
         None => err,
     }
-}
-
-/// Describes a client error by its causes (never a URL or header: no key can be in it).
-pub fn describe(e: &SendError) -> String {
-    let mut parts = vec![if e.is_connect() {
-        "connection failed".to_string()
-    } else {
-        "request failed".to_string()
-    }];
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    loop {
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        let Some(s) = source else { break };
-        text = s.to_string();
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 /// Classifies an answer and takes the key out of it. For answers that are not 2xx, the
@@ -311,114 +296,10 @@ async fn judge(
     (Response::from_parts(parts, prefix.into_body()), verdict)
 }
 
-/// Records the answer (at `now`, Unix ms) in the key's health and counters, and shares
-/// changes. `may_change` is the request's one change of a key's state: once spent, a
-/// later verdict is counted but changes nothing, so one client request cannot cool down
-/// or invalidate several keys.
-#[allow(clippy::too_many_arguments)]
-pub fn apply(
-    state: &AppState,
-    svc: &Arc<Service>,
-    idx: usize,
-    key: &PoolKey,
-    status: StatusCode,
-    verdict: &Verdict,
-    now: u64,
-    may_change: &mut bool,
-) {
-    let code = Some(status.as_u16());
-    if verdict.changes_state() && !std::mem::replace(may_change, false) {
-        key.rt.record(
-            now,
-            code,
-            false,
-            Some(&format!("upstream answered {}", status.as_u16())),
-        );
-        return;
-    }
-    match verdict {
-        Verdict::Success | Verdict::ClientFault => key.rt.record(now, code, true, None),
-        Verdict::ServerError => key.rt.record(
-            now,
-            code,
-            false,
-            Some(&format!("upstream answered {}", status.as_u16())),
-        ),
-        Verdict::RateLimited(wait) => {
-            key.rt.record(
-                now,
-                code,
-                false,
-                Some("upstream answered 429 (rate limited)"),
-            );
-            cool_down(state, svc, idx, key, *wait, now, "rate limited");
-        }
-        Verdict::Suspect(reason) => {
-            key.rt.record(now, code, false, Some(reason));
-            cool_down(state, svc, idx, key, None, now, reason);
-            if svc.spec.probe_path.is_some() {
-                super::probe::confirm(state, svc.clone(), idx);
-            }
-        }
-        Verdict::Invalid(reason) => {
-            key.rt.record(now, code, false, Some(reason));
-            key.rt.invalidate(reason, now);
-            svc.pool.refresh(idx, now);
-            crate::warn!(
-                "service '{}': key id {} marked invalid ({reason})",
-                svc.slug,
-                key.id
-            );
-            persist_invalid(state, svc.id, key);
-        }
-    }
-}
-
-/// Cools a key down for `wait`, or the escalating default; shares it.
-fn cool_down(
-    state: &AppState,
-    svc: &Service,
-    idx: usize,
-    key: &PoolKey,
-    wait: Option<std::time::Duration>,
-    now: u64,
-    why: &str,
-) {
-    let wait = wait.unwrap_or_else(|| policy::default_cooldown(key.rt.strikes()));
-    let until = now + wait.as_millis() as u64;
-    key.rt.cool_until(until);
-    svc.pool.refresh(idx, now);
-    crate::info!(
-        "service '{}': key id {} cooling down for {:.0} s ({why})",
-        svc.slug,
-        key.id,
-        wait.as_secs_f64().ceil()
-    );
-    state.cache.publish_key_event(KeyEvent::Cooldown {
-        service_id: svc.id,
-        key_id: key.id,
-        until_ms: until,
-    });
-}
-
-/// Writes an invalid mark to the store (off the request path), then tells other instances.
-pub fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
-    let health = key.rt.health(now_ms());
-    let store = state.store.clone();
-    let cache = state.cache.clone();
-    let key_id = key.id;
-    tokio::spawn(async move {
-        match store.set_key_health(key_id, health).await {
-            Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
-            Err(e) => crate::error!("could not save the invalid mark of key id {key_id}: {e}"),
-        }
-    });
-}
-
 /// Whether a `Content-Type` is a stream of events or of JSON lines (SSE, NDJSON), which
 /// a buffering reverse proxy in front must pass on as it comes. Byte windows, not
 /// `str::contains`: its substring searcher costs more to set up than this whole check
-/// (1.4 % of a proxied request's instructions).
+/// (1.4 % of a proxied request's instructions: docs/BENCHMARKS.md).
 fn is_stream_type(ct: &[u8]) -> bool {
     const SSE: &[u8] = b"text/event-stream";
     ct.get(..SSE.len())

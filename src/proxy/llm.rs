@@ -16,11 +16,13 @@ use http::{HeaderMap, Response, StatusCode};
 use hyper::body::Incoming;
 use memchr::memmem;
 
-use super::{Flavor, OutBody, Outgoing, forward, headers, split_path, url};
-use crate::app::AppState;
+use super::{Flavor, OutBody, Outgoing, forward, split_path};
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::headers;
 use crate::service::{ApiFormat, Kind};
+use crate::state::AppState;
+use crate::upstream::url;
 
 /// Query parameters that carry a proxy key and never go upstream.
 const CREDENTIAL_PARAMS: &[&str] = &["key"];

@@ -4,15 +4,11 @@
 //! credentials out, then the real key in, URL composed safely) and forwarded by
 //! [`forward::run`], which picks keys and fails over.
 
-pub mod client;
-pub mod cors;
 pub mod forward;
-pub mod h1;
-pub mod headers;
+mod health;
 mod llm;
 pub mod probe;
 mod redact;
-pub mod url;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -24,11 +20,14 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::app::AppState;
 use crate::body::{self, Body, Buffered};
+use crate::cors;
 use crate::error::ApiError;
+use crate::headers;
 use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
+use crate::state::AppState;
+use crate::upstream::url;
 
 /// Which proxy route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request};
 use serde_json::{Value, json};
 
-use super::{forward, url};
-use crate::app::AppState;
+use super::health;
 use crate::body;
 use crate::cache::KeyEvent;
 use crate::keys::policy::{self, Verdict};
 use crate::service::{ApiFormat, Kind, Placement, ServiceSpec};
 use crate::snapshot::Service;
+use crate::state::AppState;
 use crate::store::{KeyRecord, ServiceRecord};
 use crate::timefmt::now_ms;
+use crate::upstream::url;
 
 /// Longest a probe waits.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,7 +80,7 @@ struct Probed {
 /// Calls the upstream with `secret` on the probe path and judges the answer; the whole
 /// call, body included, within `PROBE_TIMEOUT` (or `PROXY_TIMEOUT` when shorter).
 async fn call(
-    pool: &std::sync::Arc<crate::proxy::client::Pool>,
+    pool: &std::sync::Arc<crate::upstream::Pool>,
     spec: &ServiceSpec,
     secret: &str,
     limit: Duration,
@@ -102,10 +103,7 @@ async fn call(
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             let ms = started.elapsed().as_millis() as u64;
-            return failed(
-                ms,
-                format!("upstream unreachable: {}", forward::describe(&e)),
-            );
+            return failed(ms, format!("upstream unreachable: {}", e.describe()));
         }
         Err(_) => {
             let ms = started.elapsed().as_millis() as u64;
@@ -190,7 +188,7 @@ pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
                 let reason = format!("{reason} (to the probe path too)");
                 key.rt.invalidate(&reason, now);
                 svc.pool.refresh(idx, now);
-                crate::warn!(
+                crate::log::warn!(
                     "service '{}': key id {} marked invalid ({reason})",
                     svc.slug,
                     key.id
@@ -200,14 +198,16 @@ pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
                 match store.set_key_health(key_id, health).await {
                     Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
                     Err(e) => {
-                        crate::error!("could not save the invalid mark of key id {key_id}: {e}")
+                        crate::log::error!(
+                            "could not save the invalid mark of key id {key_id}: {e}"
+                        )
                     }
                 }
             }
             Some(Verdict::Success) => {
                 key.rt.clear_cooldown();
                 svc.pool.refresh(idx, now);
-                crate::info!(
+                crate::log::info!(
                     "service '{}': key id {} answered the probe path well: back in rotation",
                     svc.slug,
                     key.id
@@ -218,7 +218,7 @@ pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
                 });
             }
             // Down, rate limited, or a probe path that does not fit: the cooldown runs on.
-            _ => crate::debug!(
+            _ => crate::log::debug!(
                 "service '{}': probe of key id {} settled nothing ({:?})",
                 svc.slug,
                 key.id,
@@ -247,7 +247,7 @@ fn record(
             Verdict::Suspect(reason) => Verdict::Invalid(reason.clone()),
             v => v.clone(),
         };
-        forward::apply(
+        health::apply(
             state,
             svc,
             idx,
@@ -273,7 +273,7 @@ fn record(
             let (store, health) = (state.store.clone(), rt.health(now));
             tokio::spawn(async move {
                 if let Err(e) = store.set_key_health(key_id, health).await {
-                    crate::error!("could not save the invalid mark of key id {key_id}: {e}");
+                    crate::log::error!("could not save the invalid mark of key id {key_id}: {e}");
                 }
             });
         }

@@ -20,7 +20,7 @@ use memchr::memmem;
 /// query) when that differs.
 fn forms(secret: &str) -> Vec<Cow<'_, str>> {
     let mut forms = vec![Cow::Borrowed(secret)];
-    let encoded = super::url::encode_component(secret);
+    let encoded = crate::upstream::url::encode_component(secret);
     if encoded != secret {
         forms.push(Cow::Owned(encoded));
     }
@@ -116,7 +116,7 @@ mod tests {
     fn every_form_of_the_key_is_masked() {
         let text = format!(
             "raw {KEY} and encoded {} and again {KEY}",
-            crate::proxy::url::encode_component(KEY)
+            crate::upstream::url::encode_component(KEY)
         );
         let out = String::from_utf8(replace(text.as_bytes(), KEY).unwrap()).unwrap();
         assert!(!out.contains(KEY), "{out}");

@@ -1,0 +1,128 @@
+//! The state every handler shares, built once at start: configuration, store, cache
+//! (rotation state), the current snapshot, key runtimes, upstream pools, metrics,
+//! credentials. Below the handlers: it knows nothing of requests.
+
+use std::sync::Arc;
+
+use crate::auth::{LoginThrottle, ProxyKeys};
+use crate::cache::{Cache, KeyEvent};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::keys::KeyRegistry;
+use crate::metrics::Metrics;
+use crate::snapshot::{Snapshot, SnapshotCell};
+use crate::store::Store;
+use crate::timefmt::now_ms;
+use crate::upstream::Upstreams;
+
+/// Everything a request may need, built once at start.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub cache: Cache,
+    pub snapshot: SnapshotCell,
+    pub registry: KeyRegistry,
+    /// Upstream connection pools (one slot per shard).
+    pub upstreams: Upstreams,
+    pub metrics: Metrics,
+    pub proxy_keys: ProxyKeys,
+    pub login_throttle: LoginThrottle,
+    /// Serialises snapshot rebuilds so an older one never replaces a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl AppState {
+    /// Builds the state and loads the first snapshot.
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        cache: Cache,
+    ) -> Result<Arc<AppState>, String> {
+        let state = Arc::new(AppState {
+            upstreams: Upstreams::new(
+                config.connect_timeout,
+                config.worker_threads,
+                config.upstream_ca_file.as_deref(),
+            )?,
+            proxy_keys: ProxyKeys::new(&config.proxy_keys),
+            config,
+            store,
+            cache,
+            snapshot: SnapshotCell::default(),
+            registry: KeyRegistry::default(),
+            metrics: Metrics::default(),
+            login_throttle: LoginThrottle::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        state
+            .reload()
+            .await
+            .map_err(|e| format!("Failed to load services: {e}"))?;
+        Ok(state)
+    }
+
+    /// Rebuilds the snapshot from the store.
+    pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
+        let _guard = self.reload_lock.lock().await;
+        let dump = self.store.load_all().await?;
+        let snap = Snapshot::build(
+            &dump,
+            &self.registry,
+            &self.metrics,
+            &self.upstreams,
+            now_ms(),
+        );
+        self.snapshot.store(snap);
+        self.upstreams.prune();
+        Ok(())
+    }
+
+    /// After an admin write: rebuild the snapshot and tell other instances.
+    pub async fn changed(&self) -> Result<(), ApiError> {
+        self.reload()
+            .await
+            .map_err(|e| ApiError::internal("saved, but reloading the services failed", e))?;
+        self.cache.publish_change();
+        Ok(())
+    }
+}
+
+impl crate::cache::Listener for AppState {
+    fn reload(&self) -> crate::store::BoxFuture<'_, Result<(), crate::store::StoreError>> {
+        Box::pin(AppState::reload(self))
+    }
+
+    fn key_event(&self, event: KeyEvent) {
+        self.apply_key_event(event);
+    }
+}
+
+impl AppState {
+    /// Applies a key's health change another instance made (a cooldown or a reset).
+    pub fn apply_key_event(&self, event: KeyEvent) {
+        let (service_id, key_id) = match event {
+            KeyEvent::Cooldown {
+                service_id,
+                key_id,
+                until_ms,
+            } => {
+                if let Some(rt) = self.registry.get(key_id) {
+                    rt.cool_until(until_ms);
+                }
+                (service_id, key_id)
+            }
+            KeyEvent::Reset { service_id, key_id } => {
+                if let Some(rt) = self.registry.get(key_id) {
+                    rt.reset();
+                }
+                (service_id, key_id)
+            }
+            // Persisted before it is announced: the reload that follows brings it.
+            KeyEvent::Invalid { .. } => return,
+        };
+        let snap = self.snapshot.load();
+        if let Some((svc, idx)) = snap.find_key(service_id, key_id) {
+            svc.pool.refresh(idx, now_ms());
+        }
+    }
+}

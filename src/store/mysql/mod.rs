@@ -1,0 +1,441 @@
+//! The MySQL store (enterprise build), for several instances sharing one database.
+//!
+//! Same semantics as the SQLite store (`sqlite.rs`, the reference): every operation runs
+//! in one transaction (a batch is all or nothing), the same `Conflict`/`NotFound` errors,
+//! the same counts and timestamps. MySQL specifics:
+//!
+//! * the schema is `mysql_schema.sql` plus `ADDED_COLUMNS`, created and migrated at start
+//!   under a named lock (`GET_LOCK`), so instances starting together do not race, and so a
+//!   database written by the original opens as it is;
+//! * the database itself is created when missing and the user may;
+//! * name and slug compare case-insensitively (the default collation, as the original),
+//!   key values byte for byte;
+//! * two instances racing to create the same name or slug: the unique index decides, and
+//!   its duplicate-key error becomes the same `Conflict` the pre-check gives.
+//!
+//! Nothing here is on the proxy's hot path.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Transaction, TxOpts};
+
+mod rows;
+mod schema;
+
+use self::rows::*;
+use self::schema::{create_database, with_migration_lock};
+use super::{
+    BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
+    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult,
+};
+use crate::config::MysqlConfig;
+
+/// How long connecting (TCP and handshake) may take: a host that swallows packets must
+/// fail the start or an admin request, not hang it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// MySQL's duplicate-key error.
+const ER_DUP_ENTRY: u16 = 1062;
+
+/// A MySQL database.
+pub struct MysqlStore {
+    pool: Pool,
+}
+
+/// One transaction, as the closures of [`MysqlStore::tx`] see it.
+pub(super) type Tx = Transaction<'static>;
+
+pub(super) fn backend(e: mysql_async::Error) -> StoreError {
+    if let mysql_async::Error::Server(s) = &e {
+        // A concurrent writer won the race the pre-check could not see.
+        if s.code == ER_DUP_ENTRY {
+            if s.message.contains("idx_proxy_configs_slug") {
+                return StoreError::Conflict("slug");
+            }
+            if s.message.contains("idx_proxy_configs_name") {
+                return StoreError::Conflict("name");
+            }
+        }
+    }
+    StoreError::Backend(e.to_string())
+}
+
+pub(super) fn connect_opts(c: &MysqlConfig, database: Option<&str>) -> Opts {
+    let pass = Some(c.password.expose()).filter(|p| !p.is_empty());
+    OptsBuilder::default()
+        .ip_or_hostname(c.host.clone())
+        .tcp_port(c.port)
+        .user(Some(c.user.clone()))
+        .pass(pass)
+        .db_name(database)
+        // Admin writes are rare and the hot path never comes here: a few connections do.
+        .pool_opts(
+            PoolOpts::default().with_constraints(PoolConstraints::new(0, 8).expect("0 <= 8")),
+        )
+        .into()
+}
+
+impl MysqlStore {
+    /// Connects (creating the database when it is missing and the user may) and migrates.
+    /// With `reset`, the tables are dropped first: every service and key is lost.
+    pub async fn open(config: &MysqlConfig, reset: bool) -> StoreResult<MysqlStore> {
+        create_database(config).await?;
+        let pool = Pool::new(connect_opts(config, Some(&config.database)));
+        let mut conn = connecting(pool.get_conn()).await?;
+        with_migration_lock(&mut conn, reset).await?;
+        drop(conn);
+        Ok(MysqlStore { pool })
+    }
+
+    /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
+    fn tx<'a, T, F>(&'a self, f: F) -> BoxFuture<'a, StoreResult<T>>
+    where
+        T: Send + 'a,
+        F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, StoreResult<T>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let mut tx = connecting(self.pool.start_transaction(TxOpts::default())).await?;
+            match f(&mut tx).await {
+                Ok(out) => {
+                    tx.commit().await.map_err(backend)?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    // The error that matters is `e`; a failed rollback ends with the connection.
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// Waits for a connection at most [`CONNECT_TIMEOUT`].
+pub(super) async fn connecting<T>(
+    fut: impl Future<Output = Result<T, mysql_async::Error>>,
+) -> StoreResult<T> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(backend),
+        Err(_) => Err(StoreError::Backend(format!(
+            "no answer from the MySQL server within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+impl Store for MysqlStore {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            let mut conn = connecting(self.pool.get_conn()).await?;
+            conn.ping().await.map_err(backend)
+        })
+    }
+
+    fn load_all(&self) -> BoxFuture<'_, StoreResult<Dump>> {
+        // One transaction: services and keys from the same moment.
+        self.tx(|tx| {
+            Box::pin(async move {
+                Ok(Dump {
+                    format: DUMP_FORMAT.into(),
+                    services: query_services(tx, "", Params::Empty).await?,
+                    keys: query_keys(tx, "", Params::Empty).await?,
+                })
+            })
+        })
+    }
+
+    fn list_services(&self) -> BoxFuture<'_, StoreResult<Vec<ServiceRecord>>> {
+        self.tx(|tx| Box::pin(query_services(tx, "", Params::Empty)))
+    }
+
+    fn get_service(&self, id: i64) -> BoxFuture<'_, StoreResult<Option<ServiceRecord>>> {
+        self.tx(move |tx| Box::pin(service_by_id(tx, id)))
+    }
+
+    fn create_service(&self, fields: ServiceFields) -> BoxFuture<'_, StoreResult<ServiceRecord>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                check_unique(tx, &fields, -1).await?;
+                let id = insert_service(tx, &fields).await?;
+                service_by_id(tx, id).await?.ok_or(StoreError::NotFound)
+            })
+        })
+    }
+
+    fn update_service(
+        &self,
+        id: i64,
+        fields: ServiceFields,
+    ) -> BoxFuture<'_, StoreResult<ServiceRecord>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, id).await?;
+                check_unique(tx, &fields, id).await?;
+                update_service_row(tx, id, &fields).await?;
+                service_by_id(tx, id).await?.ok_or(StoreError::NotFound)
+            })
+        })
+    }
+
+    fn set_service_active(&self, id: i64, active: bool) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, id).await?;
+                exec(
+                    tx,
+                    "UPDATE proxy_configs SET is_active = ?, updated_at = ? WHERE id = ?",
+                    Params::from((active, now_datetime(), id)),
+                )
+                .await
+                .map(drop)
+            })
+        })
+    }
+
+    fn delete_service(&self, id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                // Explicit, in case a table predates the foreign key.
+                exec(
+                    tx,
+                    "DELETE FROM api_keys WHERE proxy_config_id = ?",
+                    Params::from((id,)),
+                )
+                .await?;
+                let n = exec(
+                    tx,
+                    "DELETE FROM proxy_configs WHERE id = ?",
+                    Params::from((id,)),
+                )
+                .await?;
+                changed_or_missing(n)
+            })
+        })
+    }
+
+    fn list_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, service_id).await?;
+                query_keys(tx, "WHERE proxy_config_id = ?", Params::from((service_id,))).await
+            })
+        })
+    }
+
+    fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>> {
+        self.tx(move |tx| Box::pin(key_by_id(tx, key_id)))
+    }
+
+    fn add_key(
+        &self,
+        service_id: i64,
+        value: String,
+        active: bool,
+    ) -> BoxFuture<'_, StoreResult<KeyRecord>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, service_id).await?;
+                if key_exists(tx, service_id, &value).await? {
+                    return Err(StoreError::Conflict("key_value"));
+                }
+                let id = insert_key(tx, service_id, &value, active).await?;
+                key_by_id(tx, id).await?.ok_or(StoreError::NotFound)
+            })
+        })
+    }
+
+    fn add_keys(
+        &self,
+        service_id: i64,
+        values: Vec<String>,
+    ) -> BoxFuture<'_, StoreResult<BatchOutcome>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, service_id).await?;
+                let stored: Vec<String> = tx
+                    .exec(
+                        "SELECT key_value FROM api_keys WHERE proxy_config_id = ?",
+                        (service_id,),
+                    )
+                    .await
+                    .map_err(backend)?;
+                let mut seen: HashSet<String> = stored.into_iter().collect();
+                let mut out = BatchOutcome::default();
+                let mut new = Vec::new();
+                for value in values {
+                    if seen.insert(value.clone()) {
+                        new.push(value);
+                    } else {
+                        out.skipped_count += 1;
+                    }
+                }
+                insert_keys(tx, service_id, &new).await?;
+                out.success_count = new.len() as u64;
+                Ok(out)
+            })
+        })
+    }
+
+    fn clear_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_service(tx, service_id).await?;
+                exec(
+                    tx,
+                    "DELETE FROM api_keys WHERE proxy_config_id = ?",
+                    Params::from((service_id,)),
+                )
+                .await
+            })
+        })
+    }
+
+    fn set_key_active(&self, key_id: i64, active: bool) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_key(tx, key_id).await?;
+                exec(
+                    tx,
+                    "UPDATE api_keys SET is_active = ? WHERE id = ?",
+                    Params::from((active, key_id)),
+                )
+                .await
+                .map(drop)
+            })
+        })
+    }
+
+    fn delete_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let n = exec(
+                    tx,
+                    "DELETE FROM api_keys WHERE id = ?",
+                    Params::from((key_id,)),
+                )
+                .await?;
+                changed_or_missing(n)
+            })
+        })
+    }
+
+    fn set_key_health(&self, key_id: i64, h: KeyHealth) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_key(tx, key_id).await?;
+                exec(
+                    tx,
+                    "UPDATE api_keys SET invalid_reason = ?, invalid_at = ?, cooldown_until = ? \
+                     WHERE id = ?",
+                    Params::from((h.invalid_reason, h.invalid_at, h.cooldown_until, key_id)),
+                )
+                .await
+                .map(drop)
+            })
+        })
+    }
+
+    fn save_stats(&self, updates: Vec<StatsUpdate>) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let params = updates.into_iter().map(|u| {
+                    Params::Positional(vec![
+                        u.requests.into(),
+                        u.successes.into(),
+                        u.failures.into(),
+                        u.consecutive_failures.into(),
+                        u.last_used_at.into(),
+                        u.last_status.into(),
+                        u.last_error.into(),
+                        u.cooldown_until.into(),
+                        u.key_id.into(),
+                    ])
+                });
+                tx.exec_batch(
+                    "UPDATE api_keys SET request_count = request_count + ?, \
+                     success_count = success_count + ?, failure_count = failure_count + ?, \
+                     consecutive_failures = ?, last_used_at = COALESCE(?, last_used_at), \
+                     last_status = COALESCE(?, last_status), \
+                     last_error = COALESCE(?, last_error), cooldown_until = ? WHERE id = ?",
+                    params,
+                )
+                .await
+                .map_err(backend)
+            })
+        })
+    }
+
+    fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
+        self.tx(move |tx| Box::pin(import_dump(tx, dump)))
+    }
+}
+
+async fn require_key(tx: &mut Tx, key_id: i64) -> StoreResult<()> {
+    first::<i64>(
+        tx,
+        "SELECT id FROM api_keys WHERE id = ?",
+        Params::from((key_id,)),
+    )
+    .await?
+    .map(|_| ())
+    .ok_or(StoreError::NotFound)
+}
+
+async fn import_dump(tx: &mut Tx, dump: Dump) -> StoreResult<ImportOutcome> {
+    let mut out = ImportOutcome::default();
+    let mut id_map = HashMap::new();
+    for s in &dump.services {
+        let existing: Option<i64> = first(
+            tx,
+            "SELECT id FROM proxy_configs WHERE slug = ?",
+            Params::from((s.fields.slug.as_str(),)),
+        )
+        .await?;
+        let id = match existing {
+            Some(id) => {
+                check_unique(tx, &s.fields, id).await?;
+                update_service_row(tx, id, &s.fields).await?;
+                out.services_updated += 1;
+                id
+            }
+            None => {
+                check_unique(tx, &s.fields, -1).await?;
+                out.services_created += 1;
+                insert_service(tx, &s.fields).await?
+            }
+        };
+        id_map.insert(s.id, id);
+    }
+    for k in &dump.keys {
+        let Some(&service_id) = id_map.get(&k.proxy_config_id) else {
+            continue;
+        };
+        let existing: Option<i64> = first(
+            tx,
+            "SELECT id FROM api_keys WHERE proxy_config_id = ? AND key_value = ? \
+             ORDER BY id LIMIT 1",
+            Params::from((service_id, k.key_value.as_str())),
+        )
+        .await?;
+        let id = match existing {
+            Some(id) => {
+                out.keys_updated += 1;
+                id
+            }
+            None => {
+                out.keys_created += 1;
+                insert_key(tx, service_id, &k.key_value, k.is_active).await?
+            }
+        };
+        write_key_state(tx, id, k).await?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,403 @@
+//! The SQLite store (lightweight build).
+//!
+//! One connection behind a mutex, used from `spawn_blocking`: admin writes are rare, and
+//! proxied requests never come here. WAL with `synchronous=FULL` (an admin's "saved"
+//! survives a power cut), `foreign_keys=ON` (deleting a service deletes its keys, which
+//! the original forgot), `busy_timeout`, and `BEGIN IMMEDIATE` for every write.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+mod rows;
+mod schema;
+
+use self::rows::*;
+use self::schema::migrate;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::{
+    BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
+    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult,
+};
+
+/// A SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating the directory and file if needed) and migrates the database.
+    /// With `reset`, the tables are dropped first: every service and key is lost.
+    pub async fn open(path: &Path, reset: bool) -> StoreResult<SqliteStore> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            check_writable(&path)?;
+            let conn = Connection::open(&path).map_err(backend)?;
+            Self::from_connection(conn, reset)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+    }
+
+    /// Sets the pragmas and migrates an open connection.
+    pub fn from_connection(mut conn: Connection, reset: bool) -> StoreResult<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(backend)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            crate::log::warn!("SQLite journal_mode is {mode}, not WAL");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(backend)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(backend)?;
+        migrate(&mut conn, reset)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    fn run<T, F>(&self, f: F) -> BoxFuture<'_, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut guard)
+            })
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+        })
+    }
+
+    /// Runs `f` inside `BEGIN IMMEDIATE … COMMIT` (rolled back on error).
+    fn write<T, F>(&self, f: F) -> BoxFuture<'_, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(backend)?;
+            Ok(out)
+        })
+    }
+}
+
+/// Checks, before SQLite tries, that the directory of `path` exists (creating it) and
+/// is writable, and that the file, if there, can be written: SQLite would only say
+/// "unable to open database file", or open it read-only and fail at the first write.
+fn check_writable(path: &Path) -> StoreResult<()> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| not_writable("create the directory", dir, &e))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| not_writable("write in the directory", dir, &e))?;
+    let _ = std::fs::remove_file(&probe);
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(not_writable("write the database file", path, &e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// One line: what failed, where, as whom, and the fix.
+fn not_writable(what: &str, path: &Path, e: &std::io::Error) -> StoreError {
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fix = if e.raw_os_error() == Some(libc::EROFS) {
+        "the file system is read-only: mount a writable volume there (e.g. -v rotator_data:/app/data) or set DATABASE_PATH to a writable place".to_string()
+    } else {
+        format!(
+            "make it writable by uid {uid}: on the host, `sudo chown -R {uid}:{gid} ./data` for a bind mount, or use a named volume (-v rotator_data:/app/data); or set DATABASE_PATH to a writable place"
+        )
+    };
+    StoreError::Backend(format!(
+        "cannot {what} {} (running as uid {uid}, gid {gid}): {e}. Fix: {fix}",
+        path.display()
+    ))
+}
+
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.run(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+
+    fn load_all(&self) -> BoxFuture<'_, StoreResult<Dump>> {
+        self.run(|c| {
+            Ok(Dump {
+                format: DUMP_FORMAT.into(),
+                services: query_services(c, "", &[])?,
+                keys: query_keys(c, "", &[])?,
+            })
+        })
+    }
+
+    fn list_services(&self) -> BoxFuture<'_, StoreResult<Vec<ServiceRecord>>> {
+        self.run(|c| query_services(c, "", &[]))
+    }
+
+    fn get_service(&self, id: i64) -> BoxFuture<'_, StoreResult<Option<ServiceRecord>>> {
+        self.run(move |c| service_by_id(c, id))
+    }
+
+    fn create_service(&self, fields: ServiceFields) -> BoxFuture<'_, StoreResult<ServiceRecord>> {
+        self.write(move |tx| {
+            check_unique(tx, &fields, -1)?;
+            let id = insert_service(tx, &fields)?;
+            service_by_id(tx, id)?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    fn update_service(
+        &self,
+        id: i64,
+        fields: ServiceFields,
+    ) -> BoxFuture<'_, StoreResult<ServiceRecord>> {
+        self.write(move |tx| {
+            if !service_exists(tx, id)? {
+                return Err(StoreError::NotFound);
+            }
+            check_unique(tx, &fields, id)?;
+            update_service_row(tx, id, &fields)?;
+            service_by_id(tx, id)?.ok_or(StoreError::NotFound)
+        })
+    }
+
+    fn set_service_active(&self, id: i64, active: bool) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            changed_or_missing(
+                tx.execute(
+                    "UPDATE proxy_configs SET is_active = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![id, active, now_text()],
+                )
+                .map_err(backend)?,
+            )
+        })
+    }
+
+    fn delete_service(&self, id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            // Explicit, in case a file's table predates the foreign key.
+            tx.execute("DELETE FROM api_keys WHERE proxy_config_id = ?1", [id])
+                .map_err(backend)?;
+            changed_or_missing(
+                tx.execute("DELETE FROM proxy_configs WHERE id = ?1", [id])
+                    .map_err(backend)?,
+            )
+        })
+    }
+
+    fn list_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        self.run(move |c| {
+            if !service_exists(c, service_id)? {
+                return Err(StoreError::NotFound);
+            }
+            query_keys(c, "WHERE proxy_config_id = ?1", &[&service_id])
+        })
+    }
+
+    fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>> {
+        self.run(move |c| Ok(query_keys(c, "WHERE id = ?1", &[&key_id])?.pop()))
+    }
+
+    fn add_key(
+        &self,
+        service_id: i64,
+        value: String,
+        active: bool,
+    ) -> BoxFuture<'_, StoreResult<KeyRecord>> {
+        self.write(move |tx| {
+            if !service_exists(tx, service_id)? {
+                return Err(StoreError::NotFound);
+            }
+            if key_exists(tx, service_id, &value)? {
+                return Err(StoreError::Conflict("key_value"));
+            }
+            let id = insert_key(tx, service_id, &value, active)?;
+            query_keys(tx, "WHERE id = ?1", &[&id])?
+                .pop()
+                .ok_or(StoreError::NotFound)
+        })
+    }
+
+    fn add_keys(
+        &self,
+        service_id: i64,
+        values: Vec<String>,
+    ) -> BoxFuture<'_, StoreResult<BatchOutcome>> {
+        self.write(move |tx| {
+            if !service_exists(tx, service_id)? {
+                return Err(StoreError::NotFound);
+            }
+            let mut out = BatchOutcome::default();
+            for value in values {
+                if key_exists(tx, service_id, &value)? {
+                    out.skipped_count += 1;
+                } else {
+                    insert_key(tx, service_id, &value, true)?;
+                    out.success_count += 1;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn clear_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<u64>> {
+        self.write(move |tx| {
+            if !service_exists(tx, service_id)? {
+                return Err(StoreError::NotFound);
+            }
+            let n = tx
+                .execute(
+                    "DELETE FROM api_keys WHERE proxy_config_id = ?1",
+                    [service_id],
+                )
+                .map_err(backend)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn set_key_active(&self, key_id: i64, active: bool) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            changed_or_missing(
+                tx.execute(
+                    "UPDATE api_keys SET is_active = ?2 WHERE id = ?1",
+                    params![key_id, active],
+                )
+                .map_err(backend)?,
+            )
+        })
+    }
+
+    fn delete_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            changed_or_missing(
+                tx.execute("DELETE FROM api_keys WHERE id = ?1", [key_id])
+                    .map_err(backend)?,
+            )
+        })
+    }
+
+    fn set_key_health(&self, key_id: i64, h: KeyHealth) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            changed_or_missing(
+                tx.execute(
+                    "UPDATE api_keys SET invalid_reason = ?2, invalid_at = ?3, cooldown_until = ?4 WHERE id = ?1",
+                    params![key_id, h.invalid_reason, h.invalid_at, h.cooldown_until],
+                )
+                .map_err(backend)?,
+            )
+        })
+    }
+
+    fn save_stats(&self, updates: Vec<StatsUpdate>) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "UPDATE api_keys SET request_count = request_count + ?2, \
+                     success_count = success_count + ?3, failure_count = failure_count + ?4, \
+                     consecutive_failures = ?5, last_used_at = COALESCE(?6, last_used_at), \
+                     last_status = COALESCE(?7, last_status), last_error = COALESCE(?8, last_error), \
+                     cooldown_until = ?9 WHERE id = ?1",
+                )
+                .map_err(backend)?;
+            for u in updates {
+                stmt.execute(params![
+                    u.key_id, u.requests, u.successes, u.failures, u.consecutive_failures,
+                    u.last_used_at, u.last_status, u.last_error, u.cooldown_until
+                ])
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
+        self.write(move |tx| import_dump(tx, dump))
+    }
+}
+
+fn import_dump(tx: &Transaction<'_>, dump: Dump) -> StoreResult<ImportOutcome> {
+    let mut out = ImportOutcome::default();
+    let mut id_map = std::collections::HashMap::new();
+    for s in &dump.services {
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM proxy_configs WHERE slug = ?1",
+                [&s.fields.slug],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let id = match existing {
+            Some(id) => {
+                check_unique(tx, &s.fields, id)?;
+                update_service_row(tx, id, &s.fields)?;
+                out.services_updated += 1;
+                id
+            }
+            None => {
+                check_unique(tx, &s.fields, -1)?;
+                out.services_created += 1;
+                insert_service(tx, &s.fields)?
+            }
+        };
+        id_map.insert(s.id, id);
+    }
+    for k in &dump.keys {
+        let Some(&service_id) = id_map.get(&k.proxy_config_id) else {
+            continue;
+        };
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM api_keys WHERE proxy_config_id = ?1 AND key_value = ?2 ORDER BY id LIMIT 1",
+                params![service_id, k.key_value],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let id = match existing {
+            Some(id) => {
+                out.keys_updated += 1;
+                id
+            }
+            None => {
+                out.keys_created += 1;
+                insert_key(tx, service_id, &k.key_value, k.is_active)?
+            }
+        };
+        write_key_state(tx, id, k)?;
+    }
+    Ok(out)
+}
