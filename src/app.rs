@@ -16,6 +16,7 @@ use crate::proxy::{self, Flavor};
 use crate::router::{self, Route};
 use crate::state::AppState;
 use crate::status;
+use crate::usage::{Recorder, Trace};
 
 /// Handles one request. Never fails: errors are already responses here.
 pub async fn handle(
@@ -65,8 +66,8 @@ async fn dispatch(
         // Boxed: hyper keeps the space of the service's future for as long as the
         // connection lives, and the proxy's is several KiB that an open stream would
         // otherwise hold for nothing (one allocation per request instead).
-        Route::Proxy { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Generic)).await,
-        Route::Llm { .. } => Box::pin(proxy::handle(state, peer, req, Flavor::Llm)).await,
+        Route::Proxy { .. } => Ok(proxied(state, peer, client, req, Flavor::Generic).await),
+        Route::Llm { .. } => Ok(proxied(state, peer, client, req, Flavor::Llm).await),
         // Boxed, as the proxy's: their futures hold database calls.
         Route::Admin(_) => Box::pin(crate::admin::handle(state, client, req)).await,
         Route::Health => Box::pin(status::health(state, req.method())).await,
@@ -75,6 +76,77 @@ async fn dispatch(
         Route::Index | Route::PageFallback => crate::static_files::page(req.method()),
         Route::Asset(name) => crate::static_files::asset(req.method(), name),
     }
+}
+
+/// A proxy route: the request traced (`X-Request-Id` given or made, returned, sent
+/// upstream) and, once it reached a service, recorded when its answer ends (usage
+/// insight). With `USAGE_TRACKING=off`, none of it.
+async fn proxied(
+    state: &Arc<AppState>,
+    peer: IpAddr,
+    client: IpAddr,
+    req: Request<Incoming>,
+    flavor: Flavor,
+) -> Response<Body> {
+    let Some(usage) = &state.usage else {
+        // Boxed: hyper keeps the space of the service's future for as long as the
+        // connection lives, and the proxy's is several KiB that an open stream would
+        // otherwise hold for nothing (one allocation per request instead).
+        let handled = Box::pin(proxy::handle(state, peer, req, flavor, None)).await;
+        return handled.unwrap_or_else(ApiError::into_response);
+    };
+    let request_id = request_id(req.headers());
+    let mut trace = Trace::new(
+        Instant::now(),
+        crate::timefmt::now_ms(),
+        request_id,
+        req.method().clone(),
+        req.uri().clone(),
+        client,
+    );
+    let handled = Box::pin(proxy::handle(state, peer, req, flavor, Some(&mut trace))).await;
+    let mut resp = handled.unwrap_or_else(ApiError::into_response);
+    // The upstream's own id (OpenAI's `req_…`, which its SDK reads) stays; ours is always
+    // in `X-Rotator-Request-Id`, and in `X-Request-Id` when the upstream sent none.
+    let h = resp.headers_mut();
+    if !h.contains_key(&X_REQUEST_ID) {
+        h.insert(X_REQUEST_ID.clone(), trace.request_id.clone());
+    }
+    h.insert(X_ROTATOR_REQUEST_ID.clone(), trace.request_id.clone());
+    if trace.service.is_none() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let body = Recorder::attach(usage.clone(), trace, &parts, body);
+    Response::from_parts(parts, body)
+}
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static X_ROTATOR_REQUEST_ID: http::HeaderName =
+    http::HeaderName::from_static("x-rotator-request-id");
+
+/// The client's `X-Request-Id` when it is sane (1–128 characters of letters, digits and
+/// `-_.:/+=`), else a new one: the time, the shard and a counter, in hex.
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    let sane = |v: &&http::HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
+    };
+    if let Some(v) = crate::headers::find(headers, &X_REQUEST_ID).filter(sane) {
+        return v.clone();
+    }
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let text = format!(
+        "{:011x}{:02x}{:07x}",
+        crate::timefmt::now_ms() & 0xfff_ffff_ffff,
+        crate::shard::current() & 0xff,
+        n & 0xfff_ffff
+    );
+    http::HeaderValue::from_str(&text).expect("hex is a header value")
 }
 
 /// The access log line of one request, written when its response body ends (or is

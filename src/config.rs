@@ -153,6 +153,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`TRUSTED_PROXIES`).
     pub trusted_proxies: crate::net::TrustedProxies,
+    /// Usage insight on (`USAGE_TRACKING`): tokens, rollups, the request log.
+    pub usage_tracking: bool,
+    /// Requests kept in the request log (`REQUEST_LOG_SIZE`).
+    pub request_log_size: usize,
+    /// Days of hourly rollups kept (`USAGE_RETENTION_DAYS`).
+    pub usage_retention_days: u64,
     /// Non-fatal problems found while parsing, to be logged loudly at start.
     pub warnings: Vec<String>,
 }
@@ -416,6 +422,14 @@ impl Config {
                     .map_err(|m| err("TRUSTED_PROXIES", m))?,
                 None => crate::net::TrustedProxies::default(),
             },
+            usage_tracking: !matches!(
+                vars.get("USAGE_TRACKING")
+                    .map(|v| v.trim().to_ascii_lowercase())
+                    .as_deref(),
+                Some("off" | "false" | "0" | "no")
+            ),
+            request_log_size: vars.parse("REQUEST_LOG_SIZE", 10_000, "a number of requests")?,
+            usage_retention_days: vars.parse("USAGE_RETENTION_DAYS", 90, "a number of days")?,
             warnings,
         })
     }

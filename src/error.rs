@@ -114,7 +114,8 @@ impl ApiError {
             Surface::Admin => "error",
             Surface::Proxy => "detail",
         };
-        obj.insert(key.into(), self.message.into_owned().into());
+        let message = self.message;
+        obj.insert(key.into(), message.as_ref().into());
         if let Some(field) = self.field {
             obj.insert("field".into(), field.into());
         }
@@ -140,9 +141,17 @@ impl ApiError {
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             h.insert(ALLOW, allow);
         }
+        if self.surface == Surface::Proxy {
+            // For the request log: what the proxy answered, and why.
+            resp.extensions_mut().insert(ProxyMade(message));
+        }
         resp
     }
 }
+
+/// Marks a response the proxy made itself (not the upstream's), with its message.
+#[derive(Debug, Clone)]
+pub struct ProxyMade(pub Cow<'static, str>);
 
 /// A JSON response with the admin API's headers.
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {

@@ -19,7 +19,9 @@
 //!    upstreams through [`upstream::h1`], driven by the request's own task), judges the
 //!    answer ([`keys::policy`]) and fails over while nothing went to the client.
 //! 5. The answer streams back frame by frame; counters go to [`metrics`] and, in
-//!    batches, to the [`store`] ([`stats`]).
+//!    batches, to the [`store`] ([`stats`]). With usage insight on, [`usage`] watches the
+//!    answer pass (bytes, time to first byte, an LLM's tokens) and records the request in
+//!    per-shard rollups and the request log, which go to the store in the same batches.
 //!
 //! Admin routes ([`admin`]) check the admin token ([`jwt`]), validate input
 //! ([`service`]), write to the [`store`] and rebuild the [`snapshot`].
@@ -34,6 +36,7 @@
 //! | dispatch | `app` |
 //! | handlers | `proxy`, `admin`, `status`, `static_files`, `stats`, `migrate` |
 //! | shared state | `state` |
+//! | usage insight | `usage` (the answer's tap, per-shard rollups, the request log) |
 //! | rotation and snapshot | `cache`, `snapshot`, `metrics` |
 //! | keys and services | `keys`, `service` |
 //! | storage and upstreams | `store`, `upstream` |
@@ -68,6 +71,7 @@ pub mod status;
 pub mod store;
 pub mod timefmt;
 pub mod upstream;
+pub mod usage;
 
 #[cfg(not(any(feature = "sqlite", feature = "mysql")))]
 compile_error!("build with at least one store: the default `sqlite` feature or `mysql`");

@@ -69,6 +69,22 @@ impl Metrics {
         map.entry(slug.into()).or_default().clone()
     }
 
+    /// Appends the token counters: `(service, model, [in, out, cached])` since start.
+    pub fn render_tokens(out: &mut String, totals: &[(String, String, [u64; 3])]) {
+        out.push_str("# HELP rotator_tokens_total LLM tokens read from answers, by service, model and kind (in, out, cached).\n");
+        out.push_str("# TYPE rotator_tokens_total counter\n");
+        for (service, model, counts) in totals {
+            for (kind, n) in ["in", "out", "cached"].iter().zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "rotator_tokens_total{{service=\"{}\",model=\"{}\",kind=\"{kind}\"}} {n}",
+                    esc(service),
+                    esc(model)
+                );
+            }
+        }
+    }
+
     /// Renders the Prometheus text format, with the enabled keys of each active service
     /// counted by state.
     pub fn render<'a>(

@@ -40,6 +40,8 @@ pub enum AdminRoute<'a> {
     Key(&'a str),
     KeyReset(&'a str),
     KeyTest(&'a str),
+    Usage,
+    Requests,
 }
 
 /// Routes a raw request path (without the query string).
@@ -101,6 +103,8 @@ fn admin(rest: &str) -> Option<AdminRoute<'_>> {
         ("keys", Some(id), None, None) => AdminRoute::Key(id),
         ("keys", Some(id), Some("reset"), None) => AdminRoute::KeyReset(id),
         ("keys", Some(id), Some("test"), None) => AdminRoute::KeyTest(id),
+        ("usage", None, None, None) => AdminRoute::Usage,
+        ("requests", None, None, None) => AdminRoute::Requests,
         _ => return None,
     };
     if parts.next().is_some() {
@@ -141,6 +145,8 @@ mod tests {
             ("/admin/keys/3/reset", Route::Admin(KeyReset("3"))),
             ("/admin/keys/3/test", Route::Admin(KeyTest("3"))),
             ("/admin/keys/3/test/x", Route::ApiNotFound),
+            ("/admin/usage", Route::Admin(Usage)),
+            ("/admin/requests", Route::Admin(Requests)),
             ("/admin/nope", Route::ApiNotFound),
             ("/admin", Route::ApiNotFound),
             (

@@ -14,6 +14,7 @@ use crate::snapshot::{Snapshot, SnapshotCell};
 use crate::store::Store;
 use crate::timefmt::now_ms;
 use crate::upstream::Upstreams;
+use crate::usage::record::Usage;
 
 /// Everything a request may need, built once at start.
 pub struct AppState {
@@ -27,6 +28,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub proxy_keys: ProxyKeys,
     pub login_throttle: LoginThrottle,
+    /// Usage insight not yet written (rollups, request log); off: `None`.
+    pub usage: Option<Arc<Usage>>,
     /// Serialises snapshot rebuilds so an older one never replaces a newer one.
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -45,6 +48,9 @@ impl AppState {
                 config.upstream_ca_file.as_deref(),
             )?,
             proxy_keys: ProxyKeys::new(&config.proxy_keys),
+            usage: config
+                .usage_tracking
+                .then(|| Arc::new(Usage::new(config.worker_threads, config.request_log_size))),
             config,
             store,
             cache,

@@ -1,16 +1,46 @@
 //! Per-key statistics are counted in memory (atomics in each key's runtime) and written
 //! to the store in batches: every `STATS_FLUSH_SECONDS` and once more at shutdown. A
-//! failed write puts the counts back, so nothing is lost.
+//! failed write puts the counts back, so nothing is lost. Usage insight (rollups and the
+//! request log) goes in the same batches.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::state::AppState;
+use crate::store::UsageBatch;
 use crate::timefmt::now_ms;
 
-/// Writes pending counters now. Returns how many keys were written.
+/// Writes pending counters and usage now. Returns how many keys were written.
 pub async fn flush(state: &AppState) -> usize {
+    flush_usage(state).await;
+    flush_keys(state).await
+}
+
+/// Writes the usage rollups and request log entries recorded since the last flush.
+pub async fn flush_usage(state: &AppState) {
+    let Some(usage) = &state.usage else {
+        return;
+    };
+    let (rollups, entries) = usage.take();
+    if rollups.is_empty() && entries.is_empty() {
+        return;
+    }
+    let keep_days = state.config.usage_retention_days.min(100 * 365) as i64;
+    let batch = Arc::new(UsageBatch {
+        rollups,
+        entries,
+        keep_entries: state.config.request_log_size,
+        keep_since: (now_ms() / 1000) as i64 - keep_days * 86_400,
+    });
+    if let Err(e) = state.store.save_usage(batch.clone()).await {
+        crate::log::warn!("could not save usage (will retry): {e}");
+        let batch = Arc::try_unwrap(batch).unwrap_or_else(|b| (*b).clone());
+        usage.restore(batch.rollups, batch.entries);
+    }
+}
+
+async fn flush_keys(state: &AppState) -> usize {
     let now = now_ms();
     let pending: Vec<_> = state
         .registry

@@ -55,7 +55,21 @@ pub fn metrics(state: &AppState, req: &Request<Incoming>) -> Result<Response<Bod
         .services()
         .iter()
         .map(|svc| (&*svc.slug, svc.pool.count_states(now)));
-    let text = state.metrics.render(states);
+    let mut text = state.metrics.render(states);
+    if let Some(usage) = &state.usage {
+        let slug = |id: i64| {
+            snap.services()
+                .iter()
+                .find(|s| s.id == id)
+                .map_or_else(|| format!("#{id}"), |s| s.slug.to_string())
+        };
+        let totals: Vec<_> = usage
+            .token_totals()
+            .into_iter()
+            .map(|(id, model, counts)| (slug(id), model, counts))
+            .collect();
+        crate::metrics::Metrics::render_tokens(&mut text, &totals);
+    }
     let mut resp = Response::new(crate::body::full(text));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

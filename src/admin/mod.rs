@@ -6,6 +6,7 @@ mod json;
 mod keys;
 mod login;
 mod services;
+mod usage;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ enum Op {
     Key(i64),
     KeyReset(i64),
     KeyTest(i64),
+    Usage,
+    Requests,
 }
 
 fn parse_id(s: &str, message: &'static str) -> Result<i64, ApiError> {
@@ -85,6 +88,8 @@ fn op(route: AdminRoute<'_>) -> Result<Op, ApiError> {
         R::Key(id) => Op::Key(parse_id(id, "Invalid key ID")?),
         R::KeyReset(id) => Op::KeyReset(parse_id(id, "Invalid key ID")?),
         R::KeyTest(id) => Op::KeyTest(parse_id(id, "Invalid key ID")?),
+        R::Usage => Op::Usage,
+        R::Requests => Op::Requests,
     })
 }
 
@@ -111,6 +116,7 @@ pub async fn handle(
         .query()
         .is_some_and(|q| q.split('&').any(|p| p == "reveal=true" || p == "reveal=1"));
     let method = req.method().clone();
+    let query = req.uri().query().map(str::to_owned);
     let body = req.into_body();
     match (op, method) {
         (Op::Login, Method::POST) => login::login(state, client, body).await,
@@ -139,6 +145,9 @@ pub async fn handle(
         (Op::KeyReset(_), _) => Err(method_not_allowed("POST")),
         (Op::KeyTest(id), Method::POST) => keys::test(state, id).await,
         (Op::KeyTest(_), _) => Err(method_not_allowed("POST")),
+        (Op::Usage, Method::GET) => usage::usage(state, query.as_deref()).await,
+        (Op::Requests, Method::GET) => usage::requests(state, query.as_deref()).await,
+        (Op::Usage | Op::Requests, _) => Err(method_not_allowed("GET")),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::snapshot::Service;
 use crate::state::AppState;
 use crate::timefmt::now_ms;
 use crate::upstream::{RequestRef, SendError};
+use crate::usage::Trace;
 
 /// Most of an error body read to judge it, to mask the key in it, or to keep for replay.
 const ERROR_PEEK: usize = 64 * 1024;
@@ -35,11 +36,13 @@ const ERROR_PEEK: usize = 64 * 1024;
 const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
 
 /// Forwards `out` to the service, with failover. Returns the upstream's answer (the last
-/// one when every attempt failed) or an error the proxy made itself.
+/// one when every attempt failed) or an error the proxy made itself. `trace`, when usage
+/// insight is on, gets each attempt and the time to the final answer.
 pub async fn run(
     state: &AppState,
     svc: &Arc<Service>,
     mut out: Outgoing,
+    mut trace: Option<&mut Trace>,
 ) -> Result<Response<Body>, ApiError> {
     let max_attempts = if out.body.replayable() {
         1 + svc.spec.retry.max_retries as usize
@@ -79,7 +82,13 @@ pub async fn run(
         } else {
             Instant::now()
         };
-        let resp = match send(svc, &mut out, key, deadline).await? {
+        let sent_result = send(svc, &mut out, key, deadline).await?;
+        if let Some(t) = trace.as_deref_mut() {
+            let status = sent_result.as_ref().map_or(0, |r| r.status().as_u16());
+            t.attempt(key.id, &key.secret, status);
+            t.latency = Some(started.elapsed());
+        }
+        let resp = match sent_result {
             Ok(resp) => resp,
             Err(Failed::TimedOut) => {
                 key.rt.record(now, None, false, Some("upstream timed out"));

@@ -23,6 +23,7 @@ use crate::headers;
 use crate::service::{ApiFormat, Kind};
 use crate::state::AppState;
 use crate::upstream::url;
+use crate::usage::Trace;
 
 /// Query parameters that carry a proxy key and never go upstream.
 const CREDENTIAL_PARAMS: &[&str] = &["key"];
@@ -37,6 +38,7 @@ pub async fn handle(
     peer: IpAddr,
     mut parts: Parts,
     incoming: Incoming,
+    mut trace: Option<&mut Trace>,
 ) -> Result<Response<Body>, ApiError> {
     let unauthorized = |m: &'static str| ApiError::proxy(StatusCode::UNAUTHORIZED, m);
     const MISSING: &str = "invalid or missing proxy key: send it as Authorization: Bearer <key>, x-api-key, x-goog-api-key or ?key=";
@@ -95,8 +97,36 @@ pub async fn handle(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
+    super::traced(&mut trace, svc, &mut parts, &body);
+    if let Some(t) = trace.as_deref_mut() {
+        // Tokens are read from the answer as it passes, and the proxy decodes nothing: ask
+        // for it uncompressed (always acceptable to the client; LLM answers are small).
+        parts.headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        t.format = Some(format);
+        t.model = request_model(format, rest, &body);
+    }
     let out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
-    forward::run(state, svc, out).await
+    forward::run(state, svc, out, trace).await
+}
+
+/// The model a request names: Gemini's in its path (`…/models/<model>:generateContent`),
+/// the others' as the body's top-level `model` string.
+fn request_model(format: ApiFormat, rest: &str, body: &OutBody) -> Option<String> {
+    if format == ApiFormat::Gemini {
+        let after = rest.rsplit_once("models/")?.1;
+        let model = after.split([':', '/', '?']).next().unwrap_or("");
+        return (!model.is_empty()).then(|| model.to_string());
+    }
+    let OutBody::Replayable(bytes) = body else {
+        return None;
+    };
+    static MODEL: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"model\""));
+    MODEL.find(bytes)?;
+    find_member(bytes, "model").map(|m| m.value)
 }
 
 /// The upstream path after the base: for OpenAI-compatible services a `v1/` the SDK adds
@@ -190,6 +220,13 @@ pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
     if MEMBER.find(json).is_none() && ESCAPE.find(json).is_none() {
         return None;
     }
+    find_member(json, "api_key")
+}
+
+/// The first top-level string member `name` of a JSON object, and the bytes to cut to
+/// remove it. `None` when the body is not an object, the member is absent or not a
+/// string, or the JSON breaks off before it.
+pub fn find_member(json: &[u8], name: &str) -> Option<BodyKey> {
     let mut i = skip_ws(json, 0);
     if json.get(i) != Some(&b'{') {
         return None;
@@ -210,12 +247,17 @@ pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
         let value_start = skip_ws(json, i + 1);
         let value_end = skip_value(json, value_start)?;
         let after = skip_ws(json, value_end);
-        let is_api_key = serde_json::from_slice::<String>(&json[key_start..key_end])
-            .ok()
-            .as_deref()
-            == Some("api_key");
+        let raw_name = &json[key_start + 1..key_end - 1];
+        let is_named = if raw_name.contains(&b'\\') {
+            serde_json::from_slice::<String>(&json[key_start..key_end])
+                .ok()
+                .as_deref()
+                == Some(name)
+        } else {
+            raw_name == name.as_bytes()
+        };
         let next = *json.get(after)?;
-        if is_api_key {
+        if is_named {
             let value = serde_json::from_slice::<String>(&json[value_start..value_end]).ok()?;
             let cut = match (next, json[sep]) {
                 (b',', _) => (sep + 1, after + 1),

@@ -28,6 +28,7 @@ use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
 use crate::state::AppState;
 use crate::upstream::url;
+use crate::usage::Trace;
 
 /// Which proxy route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,20 +188,43 @@ fn split_path(path: &str, flavor: Flavor) -> (&str, &str) {
 }
 
 /// Handles a proxy route from `peer` (the connection's address).
+/// `trace`, when usage insight is on, is filled as the request goes.
 pub async fn handle(
     state: &Arc<AppState>,
     peer: IpAddr,
     req: Request<Incoming>,
     flavor: Flavor,
+    trace: Option<&mut Trace>,
 ) -> Result<Response<Body>, ApiError> {
     if cors::is_preflight(req.method(), req.headers()) {
         return Ok(cors::preflight(req.headers()));
     }
     let (parts, incoming) = req.into_parts();
     match flavor {
-        Flavor::Generic => generic(state, peer, parts, incoming).await,
-        Flavor::Llm => llm::handle(state, peer, parts, incoming).await,
+        Flavor::Generic => generic(state, peer, parts, incoming, trace).await,
+        Flavor::Llm => llm::handle(state, peer, parts, incoming, trace).await,
     }
+}
+
+/// Notes that the request reached `svc`, with its body's length, and sends the request
+/// id upstream.
+fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, parts: &mut Parts, body: &OutBody) {
+    let Some(t) = trace.as_deref_mut() else {
+        return;
+    };
+    t.service = Some(svc.clone());
+    t.bytes_in = match body {
+        OutBody::Replayable(b) => b.len() as u64,
+        OutBody::Streaming(_) => parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0),
+    };
+    parts.headers.insert(
+        http::HeaderName::from_static("x-request-id"),
+        t.request_id.clone(),
+    );
 }
 
 /// `/proxy/<slug>/<rest>`: proxy key in `X-Proxy-Key`.
@@ -209,6 +233,7 @@ async fn generic(
     peer: IpAddr,
     mut parts: Parts,
     incoming: Incoming,
+    mut trace: Option<&mut Trace>,
 ) -> Result<Response<Body>, ApiError> {
     let key =
         headers::find(&parts.headers, &headers::X_PROXY_KEY).map_or(&b""[..], |v| v.as_bytes());
@@ -251,6 +276,7 @@ async fn generic(
         state.config.body_read_timeout,
     )
     .await?;
+    traced(&mut trace, svc, &mut parts, &body);
     let out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
-    forward::run(state, svc, out).await
+    forward::run(state, svc, out, trace).await
 }

@@ -20,6 +20,9 @@ use crate::config::StoreConfig;
 pub mod mysql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub mod usage;
+
+use self::usage::{Bucket, LogEntry, RequestQuery, Rollup, UsageQuery};
 
 /// A boxed future, so the trait can be used as `dyn Store`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -198,6 +201,19 @@ pub struct ImportOutcome {
     pub keys_updated: u64,
 }
 
+/// What the statistics flusher writes of usage insight, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct UsageBatch {
+    /// Added to their hours' rows.
+    pub rollups: Vec<Rollup>,
+    /// Appended to the request log, oldest first.
+    pub entries: Vec<LogEntry>,
+    /// Then the log keeps its newest this many entries.
+    pub keep_entries: usize,
+    /// And rollups of hours before this (Unix seconds) go.
+    pub keep_since: i64,
+}
+
 /// Longest key accepted (the original's column is varchar(255) on MySQL).
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -254,6 +270,12 @@ pub trait Store: Send + Sync + 'static {
     /// Adds counter deltas and sets the latest values, in one transaction. Unknown key ids
     /// (deleted meanwhile) are ignored.
     fn save_stats(&self, updates: Vec<StatsUpdate>) -> BoxFuture<'_, StoreResult<()>>;
+    /// Writes usage insight in one transaction (see [`UsageBatch`]).
+    fn save_usage(&self, batch: Arc<UsageBatch>) -> BoxFuture<'_, StoreResult<()>>;
+    /// Usage buckets (`GET /admin/usage`).
+    fn query_usage(&self, q: UsageQuery) -> BoxFuture<'_, StoreResult<Vec<Bucket>>>;
+    /// Request log entries, newest first (`GET /admin/requests`).
+    fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>>;
     /// Merges a dump in one transaction: services matched by slug, keys by
     /// (service, value). Idempotent.
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>>;

@@ -105,4 +105,7 @@ export const api = {
   deleteKey: (keyId) => request('DELETE', `${keys}/${keyId}`),
   resetKey: (keyId) => request('POST', `${keys}/${keyId}/reset`),
   testKey: (keyId) => request('POST', `${keys}/${keyId}/test`),
+
+  usage: (params) => request('GET', `/admin/usage?${new URLSearchParams(params)}`),
+  requests: (params) => request('GET', `/admin/requests?${new URLSearchParams(params)}`),
 };

@@ -6,9 +6,11 @@ import { renderLogin } from './views/login.js';
 import { renderServices } from './views/services.js';
 import { renderServiceForm } from './views/service-form.js';
 import { renderKeys } from './views/keys.js';
+import { renderDashboard } from './views/dashboard.js';
 
 const main = document.getElementById('app');
 const logoutButton = document.getElementById('logout');
+const dashboardLink = document.getElementById('dashboard-link');
 const localeSelect = document.getElementById('locale-select');
 
 let configPromise = null;
@@ -21,9 +23,10 @@ function appConfig() {
   return configPromise;
 }
 
-/** `#/services`, `#/services/new`, `#/services/:id/edit`, `#/services/:id/keys`. */
+/** `#/services`, `#/services/new`, `#/services/:id/edit`, `#/services/:id/keys`, `#/dashboard`. */
 export function parseRoute(hash) {
   const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean);
+  if (parts[0] === 'dashboard') return { name: 'dashboard' };
   if (parts[0] !== 'services' || parts.length === 1) return { name: 'services' };
   if (parts[1] === 'new') return { name: 'new' };
   if (/^\d+$/.test(parts[1]) && (parts[2] === 'edit' || parts[2] === 'keys')) return { name: parts[2], id: Number(parts[1]) };
@@ -33,6 +36,7 @@ export function parseRoute(hash) {
 function showLogin(notice) {
   closeAllDialogs();
   logoutButton.hidden = true;
+  dashboardLink.hidden = true;
   renderLogin(main, { notice, onSuccess: render });
 }
 
@@ -43,12 +47,14 @@ function render() {
     return;
   }
   logoutButton.hidden = false;
+  dashboardLink.hidden = false;
   const route = parseRoute(location.hash);
   const views = {
     services: () => renderServices(main, { config: appConfig }),
     new: () => renderServiceForm(main, {}),
     edit: () => renderServiceForm(main, { id: route.id }),
     keys: () => renderKeys(main, { id: route.id }),
+    dashboard: () => renderDashboard(main),
   };
   const heading = views[route.name]();
   heading?.focus({ preventScroll: true });

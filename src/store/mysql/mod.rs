@@ -25,14 +25,16 @@ use mysql_async::{Transaction, TxOpts};
 
 mod rows;
 mod schema;
+mod usage;
 
 use self::rows::*;
 use self::schema::{create_database, with_migration_lock};
 use super::{
     BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
-    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult,
+    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
 use crate::config::MysqlConfig;
+use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
 /// How long connecting (TCP and handshake) may take: a host that swallows packets must
 /// fail the start or an admin request, not hang it.
@@ -375,6 +377,18 @@ impl Store for MysqlStore {
 
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
         self.tx(move |tx| Box::pin(import_dump(tx, dump)))
+    }
+
+    fn save_usage(&self, batch: std::sync::Arc<UsageBatch>) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| Box::pin(usage::save(tx, batch)))
+    }
+
+    fn query_usage(&self, q: UsageQuery) -> BoxFuture<'_, StoreResult<Vec<Bucket>>> {
+        self.tx(move |tx| Box::pin(usage::buckets(tx, q)))
+    }
+
+    fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
+        self.tx(move |tx| Box::pin(usage::entries(tx, q)))
     }
 }
 

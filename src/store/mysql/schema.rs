@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 
 use super::{backend, connect_opts, connecting};
 use crate::config::MysqlConfig;
+use crate::store::usage::{self as usage_sql, Dialect};
 use crate::store::{StoreError, StoreResult};
 
 /// The original's tables (with the documented widenings).
@@ -103,6 +104,9 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
         conn.query_drop("DROP TABLE IF EXISTS proxy_configs")
             .await
             .map_err(backend)?;
+        conn.query_drop("DROP TABLE IF EXISTS usage_hourly, request_log")
+            .await
+            .map_err(backend)?;
     }
     for stmt in schema_statements(SCHEMA) {
         conn.query_drop(stmt).await.map_err(backend)?;
@@ -135,6 +139,14 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
             "ADD INDEX `idx_api_keys_config_value` (`proxy_config_id`, `key_value`)",
         )
         .await?;
+    }
+    for table in usage_sql::create_tables(Dialect::Mysql) {
+        conn.query_drop(table).await.map_err(backend)?;
+    }
+    for (name, table, columns) in usage_sql::INDEXES {
+        if !has_index(conn, table, name).await? {
+            alter(conn, table, &format!("ADD INDEX `{name}` ({columns})")).await?;
+        }
     }
     remove_orphans(conn).await
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 mod rows;
 mod schema;
+mod usage;
 
 use self::rows::*;
 use self::schema::migrate;
@@ -17,8 +18,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::{
     BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
-    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult,
+    ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
+use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
 /// A SQLite file.
 #[derive(Clone)]
@@ -345,6 +347,18 @@ impl Store for SqliteStore {
 
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
         self.write(move |tx| import_dump(tx, dump))
+    }
+
+    fn save_usage(&self, batch: std::sync::Arc<UsageBatch>) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| usage::save(tx, batch))
+    }
+
+    fn query_usage(&self, q: UsageQuery) -> BoxFuture<'_, StoreResult<Vec<Bucket>>> {
+        self.run(move |conn| usage::buckets(conn, &q))
+    }
+
+    fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
+        self.run(move |conn| usage::entries(conn, &q))
     }
 }
 

@@ -5,6 +5,7 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::backend;
 use crate::store::StoreResult;
+use crate::store::usage::{self as usage_sql, Dialect};
 
 /// The original's tables (see the file for the columns we add).
 const SCHEMA: &str = include_str!("../../../schema.sql");
@@ -41,8 +42,11 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(backend)?;
     if reset {
-        tx.execute_batch("DROP TABLE IF EXISTS api_keys; DROP TABLE IF EXISTS proxy_configs;")
-            .map_err(backend)?;
+        tx.execute_batch(
+            "DROP TABLE IF EXISTS api_keys; DROP TABLE IF EXISTS proxy_configs; \
+             DROP TABLE IF EXISTS usage_hourly; DROP TABLE IF EXISTS request_log;",
+        )
+        .map_err(backend)?;
     }
     tx.execute_batch(SCHEMA).map_err(backend)?;
     for (table, column, decl) in ADDED_COLUMNS {
@@ -52,6 +56,15 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
         }
     }
     tx.execute_batch(ADDED_INDEXES).map_err(backend)?;
+    for table in usage_sql::create_tables(Dialect::Sqlite) {
+        tx.execute_batch(&table).map_err(backend)?;
+    }
+    for (name, table, columns) in usage_sql::INDEXES {
+        tx.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {name} ON {table}({columns})"
+        ))
+        .map_err(backend)?;
+    }
     // The original never enabled foreign keys, so deleting a service left its keys behind.
     let orphans = tx
         .execute(

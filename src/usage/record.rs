@@ -1,0 +1,473 @@
+//! Recording a request: the [`Trace`] the proxy fills as the request goes, the
+//! [`Recorder`] body that watches the answer to its end (bytes, time to first byte,
+//! usage), and the per-shard [`Usage`] buffers the statistics flusher empties into the
+//! store. Nothing here allocates per request on the way through, apart from the model's
+//! name; the request log's text is made when it is flushed.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Uri};
+use hyper::body::{Body as _, Frame};
+
+use super::tap::{Tap, Tokens};
+use super::{Counts, LogEntry, Outcome, Rollup};
+use crate::body::{Body, BoxError};
+use crate::service::ApiFormat;
+use crate::snapshot::Service;
+
+/// The most attempts a request makes (1 + the largest `max_retries`).
+pub const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
+
+/// What a proxied request was, filled as it goes: by the dispatcher (time, client, id),
+/// the proxy handler (service, model) and the forwarder (attempts, key, latency).
+pub struct Trace {
+    pub start: Instant,
+    /// Unix ms when the request came.
+    pub at_ms: u64,
+    pub request_id: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    pub client: IpAddr,
+    /// Set once the request reached a service; only such requests are recorded.
+    pub service: Option<Arc<Service>>,
+    /// The LLM dialect, for reading usage.
+    pub format: Option<ApiFormat>,
+    /// The model the request named (body or path).
+    pub model: Option<String>,
+    attempts: [(i64, u16); MAX_ATTEMPTS],
+    attempt_count: usize,
+    /// The key of the last attempt: its id and secret (for its mask, made at flush).
+    pub key: Option<(i64, Arc<str>)>,
+    /// Time to the final answer's head.
+    pub latency: Option<Duration>,
+    pub bytes_in: u64,
+    /// The proxy answered itself (an error of its own).
+    pub proxy_error: bool,
+    pub error: Option<String>,
+    pub client_key_id: i64,
+}
+
+impl Trace {
+    pub fn new(
+        start: Instant,
+        at_ms: u64,
+        request_id: HeaderValue,
+        method: Method,
+        uri: Uri,
+        client: IpAddr,
+    ) -> Trace {
+        Trace {
+            start,
+            at_ms,
+            request_id,
+            method,
+            uri,
+            client,
+            service: None,
+            format: None,
+            model: None,
+            attempts: [(0, 0); MAX_ATTEMPTS],
+            attempt_count: 0,
+            key: None,
+            latency: None,
+            bytes_in: 0,
+            proxy_error: false,
+            error: None,
+            client_key_id: 0,
+        }
+    }
+
+    /// Notes an attempt with key `key_id`; `status` 0 when it got no answer.
+    pub fn attempt(&mut self, key_id: i64, secret: &Arc<str>, status: u16) {
+        if self.attempt_count < MAX_ATTEMPTS {
+            self.attempts[self.attempt_count] = (key_id, status);
+            self.attempt_count += 1;
+        }
+        if self.key.as_ref().is_none_or(|(id, _)| *id != key_id) {
+            self.key = Some((key_id, secret.clone()));
+        }
+    }
+
+    /// The attempts made, in order.
+    pub fn attempts(&self) -> &[(i64, u16)] {
+        &self.attempts[..self.attempt_count]
+    }
+}
+
+/// How a recorded answer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    Complete,
+    ClientGone,
+    Cut(String),
+}
+
+/// The answer to a recorded request, watched to its end: bytes, the first byte's time,
+/// usage through the tap. Records once, when the body ends, fails or is dropped.
+pub struct Recorder {
+    inner: Body,
+    trace: Option<Box<Trace>>,
+    status: u16,
+    tap: Option<Tap>,
+    bytes: u64,
+    first_byte: Option<Instant>,
+    usage: Arc<Usage>,
+}
+
+impl Recorder {
+    /// Wraps the answer `body` (its head in `parts`: the status, the headers for the usage
+    /// tap, and whether the proxy made it).
+    pub fn attach(
+        usage: Arc<Usage>,
+        mut trace: Trace,
+        parts: &http::response::Parts,
+        body: Body,
+    ) -> Body {
+        if let Some(made) = parts.extensions.get::<crate::error::ProxyMade>() {
+            trace.proxy_error = true;
+            trace.error = Some(made.0.to_string());
+        }
+        let status = parts.status.as_u16();
+        let tap = (!trace.proxy_error)
+            .then_some(trace.format)
+            .flatten()
+            .map(|f| Tap::new(f, &parts.headers))
+            .filter(Tap::is_on);
+        http_body_util::BodyExt::boxed_unsync(Recorder {
+            inner: body,
+            trace: Some(Box::new(trace)),
+            status,
+            tap,
+            bytes: 0,
+            first_byte: None,
+            usage,
+        })
+    }
+
+    fn done(&mut self, ended: Ended) {
+        let Some(trace) = self.trace.take() else {
+            return;
+        };
+        let (tokens, answer_model) = match self.tap.take() {
+            Some(tap) => tap.finish(),
+            None => (None, None),
+        };
+        let ttfb = self.first_byte.map(|t| t.duration_since(trace.start));
+        self.usage.record(Finished {
+            status: self.status,
+            ended,
+            tokens,
+            answer_model,
+            ttfb,
+            bytes_out: self.bytes,
+            trace,
+        });
+    }
+}
+
+impl hyper::body::Body for Recorder {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if this.first_byte.is_none() && !data.is_empty() {
+                        this.first_byte = Some(Instant::now());
+                    }
+                    this.bytes += data.len() as u64;
+                    if let Some(tap) = this.tap.as_mut() {
+                        tap.frame(data);
+                    }
+                }
+            }
+            Poll::Ready(None) => this.done(Ended::Complete),
+            Poll::Ready(Some(Err(e))) => {
+                let cause = e.to_string();
+                this.done(Ended::Cut(cause));
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let ended = match self.inner.is_end_stream() {
+            true => Ended::Complete,
+            false => Ended::ClientGone,
+        };
+        self.done(ended);
+    }
+}
+
+/// A request whose answer ended.
+struct Finished {
+    status: u16,
+    ended: Ended,
+    tokens: Option<Tokens>,
+    answer_model: Option<String>,
+    ttfb: Option<Duration>,
+    bytes_out: u64,
+    trace: Box<Trace>,
+}
+
+/// Rollups of one shard: by (hour, service, key, client key), then by model.
+type Rollups = HashMap<(i64, i64, i64, i64), Vec<(String, Counts)>>;
+
+/// Tokens by service id, then model: `[in, out, cached]`.
+type TokenTotals = HashMap<i64, Vec<(String, [u64; 3])>>;
+
+/// What the shards recorded and the flusher has not written yet.
+pub struct Usage {
+    rollups: Box<[Mutex<Rollups>]>,
+    log: Box<[Mutex<VecDeque<Box<Finished>>>]>,
+    /// The request log's length (`REQUEST_LOG_SIZE`); 0: no log.
+    log_size: usize,
+    /// Tokens since start, by service id, then model, for `/metrics`.
+    tokens: Mutex<TokenTotals>,
+    /// Log entries a failed write gave back, written first next time.
+    unwritten: Mutex<Vec<LogEntry>>,
+    /// Recorded requests whose entry was dropped because the log buffer was full.
+    pub dropped: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Usage {
+    /// Buffers for `shards` shards and a request log of `log_size` entries.
+    pub fn new(shards: usize, log_size: usize) -> Usage {
+        Usage {
+            rollups: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            log: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            log_size,
+            tokens: Mutex::default(),
+            unwritten: Mutex::default(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, f: Finished) {
+        let Some(svc) = f.trace.service.as_ref() else {
+            return;
+        };
+        let shard = crate::shard::current() % self.rollups.len();
+        let model = model_name(
+            f.trace
+                .model
+                .as_deref()
+                .or(f.answer_model.as_deref())
+                .unwrap_or(""),
+        );
+        let outcome = match &f.ended {
+            Ended::Cut(_) => Outcome::ProxyError,
+            _ => Outcome::of(f.status, f.trace.proxy_error),
+        };
+        let mut counts = Counts {
+            requests: 1,
+            latency_ms_sum: f.trace.latency.map_or(0, |d| d.as_millis() as i64),
+            ttfb_ms_sum: f.ttfb.map_or(0, |d| d.as_millis() as i64),
+            ..Counts::default()
+        };
+        match outcome {
+            Outcome::Success => counts.successes = 1,
+            Outcome::ClientError => counts.failures_client = 1,
+            Outcome::RateLimited => counts.failures_rate_limited = 1,
+            Outcome::UpstreamError => counts.failures_upstream = 1,
+            Outcome::ProxyError => counts.failures_proxy = 1,
+        }
+        match f.tokens {
+            Some(t) => {
+                counts.tokens_in = t.input as i64;
+                counts.tokens_out = t.output as i64;
+                counts.tokens_cached = t.cached as i64;
+                let mut tokens = lock(&self.tokens);
+                let models = tokens.entry(svc.id).or_default();
+                // Names come from clients: past a few hundred, the rest count together.
+                let model = match models.len() < MAX_METRIC_MODELS {
+                    true => model,
+                    false => "(other)",
+                };
+                let sums = match models.iter_mut().position(|(m, _)| m == model) {
+                    Some(i) => &mut models[i].1,
+                    None => {
+                        models.push((model.to_string(), [0; 3]));
+                        &mut models.last_mut().expect("just pushed").1
+                    }
+                };
+                sums[0] += t.input;
+                sums[1] += t.output;
+                sums[2] += t.cached;
+            }
+            None if f.trace.format.is_some() && outcome == Outcome::Success => {
+                counts.usage_unknown = 1;
+            }
+            None => {}
+        }
+        let hour = (f.trace.at_ms / 3_600_000 * 3600) as i64;
+        let key_id = f.trace.key.as_ref().map_or(0, |(id, _)| *id);
+        {
+            let mut rollups = lock(&self.rollups[shard]);
+            let models = rollups
+                .entry((hour, svc.id, key_id, f.trace.client_key_id))
+                .or_default();
+            match models.iter_mut().find(|(m, _)| m == model) {
+                Some((_, c)) => c.add(&counts),
+                None => models.push((model.to_string(), counts)),
+            }
+        }
+        if self.log_size > 0 {
+            let mut log = lock(&self.log[shard]);
+            if log.len() >= self.log_size {
+                log.pop_front();
+                self.dropped.fetch_add(1, Relaxed);
+            }
+            log.push_back(Box::new(f));
+        }
+    }
+
+    /// Takes everything recorded: the rollups, and the request log's new entries, oldest
+    /// first.
+    pub fn take(&self) -> (Vec<Rollup>, Vec<LogEntry>) {
+        let mut rollups = Vec::new();
+        for shard in self.rollups.iter() {
+            for ((hour, service_id, key_id, client_key_id), models) in
+                std::mem::take(&mut *lock(shard))
+            {
+                for (model, counts) in models {
+                    rollups.push(Rollup {
+                        hour,
+                        service_id,
+                        key_id,
+                        model,
+                        client_key_id,
+                        counts,
+                    });
+                }
+            }
+        }
+        let mut entries = std::mem::take(&mut *lock(&self.unwritten));
+        let mut fresh: Vec<Box<Finished>> = self
+            .log
+            .iter()
+            .flat_map(|shard| std::mem::take(&mut *lock(shard)))
+            .collect();
+        // In the order the requests came (the monotonic clock: finer than the wall's ms).
+        fresh.sort_by_key(|f| f.trace.start);
+        entries.extend(fresh.into_iter().map(|f| entry(*f)));
+        (rollups, entries)
+    }
+
+    /// Puts back what a failed write took (the log only as far as it has room).
+    pub fn restore(&self, rollups: Vec<Rollup>, entries: Vec<LogEntry>) {
+        let mut first = lock(&self.rollups[0]);
+        for r in rollups {
+            let models = first
+                .entry((r.hour, r.service_id, r.key_id, r.client_key_id))
+                .or_default();
+            match models.iter_mut().find(|(m, _)| *m == r.model) {
+                Some((_, c)) => c.add(&r.counts),
+                None => models.push((r.model, r.counts)),
+            }
+        }
+        drop(first);
+        let mut unwritten = lock(&self.unwritten);
+        let keep = self.log_size.saturating_sub(unwritten.len());
+        let skip = entries.len().saturating_sub(keep);
+        unwritten.extend(entries.into_iter().skip(skip));
+    }
+
+    /// Tokens since start: `(service id, model, [in, out, cached])`.
+    pub fn token_totals(&self) -> Vec<(i64, String, [u64; 3])> {
+        let mut v: Vec<_> = lock(&self.tokens)
+            .iter()
+            .flat_map(|(id, models)| models.iter().map(|(m, t)| (*id, m.clone(), *t)))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Models per service counted apart in `/metrics`.
+const MAX_METRIC_MODELS: usize = 256;
+/// Longest model name kept (longer ones are cut at a character boundary).
+const MAX_MODEL_LEN: usize = 128;
+
+/// A model name as recorded: at most [`MAX_MODEL_LEN`] bytes.
+fn model_name(name: &str) -> &str {
+    if name.len() <= MAX_MODEL_LEN {
+        return name;
+    }
+    let mut end = MAX_MODEL_LEN;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// The request log's entry of a finished request (its text is made here, at flush).
+fn entry(f: Finished) -> LogEntry {
+    let t = f.trace;
+    let svc = t.service.as_ref();
+    let error = match (f.ended, t.error.clone()) {
+        (Ended::Cut(cause), _) => Some(format!("answer cut: {cause}")),
+        (_, Some(e)) => Some(e),
+        (Ended::ClientGone, None) => Some("the client went away".to_string()),
+        (Ended::Complete, None) => None,
+    };
+    LogEntry {
+        id: 0,
+        at: t.at_ms as i64,
+        request_id: String::from_utf8_lossy(t.request_id.as_bytes()).into_owned(),
+        service_id: svc.map_or(0, |s| s.id),
+        service: svc.map_or(String::new(), |s| s.slug.to_string()),
+        method: t.method.to_string(),
+        path: t.uri.path().to_string(),
+        status: f.status,
+        attempts: t.attempts().to_vec(),
+        key_id: t.key.as_ref().map_or(0, |(id, _)| *id),
+        key_mask: t
+            .key
+            .as_ref()
+            .map_or(String::new(), |(_, s)| crate::keys::mask(s)),
+        model: t
+            .model
+            .clone()
+            .or(f.answer_model)
+            .map(|m| model_name(&m).to_string()),
+        tokens_in: f.tokens.map(|x| x.input as i64),
+        tokens_out: f.tokens.map(|x| x.output as i64),
+        tokens_cached: f.tokens.map(|x| x.cached as i64),
+        latency_ms: t.latency.map(|d| d.as_millis() as i64),
+        ttfb_ms: f.ttfb.map(|d| d.as_millis() as i64),
+        bytes_in: t.bytes_in as i64,
+        bytes_out: f.bytes_out as i64,
+        client_ip: t.client.to_string(),
+        error,
+        client_key_id: t.client_key_id,
+    }
+}

@@ -1,0 +1,420 @@
+//! Reading usage out of an answer while it streams through, frame by frame, keeping only
+//! a few small values: never the body.
+//!
+//! - [`JsonMembers`] follows one JSON document byte by byte (strings are skipped with
+//!   `memchr`) and keeps the raw text of a few top-level members (`usage`, `model`…), each
+//!   at most [`MAX_MEMBER`] bytes.
+//! - [`Lines`] cuts an SSE stream into lines across frames; a line longer than
+//!   [`MAX_LINE`] is skipped whole.
+//!
+//! Neither ever fails the body: what cannot be read is reported as unknown.
+
+use memchr::{memchr, memchr2};
+
+/// Longest member value kept (a usage object is a few hundred bytes).
+pub const MAX_MEMBER: usize = 16 * 1024;
+/// Longest SSE line read.
+pub const MAX_LINE: usize = 256 * 1024;
+
+/// Where a [`JsonMembers`] scan is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// Before the document's first `{`.
+    Start,
+    /// Inside the top-level object, waiting for a member name.
+    Name,
+    /// Reading a member name (a string at depth 1).
+    InName { escaped: bool },
+    /// After a name, waiting for `:`.
+    Colon,
+    /// Waiting for the first byte of a member value.
+    ValueStart,
+    /// Inside a value (nested depth relative to the top-level object, in a string or not).
+    Value {
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+    },
+    /// After the top-level object (or a document that is not an object).
+    Done,
+}
+
+/// The raw text of chosen top-level members of a JSON object, read as it streams.
+#[derive(Debug)]
+pub struct JsonMembers {
+    wanted: &'static [&'static str],
+    at: At,
+    name: Vec<u8>,
+    /// Which wanted member the current value belongs to, if any.
+    capturing: Option<usize>,
+    value: Vec<u8>,
+    /// (index into `wanted`, raw value text) of the members seen so far.
+    pub found: Vec<(usize, Vec<u8>)>,
+    /// The document broke the grammar this scan follows: nothing more is read.
+    pub broken: bool,
+}
+
+impl JsonMembers {
+    pub fn new(wanted: &'static [&'static str]) -> JsonMembers {
+        JsonMembers {
+            wanted,
+            at: At::Start,
+            name: Vec::new(),
+            capturing: None,
+            value: Vec::new(),
+            found: Vec::new(),
+            broken: false,
+        }
+    }
+
+    /// The raw text of member `name`, if it was seen (the last one, if repeated).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let i = self.wanted.iter().position(|w| *w == name)?;
+        self.found
+            .iter()
+            .rev()
+            .find(|(j, _)| *j == i)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether the whole top-level object was read.
+    pub fn complete(&self) -> bool {
+        self.at == At::Done && !self.broken
+    }
+
+    /// Reads the next piece of the document.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.broken && self.at != At::Done {
+            let used = self.step(bytes);
+            bytes = &bytes[used..];
+        }
+    }
+
+    fn fail(&mut self) -> usize {
+        self.broken = true;
+        usize::MAX
+    }
+
+    /// Consumes a prefix of `bytes`; returns its length.
+    fn step(&mut self, bytes: &[u8]) -> usize {
+        let b = bytes[0];
+        match self.at {
+            At::Start => match b {
+                b'{' => {
+                    self.at = At::Name;
+                    1
+                }
+                _ if b.is_ascii_whitespace() => 1,
+                // A BOM or anything else: not an object we read.
+                _ => self.fail().min(bytes.len()),
+            },
+            At::Name => match b {
+                b'"' => {
+                    self.name.clear();
+                    self.at = At::InName { escaped: false };
+                    1
+                }
+                b'}' => {
+                    self.at = At::Done;
+                    1
+                }
+                b',' => 1,
+                _ if b.is_ascii_whitespace() => 1,
+                _ => self.fail().min(bytes.len()),
+            },
+            At::InName { escaped } => {
+                if escaped {
+                    self.push_name(b);
+                    self.at = At::InName { escaped: false };
+                    return 1;
+                }
+                match memchr2(b'"', b'\\', bytes) {
+                    None => {
+                        self.push_name_slice(bytes);
+                        bytes.len()
+                    }
+                    Some(i) => {
+                        self.push_name_slice(&bytes[..i]);
+                        if bytes[i] == b'\\' {
+                            self.push_name(b'\\');
+                            self.at = At::InName { escaped: true };
+                        } else {
+                            self.at = At::Colon;
+                        }
+                        i + 1
+                    }
+                }
+            }
+            At::Colon => match b {
+                b':' => {
+                    self.capturing = self
+                        .wanted
+                        .iter()
+                        .position(|w| w.as_bytes() == self.name.as_slice());
+                    self.value.clear();
+                    self.at = At::ValueStart;
+                    1
+                }
+                _ if b.is_ascii_whitespace() => 1,
+                _ => self.fail().min(bytes.len()),
+            },
+            At::ValueStart => {
+                if b.is_ascii_whitespace() {
+                    return 1;
+                }
+                self.at = At::Value {
+                    depth: 0,
+                    in_string: false,
+                    escaped: false,
+                };
+                0
+            }
+            At::Value {
+                depth,
+                in_string,
+                escaped,
+            } => self.value_step(bytes, depth, in_string, escaped),
+            At::Done => bytes.len(),
+        }
+    }
+
+    /// One step inside a member's value.
+    fn value_step(&mut self, bytes: &[u8], depth: u32, in_string: bool, escaped: bool) -> usize {
+        if in_string {
+            if escaped {
+                self.keep(&bytes[..1]);
+                self.at = At::Value {
+                    depth,
+                    in_string: true,
+                    escaped: false,
+                };
+                return 1;
+            }
+            let Some(i) = memchr2(b'"', b'\\', bytes) else {
+                self.keep(bytes);
+                return bytes.len();
+            };
+            self.keep(&bytes[..=i]);
+            self.at = At::Value {
+                depth,
+                in_string: bytes[i] == b'\\',
+                escaped: bytes[i] == b'\\',
+            };
+            return i + 1;
+        }
+        let b = bytes[0];
+        match b {
+            b'"' => {
+                self.keep(&bytes[..1]);
+                self.at = At::Value {
+                    depth,
+                    in_string: true,
+                    escaped: false,
+                };
+                1
+            }
+            b'{' | b'[' => {
+                self.keep(&bytes[..1]);
+                self.at = At::Value {
+                    depth: depth + 1,
+                    in_string: false,
+                    escaped: false,
+                };
+                1
+            }
+            b'}' | b']' if depth > 0 => {
+                self.keep(&bytes[..1]);
+                self.at = At::Value {
+                    depth: depth - 1,
+                    in_string: false,
+                    escaped: false,
+                };
+                1
+            }
+            // The end of this member: the next one, or the end of the object.
+            b',' | b'}' if depth == 0 => {
+                self.end_value();
+                self.at = if b == b'}' { At::Done } else { At::Name };
+                1
+            }
+            b']' => self.fail().min(bytes.len()),
+            _ => {
+                // A number, literal or whitespace: up to the next structural byte.
+                let n = bytes
+                    .iter()
+                    .position(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']' | b','))
+                    .unwrap_or(bytes.len())
+                    // (A comma inside a nested value is one of these bytes.)
+                    .max(1);
+                self.keep(&bytes[..n]);
+                n
+            }
+        }
+    }
+
+    fn keep(&mut self, piece: &[u8]) {
+        if self.capturing.is_some() {
+            if self.value.len() + piece.len() > MAX_MEMBER {
+                // Too long to be what we want: forget it.
+                self.capturing = None;
+                self.value = Vec::new();
+            } else {
+                self.value.extend_from_slice(piece);
+            }
+        }
+    }
+
+    fn end_value(&mut self) {
+        if let Some(i) = self.capturing.take() {
+            let text = std::mem::take(&mut self.value);
+            self.found.push((i, text.trim_ascii().to_vec()));
+        }
+    }
+
+    fn push_name(&mut self, b: u8) {
+        if self.name.len() < 64 {
+            self.name.push(b);
+        }
+    }
+
+    fn push_name_slice(&mut self, s: &[u8]) {
+        let room = 64usize.saturating_sub(self.name.len());
+        self.name.extend_from_slice(&s[..s.len().min(room)]);
+    }
+}
+
+/// Cuts a stream into lines (without their `\n` or `\r\n`), across frames.
+#[derive(Debug, Default)]
+pub struct Lines {
+    partial: Vec<u8>,
+    /// The line being read is longer than [`MAX_LINE`]: skipped to its end.
+    skipping: bool,
+    /// A line was skipped as too long.
+    pub overflowed: bool,
+}
+
+impl Lines {
+    /// Calls `line` with each complete line of `bytes` (and of what came before).
+    pub fn feed(&mut self, mut bytes: &[u8], mut line: impl FnMut(&[u8])) {
+        while let Some(i) = memchr(b'\n', bytes) {
+            let (head, rest) = (&bytes[..i], &bytes[i + 1..]);
+            if self.skipping {
+                self.skipping = false;
+            } else if self.partial.is_empty() {
+                line(strip_cr(head));
+            } else if self.partial.len() + head.len() <= MAX_LINE {
+                self.partial.extend_from_slice(head);
+                line(strip_cr(&self.partial));
+            } else {
+                self.overflowed = true;
+            }
+            self.partial.clear();
+            bytes = rest;
+        }
+        if self.skipping || bytes.is_empty() {
+            return;
+        }
+        if self.partial.len() + bytes.len() > MAX_LINE {
+            self.partial = Vec::new();
+            self.skipping = true;
+            self.overflowed = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WANTED: &[&str] = &["usage", "model"];
+
+    /// Feeds `doc` cut at every possible place into two, and in one piece.
+    fn every_split(doc: &str, check: impl Fn(&JsonMembers)) {
+        let b = doc.as_bytes();
+        for cut in 0..=b.len() {
+            let mut s = JsonMembers::new(WANTED);
+            s.feed(&b[..cut]);
+            s.feed(&b[cut..]);
+            check(&s);
+        }
+        // And byte by byte.
+        let mut s = JsonMembers::new(WANTED);
+        for byte in b {
+            s.feed(std::slice::from_ref(byte));
+        }
+        check(&s);
+    }
+
+    #[test]
+    fn top_level_members_are_kept_wherever_the_frames_are_cut() {
+        let doc = r#"{"id":"x","model":"gpt-4o","choices":[{"message":{"content":"a \"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":12,"completion_tokens":3,"nested":{"a":[1,2]}}}"#;
+        every_split(doc, |s| {
+            assert!(s.complete());
+            assert_eq!(s.get("model"), Some(&br#""gpt-4o""#[..]));
+            assert_eq!(
+                s.get("usage"),
+                Some(&br#"{"prompt_tokens":12,"completion_tokens":3,"nested":{"a":[1,2]}}"#[..])
+            );
+        });
+    }
+
+    #[test]
+    fn nested_members_of_the_same_name_are_not_top_level() {
+        let doc = r#"{"data":{"usage":{"x":1}},"model" : "m" , "usage" : null }"#;
+        every_split(doc, |s| {
+            assert_eq!(s.get("usage"), Some(&b"null"[..]));
+            assert_eq!(s.get("model"), Some(&br#""m""#[..]));
+        });
+    }
+
+    #[test]
+    fn escapes_in_names_and_values_do_not_confuse_it() {
+        let doc = r#"{"a\"b":"x\\","model":"m\"1","usage":{"k":"v\\\""}}"#;
+        every_split(doc, |s| {
+            assert_eq!(s.get("model"), Some(&br#""m\"1""#[..]));
+            assert_eq!(s.get("usage"), Some(&br#"{"k":"v\\\""}"#[..]));
+        });
+    }
+
+    #[test]
+    fn what_is_not_an_object_gives_nothing() {
+        for doc in ["[1,2]", "not json", "", "{\"usage\" 1}"] {
+            let mut s = JsonMembers::new(WANTED);
+            s.feed(doc.as_bytes());
+            assert!(s.get("usage").is_none(), "{doc}");
+            assert!(!s.complete(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn a_huge_member_is_dropped_not_kept() {
+        let big = "x".repeat(MAX_MEMBER + 10);
+        let doc = format!(r#"{{"model":"{big}","usage":{{"a":1}}}}"#);
+        let mut s = JsonMembers::new(WANTED);
+        s.feed(doc.as_bytes());
+        assert!(s.get("model").is_none());
+        assert_eq!(s.get("usage"), Some(&br#"{"a":1}"#[..]));
+    }
+
+    #[test]
+    fn lines_are_cut_across_frames_and_long_ones_skipped() {
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        let mut l = Lines::default();
+        for piece in ["data: a", "b\r\n\ndata: c\n", "data", ": d\n"] {
+            l.feed(piece.as_bytes(), |line| got.push(line.to_vec()));
+        }
+        assert_eq!(got, [&b"data: ab"[..], b"", b"data: c", b"data: d"]);
+        let mut l = Lines::default();
+        let mut got = Vec::new();
+        l.feed(&vec![b'x'; MAX_LINE + 1], |line| got.push(line.to_vec()));
+        l.feed(b"yy\nnext\n", |line| got.push(line.to_vec()));
+        assert_eq!(got, [b"next".to_vec()]);
+        assert!(l.overflowed);
+    }
+}

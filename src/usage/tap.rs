@@ -1,0 +1,385 @@
+//! The usage tap: watches an LLM answer's frames as they pass (it never holds or changes
+//! them) and reads the tokens and the model out of them, per provider:
+//!
+//! | provider | JSON answer | SSE stream |
+//! |---|---|---|
+//! | OpenAI-compatible | top-level `usage`, `model` | the chunk whose `usage` is not null (Chat Completions); `response.completed`'s `response.usage` (Responses API) |
+//! | Anthropic | top-level `usage`, `model` | `message_start`'s `message.usage` and `model`, then each `message_delta`'s `usage` |
+//! | Gemini | `usageMetadata`, `modelVersion` | each event's `usageMetadata` (the last one wins) |
+//!
+//! Tokens are counted as: **in** = every prompt token, cached ones included (Anthropic:
+//! `input_tokens` + `cache_creation_input_tokens` + `cache_read_input_tokens`); **out** =
+//! generated tokens (Gemini: candidates + thoughts); **cached** = prompt tokens read from a
+//! cache. A compressed answer, one that is neither JSON nor SSE, and one whose usage
+//! cannot be read give no reading (unknown).
+
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use memchr::memmem;
+use serde_json::Value;
+
+use super::scan::{JsonMembers, Lines};
+use crate::service::ApiFormat;
+
+/// Tokens of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+}
+
+const JSON_MEMBERS: &[&str] = &["usage", "usageMetadata", "model", "modelVersion"];
+const CHUNK_MEMBERS: &[&str] = &["usage", "usageMetadata", "model", "modelVersion"];
+
+enum Mode {
+    Json(JsonMembers),
+    Sse(Lines),
+    Off,
+}
+
+/// Reads one answer's usage as its frames pass.
+pub struct Tap {
+    format: ApiFormat,
+    mode: Mode,
+    tokens: Option<Tokens>,
+    model: Option<String>,
+}
+
+impl Tap {
+    /// A tap for an answer with these headers (compressed or neither JSON nor SSE: off).
+    pub fn new(format: ApiFormat, headers: &HeaderMap) -> Tap {
+        let compressed = headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let ct = headers.get(CONTENT_TYPE).map_or(&b""[..], |v| v.as_bytes());
+        let mode = if compressed {
+            Mode::Off
+        } else if starts_with_ignore_case(ct, b"text/event-stream") {
+            Mode::Sse(Lines::default())
+        } else if memmem::find(&ct.to_ascii_lowercase(), b"json").is_some() {
+            Mode::Json(JsonMembers::new(JSON_MEMBERS))
+        } else {
+            Mode::Off
+        };
+        Tap {
+            format,
+            mode,
+            tokens: None,
+            model: None,
+        }
+    }
+
+    /// Whether this tap reads anything at all.
+    pub fn is_on(&self) -> bool {
+        !matches!(self.mode, Mode::Off)
+    }
+
+    /// Reads one frame.
+    pub fn frame(&mut self, bytes: &[u8]) {
+        match &mut self.mode {
+            Mode::Json(scan) => scan.feed(bytes),
+            Mode::Sse(lines) => {
+                let (format, tokens, model) = (self.format, &mut self.tokens, &mut self.model);
+                lines.feed(bytes, |line| sse_line(format, line, tokens, model));
+            }
+            Mode::Off => {}
+        }
+    }
+
+    /// The tokens (when the answer said) and the model it named.
+    pub fn finish(self) -> (Option<Tokens>, Option<String>) {
+        match self.mode {
+            Mode::Json(scan) => {
+                let usage = scan.get("usage").or(scan.get("usageMetadata"));
+                let tokens = usage
+                    .and_then(|u| serde_json::from_slice::<Value>(u).ok())
+                    .and_then(|u| tokens_of(self.format, &u));
+                let model = scan
+                    .get("model")
+                    .or(scan.get("modelVersion"))
+                    .and_then(|m| serde_json::from_slice::<String>(m).ok());
+                (tokens, model)
+            }
+            Mode::Sse(_) => (self.tokens, self.model),
+            Mode::Off => (None, None),
+        }
+    }
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// One SSE line: a `data:` payload may carry usage.
+fn sse_line(
+    format: ApiFormat,
+    line: &[u8],
+    tokens: &mut Option<Tokens>,
+    model: &mut Option<String>,
+) {
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let data = data.trim_ascii();
+    if data.first() != Some(&b'{') {
+        return; // `[DONE]`, keep-alives
+    }
+    match format {
+        ApiFormat::Anthropic => anthropic_event(data, tokens, model),
+        ApiFormat::OpenAi if memmem::find(data, b"response.completed").is_some() => {
+            // Responses API: the whole response, usage inside (once per stream).
+            if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                if v["type"] == "response.completed" {
+                    set(tokens, tokens_of(format, &v["response"]["usage"]));
+                    set_model(model, &v["response"]["model"]);
+                }
+            }
+        }
+        _ => {
+            let mut chunk = JsonMembers::new(CHUNK_MEMBERS);
+            chunk.feed(data);
+            let usage = chunk.get("usage").or(chunk.get("usageMetadata"));
+            if let Some(u) = usage.filter(|u| *u != b"null") {
+                let u = serde_json::from_slice::<Value>(u).unwrap_or_default();
+                set(tokens, tokens_of(format, &u));
+            }
+            if model.is_none() {
+                if let Some(m) = chunk.get("model").or(chunk.get("modelVersion")) {
+                    *model = serde_json::from_slice::<String>(m).ok();
+                }
+            }
+        }
+    }
+}
+
+/// Anthropic: `message_start` has the input (and a first output count) and the model;
+/// each `message_delta` has the output so far (and, in newer answers, the input again).
+fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: &mut Option<String>) {
+    let start = memmem::find(data, b"\"message_start\"").is_some();
+    let delta = memmem::find(data, b"\"message_delta\"").is_some();
+    if !start && !delta {
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    match v["type"].as_str() {
+        Some("message_start") => {
+            set(
+                tokens,
+                tokens_of(ApiFormat::Anthropic, &v["message"]["usage"]),
+            );
+            set_model(model, &v["message"]["model"]);
+        }
+        Some("message_delta") => {
+            let u = &v["usage"];
+            let t = tokens.get_or_insert_with(Tokens::default);
+            if let Some(out) = u["output_tokens"].as_u64() {
+                t.output = out;
+            }
+            if u.get("input_tokens").is_some() {
+                if let Some(fresh) = tokens_of(ApiFormat::Anthropic, u) {
+                    t.input = fresh.input.max(t.input);
+                    t.cached = fresh.cached.max(t.cached);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set(slot: &mut Option<Tokens>, found: Option<Tokens>) {
+    if found.is_some() {
+        *slot = found;
+    }
+}
+
+fn set_model(slot: &mut Option<String>, v: &Value) {
+    if let Some(m) = v.as_str() {
+        *slot = Some(m.to_string());
+    }
+}
+
+/// The tokens of a provider's usage object; `None` when it is not one.
+pub fn tokens_of(format: ApiFormat, u: &Value) -> Option<Tokens> {
+    let n = |v: &Value| v.as_u64();
+    match format {
+        ApiFormat::OpenAi => {
+            // Chat Completions, or the Responses API's names.
+            let input = n(&u["prompt_tokens"]).or(n(&u["input_tokens"]))?;
+            let output = n(&u["completion_tokens"])
+                .or(n(&u["output_tokens"]))
+                .unwrap_or(0);
+            let cached = n(&u["prompt_tokens_details"]["cached_tokens"])
+                .or(n(&u["input_tokens_details"]["cached_tokens"]))
+                .unwrap_or(0);
+            Some(Tokens {
+                input,
+                output,
+                cached,
+            })
+        }
+        ApiFormat::Anthropic => {
+            let fresh = n(&u["input_tokens"])?;
+            let created = n(&u["cache_creation_input_tokens"]).unwrap_or(0);
+            let read = n(&u["cache_read_input_tokens"]).unwrap_or(0);
+            Some(Tokens {
+                input: fresh + created + read,
+                output: n(&u["output_tokens"]).unwrap_or(0),
+                cached: read,
+            })
+        }
+        ApiFormat::Gemini => {
+            let input = n(&u["promptTokenCount"])?;
+            let output = n(&u["candidatesTokenCount"]).unwrap_or(0)
+                + n(&u["thoughtsTokenCount"]).unwrap_or(0);
+            Some(Tokens {
+                input,
+                output,
+                cached: n(&u["cachedContentTokenCount"]).unwrap_or(0),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(ct: &'static str, encoding: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        if let Some(e) = encoding {
+            h.insert(CONTENT_ENCODING, HeaderValue::from_static(e));
+        }
+        h
+    }
+
+    /// Runs `body` through a tap, cut into pieces of `step` bytes.
+    fn read(
+        format: ApiFormat,
+        ct: &'static str,
+        body: &str,
+        step: usize,
+    ) -> (Option<Tokens>, Option<String>) {
+        let mut tap = Tap::new(format, &headers(ct, None));
+        for piece in body.as_bytes().chunks(step.max(1)) {
+            tap.frame(piece);
+        }
+        tap.finish()
+    }
+
+    fn t(input: u64, output: u64, cached: u64) -> Option<Tokens> {
+        Some(Tokens {
+            input,
+            output,
+            cached,
+        })
+    }
+
+    #[test]
+    fn openai_json_and_streams() {
+        let json = r#"{"id":"c","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,"prompt_tokens_details":{"cached_tokens":4}}}"#;
+        let sse = "data: {\"model\":\"gpt-4o-mini\",\"choices\":[{\"delta\":{\"content\":\"usage\"}}],\"usage\":null}\n\ndata: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9}}\n\ndata: [DONE]\n\n";
+        let responses = "event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":20,\"output_tokens\":30,\"input_tokens_details\":{\"cached_tokens\":2}}}}\n\n";
+        for step in [1, 3, 7, 64, 10_000] {
+            assert_eq!(
+                read(ApiFormat::OpenAi, "application/json", json, step),
+                (t(11, 7, 4), Some("gpt-4o-mini".into())),
+                "{step}"
+            );
+            assert_eq!(
+                read(ApiFormat::OpenAi, "text/event-stream", sse, step),
+                (t(5, 9, 0), Some("gpt-4o-mini".into()))
+            );
+            assert_eq!(
+                read(
+                    ApiFormat::OpenAi,
+                    "text/event-stream; charset=utf-8",
+                    responses,
+                    step
+                ),
+                (t(20, 30, 2), Some("gpt-4.1".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn anthropic_start_and_deltas() {
+        let json = r#"{"id":"m","model":"claude-sonnet-4-6","usage":{"input_tokens":10,"cache_creation_input_tokens":2,"cache_read_input_tokens":3,"output_tokens":4}}"#;
+        let sse = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-sonnet-4-6\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"message_delta\\\"\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
+        );
+        for step in [1, 5, 10_000] {
+            assert_eq!(
+                read(ApiFormat::Anthropic, "application/json", json, step),
+                (t(15, 4, 3), Some("claude-sonnet-4-6".into()))
+            );
+            assert_eq!(
+                read(ApiFormat::Anthropic, "text/event-stream", sse, step),
+                (t(15, 42, 5), Some("claude-sonnet-4-6".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn gemini_last_event_wins() {
+        let json = r#"{"candidates":[],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":2,"thoughtsTokenCount":3,"cachedContentTokenCount":1},"modelVersion":"gemini-2.5-flash"}"#;
+        let sse = "data: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":1},\"modelVersion\":\"gemini-2.5-flash\"}\r\n\r\ndata: {\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":6}}\r\n\r\n";
+        for step in [1, 4, 10_000] {
+            assert_eq!(
+                read(ApiFormat::Gemini, "application/json", json, step),
+                (t(8, 5, 1), Some("gemini-2.5-flash".into()))
+            );
+            assert_eq!(
+                read(ApiFormat::Gemini, "text/event-stream", sse, step),
+                (t(8, 6, 0), Some("gemini-2.5-flash".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn unreadable_answers_are_unknown() {
+        // Compressed, plain text, malformed usage, no usage at all.
+        let mut gz = Tap::new(
+            ApiFormat::OpenAi,
+            &headers("application/json", Some("gzip")),
+        );
+        assert!(!gz.is_on());
+        gz.frame(b"\x1f\x8b...");
+        assert_eq!(gz.finish(), (None, None));
+        assert_eq!(
+            read(ApiFormat::OpenAi, "text/plain", "usage: 5", 3),
+            (None, None)
+        );
+        assert_eq!(
+            read(
+                ApiFormat::OpenAi,
+                "application/json",
+                r#"{"usage":{"prompt_tokens":"many"}}"#,
+                2
+            )
+            .0,
+            None
+        );
+        assert_eq!(
+            read(ApiFormat::OpenAi, "application/json", r#"{"usage":"#, 2).0,
+            None
+        );
+        assert_eq!(
+            read(
+                ApiFormat::OpenAi,
+                "application/json",
+                r#"{"error":{"message":"bad"}}"#,
+                2
+            ),
+            (None, None)
+        );
+    }
+}
