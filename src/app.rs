@@ -101,7 +101,7 @@ async fn proxied(
         crate::timefmt::now_ms(),
         request_id,
         req.method().clone(),
-        req.uri().clone(),
+        req.uri().path(),
         client,
     );
     let handled = Box::pin(proxy::handle(state, peer, req, flavor, Some(&mut trace))).await;
@@ -136,7 +136,8 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
                 .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
     };
     if let Some(v) = crate::headers::find(headers, &X_REQUEST_ID).filter(sane) {
-        return v.clone();
+        // A copy, not a clone: see `Trace::path`.
+        return http::HeaderValue::from_bytes(v.as_bytes()).expect("checked above");
     }
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

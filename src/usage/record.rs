@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Uri};
+use http::{HeaderValue, Method};
 use hyper::body::{Body as _, Frame};
 
 use super::tap::{Tap, Tokens};
@@ -33,7 +33,10 @@ pub struct Trace {
     pub at_ms: u64,
     pub request_id: HeaderValue,
     pub method: Method,
-    pub uri: Uri,
+    /// The path without the query. Copied: a `Uri` or a header value of the request shares
+    /// the connection's read buffer, and holding it until the flush kept hyper from
+    /// reusing that buffer (a new one per request: a third of the throughput).
+    pub path: Box<str>,
     pub client: IpAddr,
     /// Set once the request reached a service; only such requests are recorded.
     pub service: Option<Arc<Service>>,
@@ -60,7 +63,7 @@ impl Trace {
         at_ms: u64,
         request_id: HeaderValue,
         method: Method,
-        uri: Uri,
+        path: &str,
         client: IpAddr,
     ) -> Trace {
         Trace {
@@ -68,7 +71,7 @@ impl Trace {
             at_ms,
             request_id,
             method,
-            uri,
+            path: path.into(),
             client,
             service: None,
             format: None,
@@ -246,8 +249,8 @@ pub struct Usage {
     log: Box<[Mutex<VecDeque<Box<Finished>>>]>,
     /// The request log's length (`REQUEST_LOG_SIZE`); 0: no log.
     log_size: usize,
-    /// Tokens since start, by service id, then model, for `/metrics`.
-    tokens: Mutex<TokenTotals>,
+    /// Tokens since start, per shard, by service id, then model, for `/metrics`.
+    tokens: Box<[Mutex<TokenTotals>]>,
     /// Log entries a failed write gave back, written first next time.
     unwritten: Mutex<Vec<LogEntry>>,
     /// Recorded requests whose entry was dropped because the log buffer was full.
@@ -265,7 +268,7 @@ impl Usage {
             rollups: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             log: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             log_size,
-            tokens: Mutex::default(),
+            tokens: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             unwritten: Mutex::default(),
             dropped: AtomicU64::new(0),
         }
@@ -305,7 +308,7 @@ impl Usage {
                 counts.tokens_in = t.input as i64;
                 counts.tokens_out = t.output as i64;
                 counts.tokens_cached = t.cached as i64;
-                let mut tokens = lock(&self.tokens);
+                let mut tokens = lock(&self.tokens[shard]);
                 let models = tokens.entry(svc.id).or_default();
                 // Names come from clients: past a few hundred, the rest count together.
                 let model = match models.len() < MAX_METRIC_MODELS {
@@ -378,7 +381,12 @@ impl Usage {
             .collect();
         // In the order the requests came (the monotonic clock: finer than the wall's ms).
         fresh.sort_by_key(|f| f.trace.start);
-        entries.extend(fresh.into_iter().map(|f| entry(*f)));
+        // Only the newest `log_size` can stay in the log: the rest is never written (under
+        // load, writing every entry to be trimmed at once cost a third of the throughput).
+        let skip = fresh.len().saturating_sub(self.log_size);
+        entries.extend(fresh.into_iter().skip(skip).map(|f| entry(*f)));
+        let skip = entries.len().saturating_sub(self.log_size);
+        entries.drain(..skip);
         (rollups, entries)
     }
 
@@ -403,10 +411,18 @@ impl Usage {
 
     /// Tokens since start: `(service id, model, [in, out, cached])`.
     pub fn token_totals(&self) -> Vec<(i64, String, [u64; 3])> {
-        let mut v: Vec<_> = lock(&self.tokens)
-            .iter()
-            .flat_map(|(id, models)| models.iter().map(|(m, t)| (*id, m.clone(), *t)))
-            .collect();
+        let mut sums: HashMap<(i64, String), [u64; 3]> = HashMap::new();
+        for shard in self.tokens.iter() {
+            for (id, models) in lock(shard).iter() {
+                for (model, t) in models {
+                    let s = sums.entry((*id, model.clone())).or_default();
+                    for (a, b) in s.iter_mut().zip(t) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+        let mut v: Vec<_> = sums.into_iter().map(|((id, m), t)| (id, m, t)).collect();
         v.sort();
         v
     }
@@ -446,7 +462,7 @@ fn entry(f: Finished) -> LogEntry {
         service_id: svc.map_or(0, |s| s.id),
         service: svc.map_or(String::new(), |s| s.slug.to_string()),
         method: t.method.to_string(),
-        path: t.uri.path().to_string(),
+        path: t.path.to_string(),
         status: f.status,
         attempts: t.attempts().to_vec(),
         key_id: t.key.as_ref().map_or(0, |(id, _)| *id),

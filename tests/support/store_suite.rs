@@ -294,4 +294,151 @@ where
     batch_and_cascade(&*fresh().await).await;
     health_and_stats(&*fresh().await).await;
     import_is_idempotent(&*fresh().await, &*fresh().await).await;
+    usage_round_trip(&*fresh().await).await;
+}
+
+/// Rollups add up per hour and key, buckets group and filter, the log keeps its newest
+/// entries and pages by id, old hours go.
+pub async fn usage_round_trip(store: &dyn Store) {
+    use api_key_rotator::store::UsageBatch;
+    use api_key_rotator::store::usage::{Counts, LogEntry, RequestQuery, Rollup, UsageQuery};
+    use std::sync::Arc;
+    let counts = |n: i64| Counts {
+        requests: n,
+        successes: n,
+        tokens_in: 10 * n,
+        tokens_out: n,
+        ..Counts::default()
+    };
+    let rollup = |hour: i64, key_id: i64, model: &str, n: i64| Rollup {
+        hour,
+        service_id: 1,
+        key_id,
+        model: model.into(),
+        client_key_id: 0,
+        counts: counts(n),
+    };
+    let entry = |i: i64, status: u16| LogEntry {
+        at: 1_000 + i,
+        request_id: format!("r{i}"),
+        service_id: 1,
+        key_id: 1 + i % 2,
+        status,
+        path: format!("/p/{i}"),
+        attempts: vec![(1, status)],
+        model: Some("m\u{e9}\"quoted\"".into()),
+        ..LogEntry::default()
+    };
+    let h = 3_600 * 100;
+    let save = |rollups: Vec<Rollup>, entries: Vec<LogEntry>| {
+        store.save_usage(Arc::new(UsageBatch {
+            rollups,
+            entries,
+            keep_entries: 4,
+            keep_since: 0,
+        }))
+    };
+    save(
+        vec![
+            rollup(h, 1, "a", 1),
+            rollup(h, 2, "a", 2),
+            rollup(h + 3_600, 1, "b", 4),
+        ],
+        (0..3).map(|i| entry(i, 200)).collect(),
+    )
+    .await
+    .unwrap();
+    // The same hour, key and model again: added, not replaced.
+    save(
+        vec![rollup(h, 1, "a", 8)],
+        (3..6).map(|i| entry(i, 502)).collect(),
+    )
+    .await
+    .unwrap();
+    let q = |group: Vec<&'static str>, bucket: i64| UsageQuery {
+        from: h,
+        to: h + 7_200,
+        bucket,
+        group,
+        ..UsageQuery::default()
+    };
+    let hours = store.query_usage(q(vec![], 3_600)).await.unwrap();
+    let got: Vec<_> = hours
+        .iter()
+        .map(|b| (b.start, b.counts.requests, b.counts.tokens_in))
+        .collect();
+    assert_eq!(got, [(h, 11, 110), (h + 3_600, 4, 40)]);
+    let by_key = store
+        .query_usage(q(vec!["key", "model"], 86_400))
+        .await
+        .unwrap();
+    let got: Vec<_> = by_key
+        .iter()
+        .map(|b| (b.key_id, b.model.clone(), b.counts.requests))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some(1), Some("a".into()), 9),
+            (Some(1), Some("b".into()), 4),
+            (Some(2), Some("a".into()), 2)
+        ]
+    );
+    assert!(
+        by_key
+            .iter()
+            .all(|b| b.start == h - h % 86_400 && b.service_id.is_none())
+    );
+    let only_b = UsageQuery {
+        model: Some("b".into()),
+        ..q(vec![], 3_600)
+    };
+    assert_eq!(store.query_usage(only_b).await.unwrap().len(), 1);
+
+    let page = |before, status_class| RequestQuery {
+        before,
+        limit: 3,
+        status_class,
+        ..RequestQuery::default()
+    };
+    let first = store.query_requests(page(None, None)).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(ids, ["r5", "r4", "r3"], "newest first");
+    assert_eq!(first[0].model.as_deref(), Some("m\u{e9}\"quoted\""));
+    assert_eq!(first[0].attempts, [(1, 502)]);
+    let rest = store
+        .query_requests(page(Some(first[2].id), None))
+        .await
+        .unwrap();
+    let ids: Vec<_> = rest.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(ids, ["r2"], "only the newest 4 are kept");
+    assert_eq!(
+        store
+            .query_requests(page(None, Some(2)))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let by_id = RequestQuery {
+        request_id: Some("r4".into()),
+        ..page(None, None)
+    };
+    assert_eq!(store.query_requests(by_id).await.unwrap()[0].path, "/p/4");
+
+    // Retention: hours before `keep_since` go.
+    store
+        .save_usage(Arc::new(UsageBatch {
+            rollups: vec![],
+            entries: vec![],
+            keep_entries: 4,
+            keep_since: h + 3_600,
+        }))
+        .await
+        .unwrap();
+    let left = store.query_usage(q(vec![], 3_600)).await.unwrap();
+    assert_eq!(
+        left.iter().map(|b| b.start).collect::<Vec<_>>(),
+        [h + 3_600]
+    );
 }
