@@ -41,18 +41,11 @@ pub struct Counts {
 impl Counts {
     /// Adds `other` to these counts.
     pub fn add(&mut self, other: &Counts) {
-        self.requests += other.requests;
-        self.successes += other.successes;
-        self.failures_client += other.failures_client;
-        self.failures_rate_limited += other.failures_rate_limited;
-        self.failures_upstream += other.failures_upstream;
-        self.failures_proxy += other.failures_proxy;
-        self.usage_unknown += other.usage_unknown;
-        self.tokens_in += other.tokens_in;
-        self.tokens_out += other.tokens_out;
-        self.tokens_cached += other.tokens_cached;
-        self.latency_ms_sum += other.latency_ms_sum;
-        self.ttfb_ms_sum += other.ttfb_ms_sum;
+        let mut sum = self.to_array();
+        for (a, b) in sum.iter_mut().zip(other.to_array()) {
+            *a += b;
+        }
+        *self = Counts::from_array(sum);
     }
 
     /// The counts in the order of the store's columns.
