@@ -141,13 +141,21 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
     }
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let text = format!(
-        "{:011x}{:02x}{:07x}",
-        crate::timefmt::now_ms() & 0xfff_ffff_ffff,
-        crate::shard::current() & 0xff,
-        n & 0xfff_ffff
-    );
-    http::HeaderValue::from_str(&text).expect("hex is a header value")
+    let mut text = [0u8; 20];
+    hex(&mut text[..11], crate::timefmt::now_ms());
+    hex(&mut text[11..13], crate::shard::current() as u64);
+    hex(&mut text[13..], n);
+    // Shared without a copy: the value goes to the trace, the answer and the upstream.
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+        .expect("hex is a header value")
+}
+
+/// Writes the low `out.len()` hex digits of `n` into `out`.
+fn hex(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 /// The access log line of one request, written when its response body ends (or is

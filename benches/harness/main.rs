@@ -365,14 +365,18 @@ fn run(o: &Opts) {
     };
     let mut ours_procs = Vec::new();
     let mut ours_targets = Vec::new();
-    for (name, level) in [("ours", "warn"), ("ours-info", "info")] {
+    for (name, level, tracking) in [
+        ("ours", "warn", "on"),
+        ("ours-info", "info", "on"),
+        ("ours-off", "warn", "off"),
+    ] {
         let port = procs::free_port();
         let opts = ProxyOpts {
             name,
             bin: &o.light,
             port,
             log_level: level,
-            env: vec![],
+            env: vec![("USAGE_TRACKING".into(), tracking.into())],
             db: work.join(format!("{name}.db")),
             cpus: pin.server.as_deref(),
             workers: pin.workers,
@@ -391,6 +395,7 @@ fn run(o: &Opts) {
     }
     let ours = ours_targets[0].clone();
     let ours_info = ours_targets[1].clone();
+    let ours_off = ours_targets[2].clone();
     let main_targets = [direct.clone(), nginx_t.clone(), ours.clone()];
     sanity(&main_targets, &ours_info);
 
@@ -499,6 +504,9 @@ fn run(o: &Opts) {
         }
     }
     raw["sse"] = json!(sse_runs);
+
+    // 7: what usage tracking costs: the same build with it on (ours) and off.
+    raw["tracking"] = tracking_phase(o, &work, &ours, &ours_off, &direct, pin.client.as_deref());
 
     // 5: LiteLLM, on /llm, against ours.
     raw["litellm"] = match &o.litellm {
@@ -710,6 +718,75 @@ fn sanity(main: &[Target], extra: &Target) {
 
 /// One wrk measurement (after a warm-up run), with the CPU time the target and the
 /// upstream used.
+/// SSE streams for throughput: 20 events each, back to back.
+const SSE_BURST: &str = "n=20&gap_ms=0";
+
+/// Usage tracking on (`on`, the default) against off (`off`), the same build side by side:
+/// throughput on /llm JSON and SSE, p50 at a fixed rate, the SSE time to first event.
+fn tracking_phase(
+    o: &Opts,
+    work: &Path,
+    on: &Target,
+    off: &Target,
+    direct: &Target,
+    client_cpus: Option<&str>,
+) -> Value {
+    log("usage tracking on / off (/llm)");
+    let mut tp = Vec::new();
+    let mut lat = Vec::new();
+    let mut sse_runs = Vec::new();
+    for rep in 0..o.reps {
+        let mut pair = [on, off];
+        pair.rotate_left(rep % 2);
+        for (route, query) in [(Route::Llm, ""), (Route::Sse, SSE_BURST)] {
+            for t in pair {
+                let mut r = throughput_of(o, work, t, route, query, direct, client_cpus);
+                log(&format!(
+                    "  rep {} {} {:<8} {:>9.0} req/s",
+                    rep + 1,
+                    route.id(),
+                    t.name,
+                    r["rps"].as_f64().unwrap_or(0.0)
+                ));
+                r["rep"] = json!(rep + 1);
+                tp.push(r);
+            }
+        }
+        // A fixed rate both can serve: a quarter of what tracking off reached.
+        let ceiling: Vec<f64> = tp
+            .iter()
+            .filter(|r| r["route"] == "llm" && r["target"] == off.name.as_str())
+            .filter_map(|r| r["rps"].as_f64())
+            .collect();
+        let rate = (stats::Spread::of(&ceiling).median * 0.25)
+            .round()
+            .max(100.0);
+        for t in pair {
+            let spec = targets::request(t.kind, Route::Llm, "");
+            let r = openloop::run(
+                t.addr,
+                &spec,
+                rate,
+                Duration::from_secs(o.warmup),
+                Duration::from_secs(o.seconds),
+                o.conns,
+            );
+            log(&format!(
+                "  rep {} llm {:>7.0}/s {:<8} p50 {:.3} ms",
+                rep + 1,
+                rate,
+                t.name,
+                r.latency_us.p50 / 1000.0
+            ));
+            lat.push(json!({"rep": rep + 1, "target": t.name, "result": r}));
+            let spec = targets::request(t.kind, Route::Sse, "n=50&gap_ms=20");
+            let s = sse::measure(t.addr, &spec, 10);
+            sse_runs.push(json!({"rep": rep + 1, "target": t.name, "result": s}));
+        }
+    }
+    json!({"on": on.name, "off": off.name, "throughput": tp, "latency": lat, "sse": sse_runs})
+}
+
 fn throughput(
     o: &Opts,
     work: &Path,
@@ -718,7 +795,20 @@ fn throughput(
     direct: &Target,
     client_cpus: Option<&str>,
 ) -> Value {
-    let spec = targets::request(t.kind, route, "");
+    throughput_of(o, work, t, route, "", direct, client_cpus)
+}
+
+/// [`throughput`] with a query string (SSE pacing).
+fn throughput_of(
+    o: &Opts,
+    work: &Path,
+    t: &Target,
+    route: Route,
+    query: &str,
+    direct: &Target,
+    client_cpus: Option<&str>,
+) -> Value {
+    let spec = targets::request(t.kind, route, query);
     let dur = Duration::from_secs(o.seconds);
     wrk::run(
         work,

@@ -424,6 +424,7 @@ pub fn markdown(raw: &Value) -> String {
     }
 
     litellm(&mut o, raw);
+    tracking(&mut o, raw);
 
     // Targets.
     let _ = writeln!(o, "\n### Targets\n");
@@ -500,6 +501,70 @@ pub fn markdown(raw: &Value) -> String {
 
 /// The /llm route against LiteLLM's proxy, measured in its own phase (ours again, so the
 /// ratio comes from the same minutes).
+/// Usage tracking on against off, the same build in the same run.
+fn tracking(o: &mut String, raw: &Value) {
+    let t = &raw["tracking"];
+    let (Some(on), Some(off)) = (t["on"].as_str(), t["off"].as_str()) else {
+        return;
+    };
+    let rps = |route: &str, who: &str| {
+        Spread::of(&pick(
+            &t["throughput"],
+            |r| r["route"] == route && r["target"] == who,
+            |r| f(&r["rps"]),
+        ))
+    };
+    let p50 = |who: &str| {
+        med(&pick(
+            &t["latency"],
+            |r| r["target"] == who,
+            |r| f(&r["result"]["latency_us"]["p50"]),
+        ))
+    };
+    let ttfe = |who: &str| {
+        med(&pick(
+            &t["sse"],
+            |r| r["target"] == who,
+            |r| f(&r["result"]["ttfb_us"]["p50"]),
+        ))
+    };
+    let _ = writeln!(
+        o,
+        "\n### Usage tracking on ÷ off (/llm, the same build side by side)\n"
+    );
+    let _ = writeln!(o, "| measurement | off | on | on ÷ off |");
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    for (route, label) in [
+        ("llm", "req/s, POST 1 KB JSON"),
+        ("sse", "req/s, SSE of 20 events"),
+    ] {
+        let (a, b) = (rps(route, off), rps(route, on));
+        let _ = writeln!(
+            o,
+            "| {label} | {} | {} | **{:.2}×** |",
+            pm(&a),
+            pm(&b),
+            b.median / a.median
+        );
+    }
+    let (a, b) = (p50(off), p50(on));
+    let _ = writeln!(
+        o,
+        "| p50 ms at a quarter of off's rate | {:.3} | {:.3} | +{:.3} ms |",
+        a / 1000.0,
+        b / 1000.0,
+        (b - a) / 1000.0
+    );
+    let (a, b) = (ttfe(off), ttfe(on));
+    let _ = writeln!(
+        o,
+        "| SSE time to first event p50, ms | {:.3} | {:.3} | +{:.3} ms |",
+        a / 1000.0,
+        b / 1000.0,
+        (b - a) / 1000.0
+    );
+}
+
 fn litellm(o: &mut String, raw: &Value) {
     let l = &raw["litellm"];
     if l["status"] != "measured" {

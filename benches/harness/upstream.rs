@@ -155,8 +155,9 @@ impl hyper::body::Body for UpBody {
                 if *k > 0 && sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                // The last chunk carries the usage, as OpenAI's do with `include_usage`.
                 let event = if *k == *n {
-                    "data: [DONE]\n\n".to_string()
+                    "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":20,\"total_tokens\":29}}\n\ndata: [DONE]\n\n".to_string()
                 } else {
                     format!(
                         "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"i\":{},\"t\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok\"}}}}]}}\n\n",

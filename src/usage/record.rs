@@ -116,7 +116,7 @@ enum Ended {
 /// usage through the tap. Records once, when the body ends, fails or is dropped.
 pub struct Recorder {
     inner: Body,
-    trace: Option<Box<Trace>>,
+    trace: Option<Trace>,
     status: u16,
     tap: Option<Tap>,
     bytes: u64,
@@ -141,11 +141,11 @@ impl Recorder {
         let tap = (!trace.proxy_error)
             .then_some(trace.format)
             .flatten()
-            .map(|f| Tap::new(f, &parts.headers))
+            .map(|f| Tap::new(f, &parts.headers, trace.model.is_none()))
             .filter(Tap::is_on);
         http_body_util::BodyExt::boxed_unsync(Recorder {
             inner: body,
-            trace: Some(Box::new(trace)),
+            trace: Some(trace),
             status,
             tap,
             bytes: 0,
@@ -234,19 +234,41 @@ struct Finished {
     answer_model: Option<String>,
     ttfb: Option<Duration>,
     bytes_out: u64,
-    trace: Box<Trace>,
+    trace: Trace,
 }
 
 /// Rollups of one shard: by (hour, service, key, client key), then by model.
-type Rollups = HashMap<(i64, i64, i64, i64), Vec<(String, Counts)>>;
+type Rollups = HashMap<(i64, i64, i64, i64), Vec<(String, Counts)>, Ids>;
 
 /// Tokens by service id, then model: `[in, out, cached]`.
-type TokenTotals = HashMap<i64, Vec<(String, [u64; 3])>>;
+type TokenTotals = HashMap<i64, Vec<(String, [u64; 3])>, Ids>;
+
+/// Hashing for maps keyed by the proxy's own ids (never a client's bytes, so no flooding
+/// to guard against): a multiply per id instead of SipHash, on every request.
+type Ids = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|b| self.write_u64(u64::from(*b)));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// What the shards recorded and the flusher has not written yet.
 pub struct Usage {
     rollups: Box<[Mutex<Rollups>]>,
-    log: Box<[Mutex<VecDeque<Box<Finished>>>]>,
+    log: Box<[Mutex<VecDeque<Finished>>]>,
     /// The request log's length (`REQUEST_LOG_SIZE`); 0: no log.
     log_size: usize,
     /// Tokens since start, per shard, by service id, then model, for `/metrics`.
@@ -349,7 +371,7 @@ impl Usage {
                 log.pop_front();
                 self.dropped.fetch_add(1, Relaxed);
             }
-            log.push_back(Box::new(f));
+            log.push_back(f);
         }
     }
 
@@ -374,7 +396,7 @@ impl Usage {
             }
         }
         let mut entries = std::mem::take(&mut *lock(&self.unwritten));
-        let mut fresh: Vec<Box<Finished>> = self
+        let mut fresh: Vec<Finished> = self
             .log
             .iter()
             .flat_map(|shard| std::mem::take(&mut *lock(shard)))
@@ -384,7 +406,7 @@ impl Usage {
         // Only the newest `log_size` can stay in the log: the rest is never written (under
         // load, writing every entry to be trimmed at once cost a third of the throughput).
         let skip = fresh.len().saturating_sub(self.log_size);
-        entries.extend(fresh.into_iter().skip(skip).map(|f| entry(*f)));
+        entries.extend(fresh.into_iter().skip(skip).map(entry));
         let skip = entries.len().saturating_sub(self.log_size);
         entries.drain(..skip);
         (rollups, entries)

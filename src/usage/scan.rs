@@ -39,30 +39,40 @@ enum At {
     Done,
 }
 
-/// The raw text of chosen top-level members of a JSON object, read as it streams.
+/// The most members a scan looks for.
+pub const MAX_WANTED: usize = 4;
+/// Longest member name compared (longer names are not wanted ones).
+const NAME_CAP: usize = 16;
+
+/// The raw text of chosen top-level members of a JSON object, read as it streams. Costs
+/// no allocation until a wanted member's value is met (then one, for that value).
 #[derive(Debug)]
 pub struct JsonMembers {
     wanted: &'static [&'static str],
     at: At,
-    name: Vec<u8>,
+    /// The member name being read (its first [`NAME_CAP`] bytes) and its full length.
+    name: [u8; NAME_CAP],
+    name_len: usize,
     /// Which wanted member the current value belongs to, if any.
     capturing: Option<usize>,
     value: Vec<u8>,
-    /// (index into `wanted`, raw value text) of the members seen so far.
-    pub found: Vec<(usize, Vec<u8>)>,
+    /// The raw value text of each wanted member seen (the last one, if repeated).
+    found: [Option<Vec<u8>>; MAX_WANTED],
     /// The document broke the grammar this scan follows: nothing more is read.
     pub broken: bool,
 }
 
 impl JsonMembers {
     pub fn new(wanted: &'static [&'static str]) -> JsonMembers {
+        assert!(wanted.len() <= MAX_WANTED && wanted.iter().all(|w| w.len() <= NAME_CAP));
         JsonMembers {
             wanted,
             at: At::Start,
-            name: Vec::new(),
+            name: [0; NAME_CAP],
+            name_len: 0,
             capturing: None,
             value: Vec::new(),
-            found: Vec::new(),
+            found: Default::default(),
             broken: false,
         }
     }
@@ -70,11 +80,7 @@ impl JsonMembers {
     /// The raw text of member `name`, if it was seen (the last one, if repeated).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let i = self.wanted.iter().position(|w| *w == name)?;
-        self.found
-            .iter()
-            .rev()
-            .find(|(j, _)| *j == i)
-            .map(|(_, v)| v.as_slice())
+        self.found[i].as_deref()
     }
 
     /// Whether the whole top-level object was read.
@@ -85,8 +91,15 @@ impl JsonMembers {
     /// Reads the next piece of the document.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.broken && self.at != At::Done {
-            let used = self.step(bytes);
-            bytes = &bytes[used..];
+            let used = match self.at {
+                At::Value {
+                    depth,
+                    in_string,
+                    escaped,
+                } => self.value_run(bytes, depth, in_string, escaped),
+                _ => self.step(bytes),
+            };
+            bytes = &bytes[used.min(bytes.len())..];
         }
     }
 
@@ -95,7 +108,7 @@ impl JsonMembers {
         usize::MAX
     }
 
-    /// Consumes a prefix of `bytes`; returns its length.
+    /// Consumes a prefix of `bytes` outside a value; returns its length.
     fn step(&mut self, bytes: &[u8]) -> usize {
         let b = bytes[0];
         match self.at {
@@ -106,11 +119,11 @@ impl JsonMembers {
                 }
                 _ if b.is_ascii_whitespace() => 1,
                 // A BOM or anything else: not an object we read.
-                _ => self.fail().min(bytes.len()),
+                _ => self.fail(),
             },
             At::Name => match b {
                 b'"' => {
-                    self.name.clear();
+                    self.name_len = 0;
                     self.at = At::InName { escaped: false };
                     1
                 }
@@ -120,43 +133,42 @@ impl JsonMembers {
                 }
                 b',' => 1,
                 _ if b.is_ascii_whitespace() => 1,
-                _ => self.fail().min(bytes.len()),
+                _ => self.fail(),
             },
-            At::InName { escaped } => {
-                if escaped {
-                    self.push_name(b);
-                    self.at = At::InName { escaped: false };
-                    return 1;
-                }
-                match memchr2(b'"', b'\\', bytes) {
-                    None => {
-                        self.push_name_slice(bytes);
-                        bytes.len()
-                    }
-                    Some(i) => {
-                        self.push_name_slice(&bytes[..i]);
-                        if bytes[i] == b'\\' {
-                            self.push_name(b'\\');
-                            self.at = At::InName { escaped: true };
-                        } else {
-                            self.at = At::Colon;
-                        }
-                        i + 1
-                    }
-                }
+            At::InName { escaped: true } => {
+                self.push_name(&bytes[..1]);
+                self.at = At::InName { escaped: false };
+                1
             }
+            At::InName { escaped: false } => match quote_or_escape(bytes) {
+                None => {
+                    self.push_name(bytes);
+                    bytes.len()
+                }
+                Some(i) => {
+                    self.push_name(&bytes[..=i]);
+                    if bytes[i] == b'\\' {
+                        self.at = At::InName { escaped: true };
+                    } else {
+                        self.name_len -= 1; // the closing quote
+                        self.at = At::Colon;
+                    }
+                    i + 1
+                }
+            },
             At::Colon => match b {
                 b':' => {
-                    self.capturing = self
-                        .wanted
-                        .iter()
-                        .position(|w| w.as_bytes() == self.name.as_slice());
+                    let name = &self.name[..self.name_len.min(NAME_CAP)];
+                    self.capturing = match self.name_len <= NAME_CAP {
+                        true => self.wanted.iter().position(|w| w.as_bytes() == name),
+                        false => None,
+                    };
                     self.value.clear();
                     self.at = At::ValueStart;
                     1
                 }
                 _ if b.is_ascii_whitespace() => 1,
-                _ => self.fail().min(bytes.len()),
+                _ => self.fail(),
             },
             At::ValueStart => {
                 if b.is_ascii_whitespace() {
@@ -169,87 +181,64 @@ impl JsonMembers {
                 };
                 0
             }
-            At::Value {
-                depth,
-                in_string,
-                escaped,
-            } => self.value_step(bytes, depth, in_string, escaped),
-            At::Done => bytes.len(),
+            At::Value { .. } | At::Done => bytes.len(),
         }
     }
 
-    /// One step inside a member's value.
-    fn value_step(&mut self, bytes: &[u8], depth: u32, in_string: bool, escaped: bool) -> usize {
-        if in_string {
-            if escaped {
-                self.keep(&bytes[..1]);
-                self.at = At::Value {
-                    depth,
-                    in_string: true,
-                    escaped: false,
-                };
-                return 1;
+    /// Runs through a member's value as far as `bytes` go, or to its end (the `,` or `}`
+    /// after it, consumed). Strings are skipped with `memchr`; the rest is one byte test
+    /// per byte, and the kept text is copied once per call.
+    fn value_run(
+        &mut self,
+        bytes: &[u8],
+        mut depth: u32,
+        mut in_string: bool,
+        mut escaped: bool,
+    ) -> usize {
+        let mut i = 0;
+        while i < bytes.len() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                    i += 1;
+                    continue;
+                }
+                match quote_or_escape(&bytes[i..]) {
+                    None => i = bytes.len(),
+                    Some(j) => {
+                        i += j;
+                        match bytes[i] == b'\\' {
+                            true => escaped = true,
+                            false => in_string = false,
+                        }
+                        i += 1;
+                    }
+                }
+                continue;
             }
-            let Some(i) = memchr2(b'"', b'\\', bytes) else {
-                self.keep(bytes);
-                return bytes.len();
-            };
-            self.keep(&bytes[..=i]);
-            self.at = At::Value {
-                depth,
-                in_string: bytes[i] == b'\\',
-                escaped: bytes[i] == b'\\',
-            };
-            return i + 1;
+            match bytes[i] {
+                b'"' => in_string = true,
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                // The end of this member: the next one, or the end of the object.
+                b @ (b',' | b'}') if depth == 0 => {
+                    self.keep(&bytes[..i]);
+                    self.end_value();
+                    self.at = if b == b'}' { At::Done } else { At::Name };
+                    return i + 1;
+                }
+                b']' => return self.fail(),
+                _ => {}
+            }
+            i += 1;
         }
-        let b = bytes[0];
-        match b {
-            b'"' => {
-                self.keep(&bytes[..1]);
-                self.at = At::Value {
-                    depth,
-                    in_string: true,
-                    escaped: false,
-                };
-                1
-            }
-            b'{' | b'[' => {
-                self.keep(&bytes[..1]);
-                self.at = At::Value {
-                    depth: depth + 1,
-                    in_string: false,
-                    escaped: false,
-                };
-                1
-            }
-            b'}' | b']' if depth > 0 => {
-                self.keep(&bytes[..1]);
-                self.at = At::Value {
-                    depth: depth - 1,
-                    in_string: false,
-                    escaped: false,
-                };
-                1
-            }
-            // The end of this member: the next one, or the end of the object.
-            b',' | b'}' if depth == 0 => {
-                self.end_value();
-                self.at = if b == b'}' { At::Done } else { At::Name };
-                1
-            }
-            b']' => self.fail().min(bytes.len()),
-            _ => {
-                // A number, literal or whitespace: up to the next structural byte.
-                let n = bytes
-                    .iter()
-                    .position(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']' | b','))
-                    .unwrap_or(bytes.len())
-                    // (A comma inside a nested value is one of these bytes.)
-                    .max(1);
-                self.keep(&bytes[..n]);
-                n
-            }
-        }
+        self.keep(bytes);
+        self.at = At::Value {
+            depth,
+            in_string,
+            escaped,
+        };
+        bytes.len()
     }
 
     fn keep(&mut self, piece: &[u8]) {
@@ -259,6 +248,10 @@ impl JsonMembers {
                 self.capturing = None;
                 self.value = Vec::new();
             } else {
+                if self.value.capacity() == 0 {
+                    // A usage object is a few hundred bytes: room for it at once.
+                    self.value.reserve(256.max(piece.len()));
+                }
                 self.value.extend_from_slice(piece);
             }
         }
@@ -266,21 +259,33 @@ impl JsonMembers {
 
     fn end_value(&mut self) {
         if let Some(i) = self.capturing.take() {
-            let text = std::mem::take(&mut self.value);
-            self.found.push((i, text.trim_ascii().to_vec()));
+            let mut text = std::mem::take(&mut self.value);
+            let end = text.trim_ascii_end().len();
+            text.truncate(end);
+            self.found[i] = Some(text);
         }
     }
 
-    fn push_name(&mut self, b: u8) {
-        if self.name.len() < 64 {
-            self.name.push(b);
-        }
+    /// Appends to the name (only its first [`NAME_CAP`] bytes are kept; the length counts
+    /// them all).
+    fn push_name(&mut self, s: &[u8]) {
+        let at = self.name_len.min(NAME_CAP);
+        let n = s.len().min(NAME_CAP - at);
+        self.name[at..at + n].copy_from_slice(&s[..n]);
+        self.name_len += s.len();
     }
+}
 
-    fn push_name_slice(&mut self, s: &[u8]) {
-        let room = 64usize.saturating_sub(self.name.len());
-        self.name.extend_from_slice(&s[..s.len().min(room)]);
+/// The first `"` or `\\` in `bytes`. Most strings in an answer are short (names, ids,
+/// roles): a plain loop finds their end faster than `memchr`, which takes over for long
+/// ones (the generated text).
+fn quote_or_escape(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    let head = &bytes[..bytes.len().min(SHORT)];
+    if let Some(i) = head.iter().position(|&b| b == b'"' || b == b'\\') {
+        return Some(i);
     }
+    memchr2(b'"', b'\\', &bytes[head.len()..]).map(|i| i + head.len())
 }
 
 /// Cuts a stream into lines (without their `\n` or `\r\n`), across frames.

@@ -16,7 +16,11 @@
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use memchr::memmem;
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use std::sync::LazyLock;
 
 use super::scan::{JsonMembers, Lines};
 use crate::service::ApiFormat;
@@ -44,11 +48,14 @@ pub struct Tap {
     mode: Mode,
     tokens: Option<Tokens>,
     model: Option<String>,
+    /// The model is wanted from the answer (the request named none).
+    want_model: bool,
 }
 
 impl Tap {
-    /// A tap for an answer with these headers (compressed or neither JSON nor SSE: off).
-    pub fn new(format: ApiFormat, headers: &HeaderMap) -> Tap {
+    /// A tap for an answer with these headers (compressed or neither JSON nor SSE: off);
+    /// `want_model` when the request named no model, so the answer's is read.
+    pub fn new(format: ApiFormat, headers: &HeaderMap, want_model: bool) -> Tap {
         let compressed = headers
             .get(CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
@@ -67,6 +74,7 @@ impl Tap {
             mode,
             tokens: None,
             model: None,
+            want_model,
         }
     }
 
@@ -81,23 +89,25 @@ impl Tap {
             Mode::Json(scan) => scan.feed(bytes),
             Mode::Sse(lines) => {
                 let (format, tokens, model) = (self.format, &mut self.tokens, &mut self.model);
-                lines.feed(bytes, |line| sse_line(format, line, tokens, model));
+                let want_model = self.want_model;
+                lines.feed(bytes, |line| {
+                    sse_line(format, line, tokens, model, want_model)
+                });
             }
             Mode::Off => {}
         }
     }
 
-    /// The tokens (when the answer said) and the model it named.
+    /// The tokens (when the answer said) and the model it named (only when wanted).
     pub fn finish(self) -> (Option<Tokens>, Option<String>) {
         match self.mode {
             Mode::Json(scan) => {
                 let usage = scan.get("usage").or(scan.get("usageMetadata"));
-                let tokens = usage
-                    .and_then(|u| serde_json::from_slice::<Value>(u).ok())
-                    .and_then(|u| tokens_of(self.format, &u));
-                let model = scan
-                    .get("model")
-                    .or(scan.get("modelVersion"))
+                let tokens = usage.and_then(|u| tokens_in(self.format, u));
+                let model = self
+                    .want_model
+                    .then(|| scan.get("model").or(scan.get("modelVersion")))
+                    .flatten()
                     .and_then(|m| serde_json::from_slice::<String>(m).ok());
                 (tokens, model)
             }
@@ -118,6 +128,7 @@ fn sse_line(
     line: &[u8],
     tokens: &mut Option<Tokens>,
     model: &mut Option<String>,
+    want_model: bool,
 ) {
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
@@ -132,20 +143,26 @@ fn sse_line(
             // Responses API: the whole response, usage inside (once per stream).
             if let Ok(v) = serde_json::from_slice::<Value>(data) {
                 if v["type"] == "response.completed" {
-                    set(tokens, tokens_of(format, &v["response"]["usage"]));
+                    set(tokens, tokens_at(format, &v["response"]["usage"]));
                     set_model(model, &v["response"]["model"]);
                 }
             }
         }
         _ => {
+            // Most chunks carry neither usage nor a model still wanted: not scanned (a
+            // top-level `"usage…` member cannot be there without these bytes).
+            static USAGE: LazyLock<memmem::Finder<'static>> =
+                LazyLock::new(|| memmem::Finder::new(b"\"usage"));
+            if USAGE.find(data).is_none() && !(want_model && model.is_none()) {
+                return;
+            }
             let mut chunk = JsonMembers::new(CHUNK_MEMBERS);
             chunk.feed(data);
             let usage = chunk.get("usage").or(chunk.get("usageMetadata"));
             if let Some(u) = usage.filter(|u| *u != b"null") {
-                let u = serde_json::from_slice::<Value>(u).unwrap_or_default();
-                set(tokens, tokens_of(format, &u));
+                set(tokens, tokens_in(format, u));
             }
-            if model.is_none() {
+            if want_model && model.is_none() {
                 if let Some(m) = chunk.get("model").or(chunk.get("modelVersion")) {
                     *model = serde_json::from_slice::<String>(m).ok();
                 }
@@ -169,7 +186,7 @@ fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: &mut Option<
         Some("message_start") => {
             set(
                 tokens,
-                tokens_of(ApiFormat::Anthropic, &v["message"]["usage"]),
+                tokens_at(ApiFormat::Anthropic, &v["message"]["usage"]),
             );
             set_model(model, &v["message"]["model"]);
         }
@@ -180,7 +197,7 @@ fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: &mut Option<
                 t.output = out;
             }
             if u.get("input_tokens").is_some() {
-                if let Some(fresh) = tokens_of(ApiFormat::Anthropic, u) {
+                if let Some(fresh) = tokens_at(ApiFormat::Anthropic, u) {
                     t.input = fresh.input.max(t.input);
                     t.cached = fresh.cached.max(t.cached);
                 }
@@ -202,18 +219,136 @@ fn set_model(slot: &mut Option<String>, v: &Value) {
     }
 }
 
-/// The tokens of a provider's usage object; `None` when it is not one.
-pub fn tokens_of(format: ApiFormat, u: &Value) -> Option<Tokens> {
-    let n = |v: &Value| v.as_u64();
+/// The tokens of a provider's usage object, from its JSON text; `None` when it is not one.
+fn tokens_in(format: ApiFormat, text: &[u8]) -> Option<Tokens> {
+    let fields: UsageFields = serde_json::from_slice(text).ok()?;
+    tokens_of(format, &fields)
+}
+
+/// The same, from an already parsed value.
+fn tokens_at(format: ApiFormat, v: &Value) -> Option<Tokens> {
+    tokens_of(format, &UsageFields::deserialize(v).ok()?)
+}
+
+/// The usage fields of every provider, read without building a map (an answer's usage is
+/// read on every request). Other members are skipped; a field that is not a whole number
+/// reads as absent.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UsageFields {
+    // OpenAI Chat Completions, then the Responses API's and Anthropic's names.
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    prompt_tokens_details: Details,
+    input_tokens: Count,
+    output_tokens: Count,
+    input_tokens_details: Details,
+    cache_creation_input_tokens: Count,
+    cache_read_input_tokens: Count,
+    // Gemini.
+    #[serde(rename = "promptTokenCount")]
+    prompt_token_count: Count,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates_token_count: Count,
+    #[serde(rename = "thoughtsTokenCount")]
+    thoughts_token_count: Count,
+    #[serde(rename = "cachedContentTokenCount")]
+    cached_content_token_count: Count,
+}
+
+/// A token count: a whole number, or absent (null, or any other value).
+#[derive(Default, Clone, Copy)]
+struct Count(Option<u64>);
+
+/// `{"cached_tokens": n}`, or absent.
+#[derive(Default)]
+struct Details(Count);
+
+#[derive(Deserialize)]
+struct DetailsFields {
+    #[serde(default)]
+    cached_tokens: Count,
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        d.deserialize_any(Lenient).map(|got| Count(got.number))
+    }
+}
+
+impl<'de> Deserialize<'de> for Details {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
+        d.deserialize_any(Lenient)
+            .map(|got| Details(Count(got.cached)))
+    }
+}
+
+/// What a lenient read found: a number, or the cached count of a details object.
+#[derive(Default)]
+struct Found {
+    number: Option<u64>,
+    cached: Option<u64>,
+}
+
+/// A visitor that accepts any JSON value and keeps only what [`Found`] holds.
+struct Lenient;
+
+impl<'de> Visitor<'de> for Lenient {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Found, E> {
+        Ok(Found {
+            number: Some(n),
+            cached: None,
+        })
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Found, E> {
+        Ok(Found {
+            number: u64::try_from(n).ok(),
+            cached: None,
+        })
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_unit<E>(self) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_none<E>(self) -> Result<Found, E> {
+        Ok(Found::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Found::default())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Found, A::Error> {
+        let fields = DetailsFields::deserialize(MapAccessDeserializer::new(map))?;
+        Ok(Found {
+            number: None,
+            cached: fields.cached_tokens.0,
+        })
+    }
+}
+
+/// The tokens of a provider's usage fields; `None` when they are not its usage.
+fn tokens_of(format: ApiFormat, u: &UsageFields) -> Option<Tokens> {
     match format {
         ApiFormat::OpenAi => {
             // Chat Completions, or the Responses API's names.
-            let input = n(&u["prompt_tokens"]).or(n(&u["input_tokens"]))?;
-            let output = n(&u["completion_tokens"])
-                .or(n(&u["output_tokens"]))
-                .unwrap_or(0);
-            let cached = n(&u["prompt_tokens_details"]["cached_tokens"])
-                .or(n(&u["input_tokens_details"]["cached_tokens"]))
+            let input = u.prompt_tokens.0.or(u.input_tokens.0)?;
+            let output = u.completion_tokens.0.or(u.output_tokens.0).unwrap_or(0);
+            let cached = (u.prompt_tokens_details.0)
+                .0
+                .or((u.input_tokens_details.0).0)
                 .unwrap_or(0);
             Some(Tokens {
                 input,
@@ -222,23 +357,23 @@ pub fn tokens_of(format: ApiFormat, u: &Value) -> Option<Tokens> {
             })
         }
         ApiFormat::Anthropic => {
-            let fresh = n(&u["input_tokens"])?;
-            let created = n(&u["cache_creation_input_tokens"]).unwrap_or(0);
-            let read = n(&u["cache_read_input_tokens"]).unwrap_or(0);
+            let fresh = u.input_tokens.0?;
+            let created = u.cache_creation_input_tokens.0.unwrap_or(0);
+            let read = u.cache_read_input_tokens.0.unwrap_or(0);
             Some(Tokens {
                 input: fresh + created + read,
-                output: n(&u["output_tokens"]).unwrap_or(0),
+                output: u.output_tokens.0.unwrap_or(0),
                 cached: read,
             })
         }
         ApiFormat::Gemini => {
-            let input = n(&u["promptTokenCount"])?;
-            let output = n(&u["candidatesTokenCount"]).unwrap_or(0)
-                + n(&u["thoughtsTokenCount"]).unwrap_or(0);
+            let input = u.prompt_token_count.0?;
+            let output =
+                u.candidates_token_count.0.unwrap_or(0) + u.thoughts_token_count.0.unwrap_or(0);
             Some(Tokens {
                 input,
                 output,
-                cached: n(&u["cachedContentTokenCount"]).unwrap_or(0),
+                cached: u.cached_content_token_count.0.unwrap_or(0),
             })
         }
     }
@@ -265,7 +400,7 @@ mod tests {
         body: &str,
         step: usize,
     ) -> (Option<Tokens>, Option<String>) {
-        let mut tap = Tap::new(format, &headers(ct, None));
+        let mut tap = Tap::new(format, &headers(ct, None), true);
         for piece in body.as_bytes().chunks(step.max(1)) {
             tap.frame(piece);
         }
@@ -350,6 +485,7 @@ mod tests {
         let mut gz = Tap::new(
             ApiFormat::OpenAi,
             &headers("application/json", Some("gzip")),
+            true,
         );
         assert!(!gz.is_on());
         gz.frame(b"\x1f\x8b...");
@@ -381,5 +517,30 @@ mod tests {
             ),
             (None, None)
         );
+    }
+
+    #[test]
+    fn a_count_of_another_type_reads_as_absent_and_the_rest_still_counts() {
+        let json = r#"{"usage":{"prompt_tokens":7,"completion_tokens":"x","total_tokens":1.5,"prompt_tokens_details":null,"extra":{"a":[1,{"b":2}]}}}"#;
+        assert_eq!(
+            read(ApiFormat::OpenAi, "application/json", json, 5).0,
+            t(7, 0, 0)
+        );
+        let no_input = r#"{"usage":{"prompt_tokens":-1,"completion_tokens":3}}"#;
+        assert_eq!(
+            read(ApiFormat::OpenAi, "application/json", no_input, 64).0,
+            None
+        );
+    }
+
+    #[test]
+    fn the_answer_model_is_read_only_when_the_request_named_none() {
+        let json = r#"{"model":"gpt-4o","usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let sse = "data: {\"model\":\"gpt-4o\",\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
+        for (ct, body) in [("application/json", json), ("text/event-stream", sse)] {
+            let mut tap = Tap::new(ApiFormat::OpenAi, &headers(ct, None), false);
+            tap.frame(body.as_bytes());
+            assert_eq!(tap.finish(), (t(1, 2, 0), None), "{ct}");
+        }
     }
 }

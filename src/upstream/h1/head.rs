@@ -71,7 +71,8 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         );
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the two request-id headers the proxy adds to an answer it records.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     let mut framing = FramingHeaders::new(version);
     for &(name_at, name_len, at, n) in &fields[..count] {
         let (name_at, name_len, at, n) =
