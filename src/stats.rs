@@ -22,7 +22,14 @@ pub async fn flush_usage(state: &AppState) {
     let Some(usage) = &state.usage else {
         return;
     };
-    let (rollups, entries) = usage.take();
+    // Made into rows on the blocking pool: a shard that sorted and formatted ten thousand
+    // log entries itself held its requests up for tens of milliseconds (p99 at half load).
+    let pending = usage.take_pending();
+    let Ok((rollups, entries)) = tokio::task::spawn_blocking(move || pending.into_rows()).await
+    else {
+        crate::log::warn!("could not prepare usage for writing");
+        return;
+    };
     if rollups.is_empty() && entries.is_empty() {
         return;
     }

@@ -378,40 +378,27 @@ impl Usage {
     /// Takes everything recorded: the rollups, and the request log's new entries, oldest
     /// first.
     pub fn take(&self) -> (Vec<Rollup>, Vec<LogEntry>) {
-        let mut rollups = Vec::new();
-        for shard in self.rollups.iter() {
-            for ((hour, service_id, key_id, client_key_id), models) in
-                std::mem::take(&mut *lock(shard))
-            {
-                for (model, counts) in models {
-                    rollups.push(Rollup {
-                        hour,
-                        service_id,
-                        key_id,
-                        model,
-                        client_key_id,
-                        counts,
-                    });
-                }
-            }
-        }
-        let mut entries = std::mem::take(&mut *lock(&self.unwritten));
-        let mut fresh: Vec<Finished> = self
-            .log
-            .iter()
-            .flat_map(|shard| std::mem::take(&mut *lock(shard)))
-            .collect();
-        // In the order the requests came (the monotonic clock: finer than the wall's ms).
-        fresh.sort_by_key(|f| f.trace.start);
-        // Only the newest `log_size` can stay in the log: the rest is never written (under
-        // load, writing every entry to be trimmed at once cost a third of the throughput).
-        let skip = fresh.len().saturating_sub(self.log_size);
-        entries.extend(fresh.into_iter().skip(skip).map(entry));
-        let skip = entries.len().saturating_sub(self.log_size);
-        entries.drain(..skip);
-        (rollups, entries)
+        self.take_pending().into_rows()
     }
 
+    /// Takes everything recorded as it is: only buffers are swapped, so the shard that
+    /// flushes is not held up. [`Pending::into_rows`] does the rest, off the shards.
+    pub fn take_pending(&self) -> Pending {
+        Pending {
+            rollups: self
+                .rollups
+                .iter()
+                .map(|s| std::mem::take(&mut *lock(s)))
+                .collect(),
+            log: self
+                .log
+                .iter()
+                .map(|s| std::mem::take(&mut *lock(s)))
+                .collect(),
+            unwritten: std::mem::take(&mut *lock(&self.unwritten)),
+            log_size: self.log_size,
+        }
+    }
     /// Puts back what a failed write took (the log only as far as it has room).
     pub fn restore(&self, rollups: Vec<Rollup>, entries: Vec<LogEntry>) {
         let mut first = lock(&self.rollups[0]);
@@ -447,6 +434,46 @@ impl Usage {
         let mut v: Vec<_> = sums.into_iter().map(|((id, m), t)| (id, m, t)).collect();
         v.sort();
         v
+    }
+}
+
+/// What [`Usage::take_pending`] took, not yet made into rows.
+pub struct Pending {
+    rollups: Vec<Rollups>,
+    log: Vec<VecDeque<Finished>>,
+    unwritten: Vec<LogEntry>,
+    log_size: usize,
+}
+
+impl Pending {
+    /// The rollups, and the request log's entries, oldest first (only the newest
+    /// `REQUEST_LOG_SIZE`: under load, writing every entry to be trimmed at once cost a
+    /// third of the throughput).
+    pub fn into_rows(self) -> (Vec<Rollup>, Vec<LogEntry>) {
+        let mut rollups = Vec::new();
+        for shard in self.rollups {
+            for ((hour, service_id, key_id, client_key_id), models) in shard {
+                for (model, counts) in models {
+                    rollups.push(Rollup {
+                        hour,
+                        service_id,
+                        key_id,
+                        model,
+                        client_key_id,
+                        counts,
+                    });
+                }
+            }
+        }
+        let mut entries = self.unwritten;
+        let mut fresh: Vec<Finished> = self.log.into_iter().flatten().collect();
+        // In the order the requests came (the monotonic clock: finer than the wall's ms).
+        fresh.sort_by_key(|f| f.trace.start);
+        let skip = fresh.len().saturating_sub(self.log_size);
+        entries.extend(fresh.into_iter().skip(skip).map(entry));
+        let skip = entries.len().saturating_sub(self.log_size);
+        entries.drain(..skip);
+        (rollups, entries)
     }
 }
 
