@@ -448,15 +448,7 @@ fn run(o: &Opts) {
                 let len = list.len();
                 list.rotate_left(rep % len);
                 for t in list {
-                    let spec = targets::request(t.kind, route, "");
-                    let r = openloop::run(
-                        t.addr,
-                        &spec,
-                        rate,
-                        Duration::from_secs(o.warmup),
-                        Duration::from_secs(o.seconds),
-                        o.conns,
-                    );
+                    let r = at_rate(o, t, route, rate);
                     log(&format!(
                         "  rep {} {} {:>3.0}% {:<6} {:>7.0}/s p50 {:.3} p99 {:.3} p99.9 {:.3} ms (lag p99 {:.3} ms, {} errors)",
                         rep + 1,
@@ -762,15 +754,7 @@ fn tracking_phase(
             .round()
             .max(100.0);
         for t in pair {
-            let spec = targets::request(t.kind, Route::Llm, "");
-            let r = openloop::run(
-                t.addr,
-                &spec,
-                rate,
-                Duration::from_secs(o.warmup),
-                Duration::from_secs(o.seconds),
-                o.conns,
-            );
+            let r = at_rate(o, t, Route::Llm, rate);
             log(&format!(
                 "  rep {} llm {:>7.0}/s {:<8} p50 {:.3} ms",
                 rep + 1,
@@ -785,6 +769,18 @@ fn tracking_phase(
         }
     }
     json!({"on": on.name, "off": off.name, "throughput": tp, "latency": lat, "sse": sse_runs})
+}
+
+/// `route` on `t` at a fixed `rate`, open loop.
+fn at_rate(o: &Opts, t: &Target, route: Route, rate: f64) -> openloop::OpenLoop {
+    openloop::run(
+        t.addr,
+        &targets::request(t.kind, route, ""),
+        rate,
+        Duration::from_secs(o.warmup),
+        Duration::from_secs(o.seconds),
+        o.conns,
+    )
 }
 
 fn throughput(

@@ -547,22 +547,13 @@ fn tracking(o: &mut String, raw: &Value) {
             b.median / a.median
         );
     }
-    let (a, b) = (p50(off), p50(on));
-    let _ = writeln!(
-        o,
-        "| p50 ms at a quarter of off's rate | {:.3} | {:.3} | +{:.3} ms |",
-        a / 1000.0,
-        b / 1000.0,
-        (b - a) / 1000.0
-    );
-    let (a, b) = (ttfe(off), ttfe(on));
-    let _ = writeln!(
-        o,
-        "| SSE time to first event p50, ms | {:.3} | {:.3} | +{:.3} ms |",
-        a / 1000.0,
-        b / 1000.0,
-        (b - a) / 1000.0
-    );
+    for (label, off_us, on_us) in [
+        ("p50 ms at a quarter of off's rate", p50(off), p50(on)),
+        ("SSE time to first event p50, ms", ttfe(off), ttfe(on)),
+    ] {
+        let (a, b) = (off_us / 1000.0, on_us / 1000.0);
+        let _ = writeln!(o, "| {label} | {a:.3} | {b:.3} | {:+.3} ms |", b - a);
+    }
 }
 
 fn litellm(o: &mut String, raw: &Value) {
