@@ -150,27 +150,58 @@ pub enum End {
     Failed(String),
 }
 
+/// What watches a body through [`watch_with`]: each data frame as it passes, then its
+/// end, once.
+pub trait Watch: Send + Unpin + 'static {
+    /// A data frame on its way to the client.
+    fn frame(&mut self, _data: &Bytes) {}
+    /// The body ended (whole, failed, or dropped before its end) after `bytes` bytes.
+    fn end(self, bytes: u64, end: End);
+}
+
+/// A [`Watch`] that only waits for the end.
+struct OnEnd<F>(F);
+
+impl<F: FnOnce(u64, End) + Send + Unpin + 'static> Watch for OnEnd<F> {
+    fn end(self, bytes: u64, end: End) {
+        (self.0)(bytes, end)
+    }
+}
+
 /// Wraps `inner` so that `done(bytes, end)` runs once: when the body ends, fails, or is
 /// dropped before its end.
 pub fn watch<F>(inner: Body, done: F) -> Body
 where
     F: FnOnce(u64, End) + Send + Unpin + 'static,
 {
+    watch_with(inner, OnEnd(done))
+}
+
+/// Wraps `inner` so that `watcher` sees each data frame and, once, the end.
+pub fn watch_with<W: Watch>(inner: Body, watcher: W) -> Body {
     Watched {
         inner,
         bytes: 0,
-        done: Some(done),
+        watcher: Some(watcher),
     }
     .boxed_unsync()
 }
 
-struct Watched<F: FnOnce(u64, End)> {
+struct Watched<W: Watch> {
     inner: Body,
     bytes: u64,
-    done: Option<F>,
+    watcher: Option<W>,
 }
 
-impl<F: FnOnce(u64, End) + Unpin> hyper::body::Body for Watched<F> {
+impl<W: Watch> Watched<W> {
+    fn end(&mut self, end: End) {
+        if let Some(w) = self.watcher.take() {
+            w.end(self.bytes, end);
+        }
+    }
+}
+
+impl<W: Watch> hyper::body::Body for Watched<W> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -182,18 +213,15 @@ impl<F: FnOnce(u64, End) + Unpin> hyper::body::Body for Watched<F> {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                this.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
-            }
-            Poll::Ready(None) => {
-                if let Some(done) = this.done.take() {
-                    done(this.bytes, End::Complete);
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                    if let Some(w) = this.watcher.as_mut() {
+                        w.frame(data);
+                    }
                 }
             }
-            Poll::Ready(Some(Err(e))) => {
-                if let Some(done) = this.done.take() {
-                    done(this.bytes, End::Failed(e.to_string()));
-                }
-            }
+            Poll::Ready(None) => this.end(End::Complete),
+            Poll::Ready(Some(Err(e))) => this.end(End::Failed(e.to_string())),
             Poll::Pending => {}
         }
         polled
@@ -208,15 +236,13 @@ impl<F: FnOnce(u64, End) + Unpin> hyper::body::Body for Watched<F> {
     }
 }
 
-impl<F: FnOnce(u64, End)> Drop for Watched<F> {
+impl<W: Watch> Drop for Watched<W> {
     fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            let end = match self.inner.is_end_stream() {
-                true => End::Complete,
-                false => End::ClientGone,
-            };
-            done(self.bytes, end);
-        }
+        let end = match self.inner.is_end_stream() {
+            true => End::Complete,
+            false => End::ClientGone,
+        };
+        self.end(end);
     }
 }
 

@@ -388,19 +388,12 @@ async fn proxy_errors_and_failovers_are_classed_and_logged() {
         assert_eq!(status, 200);
     }
     let log = requests(&s, "").await;
-    let attempts: Vec<_> = log["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["attempts"].as_array().unwrap().len())
-        .collect();
-    assert!(attempts.contains(&2), "one request failed over: {log}");
     let failed_over = log["items"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["attempts"].as_array().unwrap().len() == 2)
-        .unwrap();
+        .unwrap_or_else(|| panic!("one request failed over: {log}"));
     assert_eq!(failed_over["attempts"][0]["status"], 429);
     assert_eq!(failed_over["attempts"][1]["status"], 200);
 

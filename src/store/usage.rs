@@ -20,84 +20,56 @@ pub struct Rollup {
     pub counts: Counts,
 }
 
-/// What a rollup sums.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub requests: i64,
-    pub successes: i64,
-    pub failures_client: i64,
-    pub failures_rate_limited: i64,
-    pub failures_upstream: i64,
-    pub failures_proxy: i64,
+/// Declares [`Counts`], its columns ([`COUNT_COLUMNS`]) and its array form from one list
+/// of fields, in the store's column order.
+macro_rules! counts {
+    ($($(#[$doc:meta])* $field:ident),* $(,)?) => {
+        /// What a rollup sums.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct Counts {
+            $($(#[$doc])* pub $field: i64,)*
+        }
+
+        /// The counters of a rollup, as columns, in [`Counts::to_array`] order.
+        pub const COUNT_COLUMNS: [&str; 12] = [$(stringify!($field)),*];
+
+        impl Counts {
+            /// The counts in the order of the store's columns.
+            pub fn to_array(&self) -> [i64; 12] {
+                [$(self.$field),*]
+            }
+
+            /// The counts from the store's columns.
+            pub fn from_array(a: [i64; 12]) -> Counts {
+                let [$($field),*] = a;
+                Counts { $($field),* }
+            }
+
+            /// Adds `other` to these counts.
+            pub fn add(&mut self, other: &Counts) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
+}
+
+counts! {
+    requests,
+    successes,
+    failures_client,
+    failures_rate_limited,
+    failures_upstream,
+    failures_proxy,
     /// Successful LLM answers whose usage could not be read.
-    pub usage_unknown: i64,
-    pub tokens_in: i64,
-    pub tokens_out: i64,
-    pub tokens_cached: i64,
-    pub latency_ms_sum: i64,
-    pub ttfb_ms_sum: i64,
+    usage_unknown,
+    tokens_in,
+    tokens_out,
+    tokens_cached,
+    latency_ms_sum,
+    ttfb_ms_sum,
 }
 
 impl Counts {
-    /// Adds `other` to these counts.
-    pub fn add(&mut self, other: &Counts) {
-        let mut sum = self.to_array();
-        for (a, b) in sum.iter_mut().zip(other.to_array()) {
-            *a += b;
-        }
-        *self = Counts::from_array(sum);
-    }
-
-    /// The counts in the order of the store's columns.
-    pub fn to_array(&self) -> [i64; 12] {
-        [
-            self.requests,
-            self.successes,
-            self.failures_client,
-            self.failures_rate_limited,
-            self.failures_upstream,
-            self.failures_proxy,
-            self.usage_unknown,
-            self.tokens_in,
-            self.tokens_out,
-            self.tokens_cached,
-            self.latency_ms_sum,
-            self.ttfb_ms_sum,
-        ]
-    }
-
-    /// The counts from the store's columns.
-    pub fn from_array(a: [i64; 12]) -> Counts {
-        let [
-            requests,
-            successes,
-            failures_client,
-            failures_rate_limited,
-            failures_upstream,
-            failures_proxy,
-            usage_unknown,
-            tokens_in,
-            tokens_out,
-            tokens_cached,
-            latency_ms_sum,
-            ttfb_ms_sum,
-        ] = a;
-        Counts {
-            requests,
-            successes,
-            failures_client,
-            failures_rate_limited,
-            failures_upstream,
-            failures_proxy,
-            usage_unknown,
-            tokens_in,
-            tokens_out,
-            tokens_cached,
-            latency_ms_sum,
-            ttfb_ms_sum,
-        }
-    }
-
     /// Failures of every class.
     pub fn failures(&self) -> i64 {
         self.failures_client
@@ -184,22 +156,6 @@ pub struct RequestQuery {
     pub request_id: Option<String>,
     pub client_key_id: Option<i64>,
 }
-
-/// The counters of a rollup, as columns, in [`Counts::to_array`] order.
-pub const COUNT_COLUMNS: [&str; 12] = [
-    "requests",
-    "successes",
-    "failures_client",
-    "failures_rate_limited",
-    "failures_upstream",
-    "failures_proxy",
-    "usage_unknown",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "latency_ms_sum",
-    "ttfb_ms_sum",
-];
 
 /// Which database the text is for (they differ in types and in the upsert).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,19 +6,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method};
-use hyper::body::{Body as _, Frame};
 
 use super::tap::{Tap, Tokens};
 use super::{Counts, LogEntry, Outcome, Rollup};
-use crate::body::{Body, BoxError};
+use crate::body::{self, Body, End, Watch};
 use crate::service::ApiFormat;
 use crate::snapshot::Service;
 
@@ -104,22 +101,13 @@ impl Trace {
     }
 }
 
-/// How a recorded answer ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Ended {
-    Complete,
-    ClientGone,
-    Cut(String),
-}
-
-/// The answer to a recorded request, watched to its end: bytes, the first byte's time,
-/// usage through the tap. Records once, when the body ends, fails or is dropped.
+/// The answer to a recorded request, watched to its end ([`body::watch_with`]): the
+/// first byte's time and the usage through the tap. Records once, when the body ends,
+/// fails or is dropped.
 pub struct Recorder {
-    inner: Body,
-    trace: Option<Trace>,
+    trace: Trace,
     status: u16,
     tap: Option<Tap>,
-    bytes: u64,
     first_byte: Option<Instant>,
     usage: Arc<Usage>,
 }
@@ -143,93 +131,49 @@ impl Recorder {
             .flatten()
             .map(|f| Tap::new(f, &parts.headers, trace.model.is_none()))
             .filter(Tap::is_on);
-        http_body_util::BodyExt::boxed_unsync(Recorder {
-            inner: body,
-            trace: Some(trace),
+        let recorder = Recorder {
+            trace,
             status,
             tap,
-            bytes: 0,
             first_byte: None,
             usage,
-        })
+        };
+        body::watch_with(body, recorder)
+    }
+}
+
+impl Watch for Recorder {
+    fn frame(&mut self, data: &Bytes) {
+        if self.first_byte.is_none() && !data.is_empty() {
+            self.first_byte = Some(Instant::now());
+        }
+        if let Some(tap) = self.tap.as_mut() {
+            tap.frame(data);
+        }
     }
 
-    fn done(&mut self, ended: Ended) {
-        let Some(trace) = self.trace.take() else {
-            return;
-        };
-        let (tokens, answer_model) = match self.tap.take() {
+    fn end(self, bytes_out: u64, ended: End) {
+        let (tokens, answer_model) = match self.tap {
             Some(tap) => tap.finish(),
             None => (None, None),
         };
-        let ttfb = self.first_byte.map(|t| t.duration_since(trace.start));
+        let ttfb = self.first_byte.map(|t| t.duration_since(self.trace.start));
         self.usage.record(Finished {
             status: self.status,
             ended,
             tokens,
             answer_model,
             ttfb,
-            bytes_out: self.bytes,
-            trace,
+            bytes_out,
+            trace: self.trace,
         });
-    }
-}
-
-impl hyper::body::Body for Recorder {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if this.first_byte.is_none() && !data.is_empty() {
-                        this.first_byte = Some(Instant::now());
-                    }
-                    this.bytes += data.len() as u64;
-                    if let Some(tap) = this.tap.as_mut() {
-                        tap.frame(data);
-                    }
-                }
-            }
-            Poll::Ready(None) => this.done(Ended::Complete),
-            Poll::Ready(Some(Err(e))) => {
-                let cause = e.to_string();
-                this.done(Ended::Cut(cause));
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let ended = match self.inner.is_end_stream() {
-            true => Ended::Complete,
-            false => Ended::ClientGone,
-        };
-        self.done(ended);
     }
 }
 
 /// A request whose answer ended.
 struct Finished {
     status: u16,
-    ended: Ended,
+    ended: End,
     tokens: Option<Tokens>,
     answer_model: Option<String>,
     ttfb: Option<Duration>,
@@ -265,14 +209,20 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// What one shard recorded, behind one lock (taken once per request).
+#[derive(Default)]
+struct Shard {
+    rollups: Rollups,
+    log: VecDeque<Finished>,
+    /// Tokens since start, by service id, then model, for `/metrics`.
+    tokens: TokenTotals,
+}
+
 /// What the shards recorded and the flusher has not written yet.
 pub struct Usage {
-    rollups: Box<[Mutex<Rollups>]>,
-    log: Box<[Mutex<VecDeque<Finished>>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// The request log's length (`REQUEST_LOG_SIZE`); 0: no log.
     log_size: usize,
-    /// Tokens since start, per shard, by service id, then model, for `/metrics`.
-    tokens: Box<[Mutex<TokenTotals>]>,
     /// Log entries a failed write gave back, written first next time.
     unwritten: Mutex<Vec<LogEntry>>,
     /// Recorded requests whose entry was dropped because the log buffer was full.
@@ -283,14 +233,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The value kept for `name` in a short list, added (from default) if new.
+fn named<'a, T: Default>(list: &'a mut Vec<(String, T)>, name: &str) -> &'a mut T {
+    let i = match list.iter().position(|(n, _)| n == name) {
+        Some(i) => i,
+        None => {
+            list.push((name.to_string(), T::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
+
 impl Usage {
     /// Buffers for `shards` shards and a request log of `log_size` entries.
     pub fn new(shards: usize, log_size: usize) -> Usage {
         Usage {
-            rollups: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
-            log: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             log_size,
-            tokens: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             unwritten: Mutex::default(),
             dropped: AtomicU64::new(0),
         }
@@ -300,7 +260,6 @@ impl Usage {
         let Some(svc) = f.trace.service.as_ref() else {
             return;
         };
-        let shard = crate::shard::current() % self.rollups.len();
         let model = model_name(
             f.trace
                 .model
@@ -309,7 +268,7 @@ impl Usage {
                 .unwrap_or(""),
         );
         let outcome = match &f.ended {
-            Ended::Cut(_) => Outcome::ProxyError,
+            End::Failed(_) => Outcome::ProxyError,
             _ => Outcome::of(f.status, f.trace.proxy_error),
         };
         let mut counts = Counts {
@@ -325,53 +284,39 @@ impl Usage {
             Outcome::UpstreamError => counts.failures_upstream = 1,
             Outcome::ProxyError => counts.failures_proxy = 1,
         }
-        match f.tokens {
-            Some(t) => {
-                counts.tokens_in = t.input as i64;
-                counts.tokens_out = t.output as i64;
-                counts.tokens_cached = t.cached as i64;
-                let mut tokens = lock(&self.tokens[shard]);
-                let models = tokens.entry(svc.id).or_default();
-                // Names come from clients: past a few hundred, the rest count together.
-                let model = match models.len() < MAX_METRIC_MODELS {
-                    true => model,
-                    false => "(other)",
-                };
-                let sums = match models.iter_mut().position(|(m, _)| m == model) {
-                    Some(i) => &mut models[i].1,
-                    None => {
-                        models.push((model.to_string(), [0; 3]));
-                        &mut models.last_mut().expect("just pushed").1
-                    }
-                };
-                sums[0] += t.input;
-                sums[1] += t.output;
-                sums[2] += t.cached;
-            }
-            None if f.trace.format.is_some() && outcome == Outcome::Success => {
-                counts.usage_unknown = 1;
-            }
-            None => {}
+        if let Some(t) = f.tokens {
+            counts.tokens_in = t.input as i64;
+            counts.tokens_out = t.output as i64;
+            counts.tokens_cached = t.cached as i64;
+        } else if f.trace.format.is_some() && outcome == Outcome::Success {
+            counts.usage_unknown = 1;
         }
         let hour = (f.trace.at_ms / 3_600_000 * 3600) as i64;
         let key_id = f.trace.key.as_ref().map_or(0, |(id, _)| *id);
-        {
-            let mut rollups = lock(&self.rollups[shard]);
-            let models = rollups
-                .entry((hour, svc.id, key_id, f.trace.client_key_id))
-                .or_default();
-            match models.iter_mut().find(|(m, _)| m == model) {
-                Some((_, c)) => c.add(&counts),
-                None => models.push((model.to_string(), counts)),
-            }
+        let mut shard = lock(&self.shards[crate::shard::current() % self.shards.len()]);
+        let models = shard
+            .rollups
+            .entry((hour, svc.id, key_id, f.trace.client_key_id))
+            .or_default();
+        named(models, model).add(&counts);
+        if let Some(t) = f.tokens {
+            let models = shard.tokens.entry(svc.id).or_default();
+            // Names come from clients: past a few hundred, the rest count together.
+            let model = match models.len() < MAX_METRIC_MODELS {
+                true => model,
+                false => "(other)",
+            };
+            let sums = named(models, model);
+            sums[0] += t.input;
+            sums[1] += t.output;
+            sums[2] += t.cached;
         }
         if self.log_size > 0 {
-            let mut log = lock(&self.log[shard]);
-            if log.len() >= self.log_size {
-                log.pop_front();
+            if shard.log.len() >= self.log_size {
+                shard.log.pop_front();
                 self.dropped.fetch_add(1, Relaxed);
             }
-            log.push_back(f);
+            shard.log.push_back(f);
         }
     }
 
@@ -384,32 +329,29 @@ impl Usage {
     /// Takes everything recorded as it is: only buffers are swapped, so the shard that
     /// flushes is not held up. [`Pending::into_rows`] does the rest, off the shards.
     pub fn take_pending(&self) -> Pending {
+        let (mut rollups, mut log) = (Vec::new(), Vec::new());
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            rollups.push(std::mem::take(&mut shard.rollups));
+            log.push(std::mem::take(&mut shard.log));
+        }
         Pending {
-            rollups: self
-                .rollups
-                .iter()
-                .map(|s| std::mem::take(&mut *lock(s)))
-                .collect(),
-            log: self
-                .log
-                .iter()
-                .map(|s| std::mem::take(&mut *lock(s)))
-                .collect(),
+            rollups,
+            log,
             unwritten: std::mem::take(&mut *lock(&self.unwritten)),
             log_size: self.log_size,
         }
     }
+
     /// Puts back what a failed write took (the log only as far as it has room).
     pub fn restore(&self, rollups: Vec<Rollup>, entries: Vec<LogEntry>) {
-        let mut first = lock(&self.rollups[0]);
+        let mut first = lock(&self.shards[0]);
         for r in rollups {
             let models = first
+                .rollups
                 .entry((r.hour, r.service_id, r.key_id, r.client_key_id))
                 .or_default();
-            match models.iter_mut().find(|(m, _)| *m == r.model) {
-                Some((_, c)) => c.add(&r.counts),
-                None => models.push((r.model, r.counts)),
-            }
+            named(models, &r.model).add(&r.counts);
         }
         drop(first);
         let mut unwritten = lock(&self.unwritten);
@@ -421,8 +363,8 @@ impl Usage {
     /// Tokens since start: `(service id, model, [in, out, cached])`.
     pub fn token_totals(&self) -> Vec<(i64, String, [u64; 3])> {
         let mut sums: HashMap<(i64, String), [u64; 3]> = HashMap::new();
-        for shard in self.tokens.iter() {
-            for (id, models) in lock(shard).iter() {
+        for shard in self.shards.iter() {
+            for (id, models) in lock(shard).tokens.iter() {
                 for (model, t) in models {
                     let s = sums.entry((*id, model.clone())).or_default();
                     for (a, b) in s.iter_mut().zip(t) {
@@ -499,10 +441,10 @@ fn entry(f: Finished) -> LogEntry {
     let t = f.trace;
     let svc = t.service.as_ref();
     let error = match (f.ended, t.error.clone()) {
-        (Ended::Cut(cause), _) => Some(format!("answer cut: {cause}")),
+        (End::Failed(cause), _) => Some(format!("answer cut: {cause}")),
         (_, Some(e)) => Some(e),
-        (Ended::ClientGone, None) => Some("the client went away".to_string()),
-        (Ended::Complete, None) => None,
+        (End::ClientGone, None) => Some("the client went away".to_string()),
+        (End::Complete, None) => None,
     };
     LogEntry {
         id: 0,
