@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Method;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use support::{
@@ -30,6 +30,13 @@ async fn requests(s: &support::TestServer, query: &str) -> Value {
         .await;
     assert_eq!(status, 200, "{body}");
     body
+}
+
+/// A chat completion for model `m` through `/llm/<slug>`; its status.
+async fn chat(s: &support::TestServer, slug: &str) -> StatusCode {
+    let path = format!("/llm/{slug}/v1/chat/completions");
+    let (status, _, _) = call(Method::POST, &s.url(&path), &[AUTH], r#"{"model":"m"}"#).await;
+    status
 }
 
 fn totals(buckets: &[Value]) -> [i64; 4] {
@@ -378,14 +385,7 @@ async fn proxy_errors_and_failovers_are_classed_and_logged() {
     )
     .await;
     for _ in 0..2 {
-        let (status, _, _) = call(
-            Method::POST,
-            &s.url("/llm/fo/v1/chat/completions"),
-            &[AUTH],
-            r#"{"model":"m"}"#,
-        )
-        .await;
-        assert_eq!(status, 200);
+        assert_eq!(chat(&s, "fo").await, 200);
     }
     let log = requests(&s, "").await;
     let failed_over = log["items"]
@@ -400,14 +400,7 @@ async fn proxy_errors_and_failovers_are_classed_and_logged() {
     // A service whose upstream is gone: the proxy's own 502, with its reason.
     s.llm_service("gone", "openai_compatible", "http://127.0.0.1:9", &["sk-x"])
         .await;
-    let (status, _, _) = call(
-        Method::POST,
-        &s.url("/llm/gone/v1/chat/completions"),
-        &[AUTH],
-        r#"{"model":"m"}"#,
-    )
-    .await;
-    assert_eq!(status, 502);
+    assert_eq!(chat(&s, "gone").await, 502);
     let b = usage(&s, "service=gone").await;
     assert_eq!(b[0]["failures_by_class"]["proxy"], 1, "{b:?}");
     let e = &requests(&s, "service=gone").await["items"][0];
