@@ -190,16 +190,17 @@ async fn send(
         // attempt, and the key is written over any header of the same name.
         let body = out.body.take();
         let target = out.target(svc, &key.secret)?;
-        let extra = match (&svc.spec.placement, key.header.as_ref()) {
+        let key_header = match (&svc.spec.placement, key.header.as_ref()) {
             (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
             _ => None,
         };
+        let (extra, n) = out.extra_headers(key_header);
         let head = RequestRef {
             method: &out.method,
             target: target.as_str(),
             headers: &out.headers,
             rewrite: out.rewrite,
-            extra,
+            extra: &extra[..n],
         };
         let sending = std::pin::pin!(svc.conns.send_head(head, body, fresh));
         let e = match deadline::timeout_at(deadline, sending).await {

@@ -97,18 +97,15 @@ pub async fn handle(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
-    super::traced(&mut trace, svc, &mut parts, &body);
+    let mut out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
+    super::traced(&mut trace, svc, &mut out);
     if let Some(t) = trace.as_deref_mut() {
         // Tokens are read from the answer as it passes, and the proxy decodes nothing: ask
         // for it uncompressed (always acceptable to the client; LLM answers are small).
-        parts.headers.insert(
-            http::header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
+        out.identity = true;
         t.format = Some(format);
-        t.model = request_model(format, rest, &body);
+        t.model = request_model(format, rest, &out.body);
     }
-    let out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
     forward::run(state, svc, out, trace).await
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{self, Body, Buffered};
@@ -106,7 +106,14 @@ pub struct Outgoing {
     fixed_target: Option<url::Target>,
     /// Whether the client is a browser (sent `Origin`), so the answer needs CORS headers.
     pub cors: bool,
+    /// The request id sent upstream (usage tracking on).
+    pub request_id: Option<HeaderValue>,
+    /// Ask for an uncompressed answer (usage tracking reads `/llm` answers).
+    pub identity: bool,
 }
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 impl Outgoing {
     fn new(
@@ -149,7 +156,29 @@ impl Outgoing {
             drop_params,
             fixed_target,
             cors,
+            request_id: None,
+            identity: false,
         })
+    }
+
+    /// The headers set over the client's, `key_header` last: the request id and the
+    /// encoding usage tracking asks for, then the key. Added when each attempt's head is
+    /// written, never put into the client's header map (which would make it grow).
+    pub fn extra_headers<'a>(
+        &'a self,
+        key_header: Option<(&'a HeaderName, &'a HeaderValue)>,
+    ) -> ([(&'a HeaderName, &'a HeaderValue); 3], usize) {
+        let mut extra = [(&X_REQUEST_ID, &IDENTITY); 3];
+        let mut n = 0;
+        let id = self.request_id.as_ref().map(|v| (&X_REQUEST_ID, v));
+        let encoding = self
+            .identity
+            .then_some((&http::header::ACCEPT_ENCODING, &IDENTITY));
+        for h in [id, encoding, key_header].into_iter().flatten() {
+            extra[n] = h;
+            n += 1;
+        }
+        (extra, n)
     }
 
     /// The upstream request target of one attempt: the one composed once, or, when the
@@ -208,23 +237,20 @@ pub async fn handle(
 
 /// Notes that the request reached `svc`, with its body's length, and sends the request
 /// id upstream.
-fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, parts: &mut Parts, body: &OutBody) {
+fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing) {
     let Some(t) = trace.as_deref_mut() else {
         return;
     };
     t.service = Some(svc.clone());
-    t.bytes_in = match body {
+    out.request_id = Some(t.request_id.clone());
+    t.bytes_in = match &out.body {
         OutBody::Replayable(b) => b.len() as u64,
-        OutBody::Streaming(_) => parts
+        OutBody::Streaming(_) => out
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0),
     };
-    parts.headers.insert(
-        http::HeaderName::from_static("x-request-id"),
-        t.request_id.clone(),
-    );
 }
 
 /// `/proxy/<slug>/<rest>`: proxy key in `X-Proxy-Key`.
@@ -276,7 +302,7 @@ async fn generic(
         state.config.body_read_timeout,
     )
     .await?;
-    traced(&mut trace, svc, &mut parts, &body);
-    let out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
+    let mut out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
+    traced(&mut trace, svc, &mut out);
     forward::run(state, svc, out, trace).await
 }

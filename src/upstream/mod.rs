@@ -139,6 +139,11 @@ impl std::error::Error for SendError {
 }
 
 impl RequestRef<'_> {
+    /// Whether a client header of this name gives way to an `extra` one.
+    pub fn replaces(&self, name: &http::HeaderName) -> bool {
+        self.extra.iter().any(|(n, _)| *n == name)
+    }
+
     /// An owned request (for HTTP/2) to `origin`: copies of the parts, rewritten, `extra`
     /// inserted.
     fn to_request(&self, origin: &Origin, body: Body) -> Result<Request<Body>, SendError> {
@@ -146,10 +151,9 @@ impl RequestRef<'_> {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = url::absolute(origin.0.clone(), origin.1.clone(), self.target)
             .map_err(|e| SendError::request(e.0))?;
-        let extra = self.extra.map(|(name, _)| name);
         let headers = req.headers_mut();
         self.rewrite.each(self.headers, |name, value| {
-            if name == HOST || Some(name) == extra {
+            if name == HOST || self.replaces(name) {
                 return;
             }
             let value = match value {
@@ -161,8 +165,8 @@ impl RequestRef<'_> {
             };
             headers.append(name, value);
         });
-        if let Some((name, value)) = self.extra {
-            headers.insert(name, value.clone());
+        for (name, value) in self.extra {
+            headers.insert(*name, (*value).clone());
         }
         Ok(req)
     }
@@ -313,7 +317,7 @@ impl Pool {
             target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             headers: &parts.headers,
             rewrite: Rewrite::NONE,
-            extra: None,
+            extra: &[],
         };
         self.send_head(head, body, false).await
     }

@@ -162,11 +162,12 @@ pub struct RequestRef<'a> {
     /// The request target: path and query (scheme and authority are the pool's).
     pub target: &'a str,
     /// Sent as `rewrite` says, except framing headers (ours are written), `Host` (the
-    /// pool's) and the `extra` header's name.
+    /// pool's) and the `extra` headers' names.
     pub headers: &'a HeaderMap,
     pub rewrite: Rewrite,
-    /// A header set over any of the same name in `headers` (the injected key).
-    pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
+    /// Headers set over any of the same name in `headers`, written last (the request id,
+    /// the encoding usage tracking asks for, the injected key).
+    pub extra: &'a [(&'a HeaderName, &'a HeaderValue)],
 }
 
 /// Sends the request and reads the response head, reading while writing. The response

@@ -68,15 +68,16 @@ async fn exchange(
     let slot = released.clone();
     let (parts, body) = req.into_parts();
     let host = parts.headers["host"].clone();
+    let extra = parts
+        .extensions
+        .get::<(HeaderName, HeaderValue)>()
+        .map(|(n, v)| (n, v));
     let head = RequestRef {
         method: &parts.method,
         target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
         headers: &parts.headers,
         rewrite: Rewrite::NONE,
-        extra: parts
-            .extensions
-            .get::<(HeaderName, HeaderValue)>()
-            .map(|(n, v)| (n, v)),
+        extra: extra.as_slice(),
     };
     let resp = send(conn, head, &host, body, move |c| {
         *slot.lock().unwrap() = Some(c)

@@ -63,12 +63,11 @@ impl Writer {
         out.put_slice(b" HTTP/1.1\r\nhost: ");
         out.put_slice(host.as_bytes());
         out.put_slice(b"\r\n");
-        let extra = head.extra.map(|(name, _)| name);
         head.rewrite.each(head.headers, |name, value| {
             if name == CONTENT_LENGTH
                 || name == TRANSFER_ENCODING
                 || name == HOST
-                || Some(name) == extra
+                || head.replaces(name)
             {
                 return;
             }
@@ -77,7 +76,7 @@ impl Writer {
                 Value::Joined(parts) => put_header(&mut out, name, parts),
             }
         });
-        if let Some((name, value)) = head.extra {
+        for (name, value) in head.extra {
             put_header(&mut out, name, &[value.as_bytes()]);
         }
         match length {
