@@ -4,6 +4,7 @@
 //! request log) goes in the same batches.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -11,20 +12,28 @@ use crate::state::AppState;
 use crate::store::UsageBatch;
 use crate::timefmt::now_ms;
 
-/// Writes pending counters and usage now. Returns how many keys were written.
-pub async fn flush(state: &AppState) -> usize {
-    flush_usage(state).await;
+/// How often the periodic flush writes the request log too. Each write replaces up to
+/// `REQUEST_LOG_SIZE` rows (a row costs about as much as a proxied request), so under load
+/// writing it every `STATS_FLUSH_SECONDS` cost several percent of the throughput. The
+/// admin's reads of the log and the last flush at shutdown write it whenever they run.
+const LOG_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Writes pending counters and usage now (the request log `with_log`). Returns how many
+/// keys were written.
+pub async fn flush(state: &AppState, with_log: bool) -> usize {
+    flush_usage(state, with_log).await;
     flush_keys(state).await
 }
 
-/// Writes the usage rollups and request log entries recorded since the last flush.
-pub async fn flush_usage(state: &AppState) {
+/// Writes the usage rollups and (`with_log`) the request log entries recorded since the
+/// last flush.
+pub async fn flush_usage(state: &AppState, with_log: bool) {
     let Some(usage) = &state.usage else {
         return;
     };
     // Made into rows on the blocking pool: a shard that sorted and formatted ten thousand
     // log entries itself held its requests up for tens of milliseconds (p99 at half load).
-    let pending = usage.take_pending();
+    let pending = usage.take_pending(with_log);
     let Ok((rollups, entries)) = tokio::task::spawn_blocking(move || pending.into_rows()).await
     else {
         crate::log::warn!("could not prepare usage for writing");
@@ -75,11 +84,18 @@ async fn flush_keys(state: &AppState) -> usize {
 pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.config.stats_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log_written = Instant::now();
     loop {
         tokio::select! {
-            _ = tick.tick() => { flush(&state).await; }
+            _ = tick.tick() => {
+                let with_log = log_written.elapsed() >= LOG_WRITE_INTERVAL;
+                if with_log {
+                    log_written = Instant::now();
+                }
+                flush(&state, with_log).await;
+            }
             _ = stop.changed() => break,
         }
     }
-    flush(&state).await;
+    flush(&state, true).await;
 }

@@ -409,6 +409,35 @@ async fn proxy_errors_and_failovers_are_classed_and_logged() {
 }
 
 #[tokio::test]
+async fn the_periodic_flush_writes_rollups_and_leaves_the_log_until_it_is_read() {
+    let up = upstream(|_| support::ok_json(json!({}))).await;
+    let s = start(&[("STATS_FLUSH_SECONDS", "1")]).await;
+    s.generic_service("g", &up.url(""), &["k1"]).await;
+    for _ in 0..3 {
+        let (status, _, _) = call(
+            Method::GET,
+            &s.url("/proxy/g/x"),
+            &[("x-proxy-key", PROXY_KEY)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let rows = |table: &str| -> i64 {
+        let db = rusqlite::Connection::open(s.dir.path().join("db.sqlite")).unwrap();
+        db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    // Two periodic flushes: the rollups are written, the log (every 30 s) is not yet.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(rows("usage_hourly") > 0);
+    assert_eq!(rows("request_log"), 0);
+    // Reading it writes it first.
+    assert_eq!(requests(&s, "").await["items"].as_array().unwrap().len(), 3);
+    assert_eq!(rows("request_log"), 3);
+}
+
+#[tokio::test]
 async fn the_log_survives_a_restart_is_bounded_and_pages_with_a_cursor() {
     let up = upstream(|_| support::ok_json(json!({}))).await;
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());

@@ -5,7 +5,7 @@
 //!             [--reps N] [--seconds S] [--pin none|split] [--workers N]
 //!             [--build pgo|plain] [--quick]
 //! harness upstream --port P [--threads N]     the upstream server (started by `run`)
-//! harness hammer --port P --route rest|llm --n N    N sequential requests (profiling)
+//! harness hammer --port P --route rest|llm|sse --n N    N sequential requests (profiling)
 //! harness saturate --port P --route rest|llm --seconds S   wrk -c64; prints the answers
 //! harness nginx-conf --dir D --port P --upstream U   one-process nginx (profiling)
 //! harness train --bin BIN --profiles DIR [--n N] [--env "K=V ..."]
@@ -204,7 +204,7 @@ fn main() {
     }
 }
 
-/// `--kind direct|ours` and `--route llm|rest` (ours and rest by default).
+/// `--kind direct|ours` and `--route llm|sse|rest` (ours and rest by default).
 fn kind_and_route(kind: Option<String>, route: Option<String>) -> (Kind, Route) {
     let kind = match kind.as_deref() {
         Some("direct") => Kind::Direct,
@@ -212,6 +212,7 @@ fn kind_and_route(kind: Option<String>, route: Option<String>) -> (Kind, Route) 
     };
     let route = match route.as_deref() {
         Some("llm") => Route::Llm,
+        Some("sse") => Route::Sse,
         _ => Route::Rest,
     };
     (kind, route)
@@ -219,7 +220,8 @@ fn kind_and_route(kind: Option<String>, route: Option<String>) -> (Kind, Route) 
 
 /// `n` requests, one at a time on one connection (for callgrind: instructions per request).
 fn hammer(addr: SocketAddr, kind: Kind, route: Route, n: usize) {
-    let spec = targets::request(kind, route, "");
+    let query = if route == Route::Sse { SSE_BURST } else { "" };
+    let spec = targets::request(kind, route, query);
     targets::rt().block_on(async {
         let mut conn = client::Conn::open(addr).await.expect("connect");
         for i in 0..n {

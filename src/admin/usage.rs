@@ -172,7 +172,7 @@ pub async fn usage(state: &AppState, query: Option<&str>) -> Result<Response<Bod
         bucket,
         group,
     };
-    crate::stats::flush_usage(state).await;
+    crate::stats::flush_usage(state, false).await;
     let buckets = state
         .store
         .query_usage(q)
@@ -254,7 +254,7 @@ pub async fn requests(state: &AppState, query: Option<&str>) -> Result<Response<
         request_id: p.get("request_id").filter(|v| !v.is_empty()).cloned(),
         client_key_id: id(&p, "client_key")?,
     };
-    crate::stats::flush_usage(state).await;
+    crate::stats::flush_usage(state, true).await;
     let entries = state
         .store
         .query_requests(q)

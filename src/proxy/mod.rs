@@ -168,6 +168,7 @@ impl Outgoing {
         &'a self,
         key_header: Option<(&'a HeaderName, &'a HeaderValue)>,
     ) -> ([(&'a HeaderName, &'a HeaderValue); 3], usize) {
+        // Only the first `n` are headers to send; the rest is filler.
         let mut extra = [(&X_REQUEST_ID, &IDENTITY); 3];
         let mut n = 0;
         let id = self.request_id.as_ref().map(|v| (&X_REQUEST_ID, v));

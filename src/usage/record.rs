@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -225,8 +224,6 @@ pub struct Usage {
     log_size: usize,
     /// Log entries a failed write gave back, written first next time.
     unwritten: Mutex<Vec<LogEntry>>,
-    /// Recorded requests whose entry was dropped because the log buffer was full.
-    pub dropped: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -252,7 +249,6 @@ impl Usage {
             shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             log_size,
             unwritten: Mutex::default(),
-            dropped: AtomicU64::new(0),
         }
     }
 
@@ -314,7 +310,6 @@ impl Usage {
         if self.log_size > 0 {
             if shard.log.len() >= self.log_size {
                 shard.log.pop_front();
-                self.dropped.fetch_add(1, Relaxed);
             }
             shard.log.push_back(f);
         }
@@ -323,22 +318,29 @@ impl Usage {
     /// Takes everything recorded: the rollups, and the request log's new entries, oldest
     /// first.
     pub fn take(&self) -> (Vec<Rollup>, Vec<LogEntry>) {
-        self.take_pending().into_rows()
+        self.take_pending(true).into_rows()
     }
 
-    /// Takes everything recorded as it is: only buffers are swapped, so the shard that
-    /// flushes is not held up. [`Pending::into_rows`] does the rest, off the shards.
-    pub fn take_pending(&self) -> Pending {
+    /// Takes the rollups and, `with_log`, the request log, as they are: only buffers are
+    /// swapped, so the shard that flushes is not held up. [`Pending::into_rows`] does the
+    /// rest, off the shards. Without `with_log` the log stays (bounded) for a later take.
+    pub fn take_pending(&self, with_log: bool) -> Pending {
         let (mut rollups, mut log) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             rollups.push(std::mem::take(&mut shard.rollups));
-            log.push(std::mem::take(&mut shard.log));
+            if with_log {
+                log.push(std::mem::take(&mut shard.log));
+            }
         }
+        let unwritten = match with_log {
+            true => std::mem::take(&mut *lock(&self.unwritten)),
+            false => Vec::new(),
+        };
         Pending {
             rollups,
             log,
-            unwritten: std::mem::take(&mut *lock(&self.unwritten)),
+            unwritten,
             log_size: self.log_size,
         }
     }
