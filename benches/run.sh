@@ -221,6 +221,7 @@ if [[ $MODE == profile ]]; then
         GLOBAL_PROXY_KEYS=pk-bench-0123456789 BACKEND_PORT="$PORT" BIND_ADDRESS=127.0.0.1
         DATABASE_PATH="$WORK/profile.db" LOG_LEVEL="${LOG_LEVEL:-warn}")
     ((LOAD)) && ENVV+=(WORKER_THREADS=1)
+    [[ -n ${USAGE_TRACKING:-} ]] && ENVV+=(USAGE_TRACKING="$USAGE_TRACKING")
     callgrind ours "$PROFILED"
     for _ in $(seq 1 600); do
         curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break

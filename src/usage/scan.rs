@@ -186,8 +186,8 @@ impl JsonMembers {
     }
 
     /// Runs through a member's value as far as `bytes` go, or to its end (the `,` or `}`
-    /// after it, consumed). Strings are skipped with `memchr`; the rest is one byte test
-    /// per byte, and the kept text is copied once per call.
+    /// after it, consumed). Strings are skipped eight bytes at a time ([`quote_or_escape`]),
+    /// the rest with a byte-class table, and the kept text is copied once per call.
     fn value_run(
         &mut self,
         bytes: &[u8],
@@ -195,8 +195,9 @@ impl JsonMembers {
         mut in_string: bool,
         mut escaped: bool,
     ) -> usize {
+        let n = bytes.len();
         let mut i = 0;
-        while i < bytes.len() {
+        while i < n {
             if in_string {
                 if escaped {
                     escaped = false;
@@ -204,7 +205,7 @@ impl JsonMembers {
                     continue;
                 }
                 match quote_or_escape(&bytes[i..]) {
-                    None => i = bytes.len(),
+                    None => i = n,
                     Some(j) => {
                         i += j;
                         match bytes[i] == b'\\' {
@@ -215,6 +216,12 @@ impl JsonMembers {
                     }
                 }
                 continue;
+            }
+            while i < n && !STRUCTURAL[bytes[i] as usize] {
+                i += 1;
+            }
+            if i == n {
+                break;
             }
             match bytes[i] {
                 b'"' => in_string = true,
@@ -238,7 +245,7 @@ impl JsonMembers {
             in_string,
             escaped,
         };
-        bytes.len()
+        n
     }
 
     fn keep(&mut self, piece: &[u8]) {
@@ -276,16 +283,43 @@ impl JsonMembers {
     }
 }
 
-/// The first `"` or `\\` in `bytes`. Most strings in an answer are short (names, ids,
-/// roles): a plain loop finds their end faster than `memchr`, which takes over for long
-/// ones (the generated text).
-fn quote_or_escape(bytes: &[u8]) -> Option<usize> {
-    const SHORT: usize = 32;
-    let head = &bytes[..bytes.len().min(SHORT)];
-    if let Some(i) = head.iter().position(|&b| b == b'"' || b == b'\\') {
-        return Some(i);
+/// The bytes a value's structure turns on, outside strings.
+static STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut k = 0;
+    while k < 6 {
+        t[b"\"{}[],"[k] as usize] = true;
+        k += 1;
     }
-    memchr2(b'"', b'\\', &bytes[head.len()..]).map(|i| i + head.len())
+    t
+};
+
+/// The first `"` or `\\` in `bytes`. Most strings in an answer are short (names, ids,
+/// roles): eight bytes at a time in a word finds their end faster than `memchr`, which
+/// takes over for long ones (the generated text).
+fn quote_or_escape(bytes: &[u8]) -> Option<usize> {
+    const SHORT: usize = 64;
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The high bit of each zero byte of `w` is set, and nothing below the first one.
+    let zeros = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let mut i = 0;
+    while i + 8 <= bytes.len().min(SHORT) {
+        let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+        let hits = zeros(w ^ (ONES * b'"' as u64)) | zeros(w ^ (ONES * b'\\' as u64));
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    if i < SHORT {
+        let tail = &bytes[i..];
+        return tail
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')
+            .map(|j| i + j);
+    }
+    memchr2(b'"', b'\\', &bytes[i..]).map(|j| i + j)
 }
 
 /// Cuts a stream into lines (without their `\n` or `\r\n`), across frames.
@@ -405,6 +439,26 @@ mod tests {
         s.feed(doc.as_bytes());
         assert!(s.get("model").is_none());
         assert_eq!(s.get("usage"), Some(&br#"{"a":1}"#[..]));
+    }
+
+    #[test]
+    fn the_word_at_a_time_search_finds_the_first_quote_or_backslash() {
+        // Every length around the word and memchr boundaries, every place, both bytes,
+        // and a 0x01 byte after the hit (the borrow of the word trick must not move it).
+        for len in 0..150 {
+            assert_eq!(quote_or_escape(&vec![b'a'; len]), None);
+            for at in 0..len {
+                for hit in [b'"', b'\\'] {
+                    let mut s = vec![b'a'; len];
+                    s[at] = hit;
+                    if at + 1 < len {
+                        s[at + 1] = 0x01;
+                    }
+                    let naive = s.iter().position(|&b| b == b'"' || b == b'\\');
+                    assert_eq!(quote_or_escape(&s), naive, "len {len} at {at}");
+                }
+            }
+        }
     }
 
     #[test]
