@@ -34,6 +34,16 @@ pub struct ApiError {
     pub allow: Option<Cow<'static, str>>,
     /// Adds `"success": false` (the login endpoint's historical shape).
     pub login: bool,
+    /// The limit a 429 is about, for the `x-ratelimit-*` headers.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A limit a request went over: `x-ratelimit-limit`, `-remaining`, `-reset` (seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
 }
 
 impl ApiError {
@@ -46,6 +56,7 @@ impl ApiError {
             retry_after: None,
             allow: None,
             login: false,
+            rate_limit: None,
         }
     }
 
@@ -95,6 +106,12 @@ impl ApiError {
         self
     }
 
+    /// Names the limit a 429 is about.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// Sets `Allow` for a 405.
     pub fn with_allow(mut self, allow: impl Into<Cow<'static, str>>) -> Self {
         self.allow = Some(allow.into());
@@ -140,6 +157,11 @@ impl ApiError {
         }
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             h.insert(ALLOW, allow);
+        }
+        if let Some(l) = self.rate_limit {
+            h.insert("x-ratelimit-limit", HeaderValue::from(l.limit));
+            h.insert("x-ratelimit-remaining", HeaderValue::from(l.remaining));
+            h.insert("x-ratelimit-reset", HeaderValue::from(l.reset_secs));
         }
         if self.surface == Surface::Proxy {
             // For the request log: what the proxy answered, and why.

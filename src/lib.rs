@@ -11,9 +11,11 @@
 //!    dispatches: proxy, admin, status or static files. Errors become responses in one
 //!    place, [`error::ApiError::into_response`]; the access line is written when the
 //!    answer's body ends.
-//! 3. Proxy routes ([`proxy`]) check the proxy key ([`auth`]) before reading any body,
-//!    find the service in the current [`snapshot`] (never the database), compose the
-//!    upstream URL ([`upstream::url`]) and decide which headers go on ([`headers`]).
+//! 3. Proxy routes ([`proxy`]) check the proxy key ([`auth`], or a client key of
+//!    [`clients`]) before reading any body, find the service in the current [`snapshot`]
+//!    (never the database), check what the client key may do and count it against its
+//!    limits, compose the upstream URL ([`upstream::url`]) and decide which headers go on
+//!    ([`headers`]).
 //! 4. [`proxy::forward`] takes a rotation ticket ([`cache`]), picks a usable key
 //!    ([`keys`]), sends the request through the pooled [`upstream`] client (HTTP/1.1
 //!    upstreams through [`upstream::h1`], driven by the request's own task), judges the
@@ -37,7 +39,7 @@
 //! | handlers | `proxy`, `admin`, `status`, `static_files`, `stats`, `migrate` |
 //! | shared state | `state` |
 //! | usage insight | `usage` (the answer's tap, per-shard rollups, the request log) |
-//! | rotation and snapshot | `cache`, `snapshot`, `metrics` |
+//! | rotation and snapshot | `cache`, `snapshot`, `metrics`, `clients` (client keys and their limits) |
 //! | keys and services | `keys`, `service` |
 //! | storage and upstreams | `store`, `upstream` |
 //! | foundations | `config`, `auth`, `headers`, `cors`, `net`, `error`, `body`, `deadline`, `shard`, `router`, `jwt`, `log`, `timefmt` |
@@ -47,6 +49,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod cache;
+pub mod clients;
 pub mod config;
 pub mod cors;
 pub mod deadline;

@@ -42,6 +42,8 @@ pub enum AdminRoute<'a> {
     KeyTest(&'a str),
     Usage,
     Requests,
+    ClientKeys,
+    ClientKey(&'a str),
 }
 
 /// Routes a raw request path (without the query string).
@@ -105,6 +107,8 @@ fn admin(rest: &str) -> Option<AdminRoute<'_>> {
         ("keys", Some(id), Some("test"), None) => AdminRoute::KeyTest(id),
         ("usage", None, None, None) => AdminRoute::Usage,
         ("requests", None, None, None) => AdminRoute::Requests,
+        ("client-keys", None, None, None) => AdminRoute::ClientKeys,
+        ("client-keys", Some(id), None, None) => AdminRoute::ClientKey(id),
         _ => return None,
     };
     if parts.next().is_some() {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::auth::{LoginThrottle, ProxyKeys};
 use crate::cache::{Cache, KeyEvent};
+use crate::clients::{Caller, Clients};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::keys::KeyRegistry;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub upstreams: Upstreams,
     pub metrics: Metrics,
     pub proxy_keys: ProxyKeys,
+    /// Client access keys and their limits.
+    pub clients: Clients,
     pub login_throttle: LoginThrottle,
     /// Usage insight not yet written (rollups, request log); off: `None`.
     pub usage: Option<Arc<Usage>>,
@@ -48,6 +51,7 @@ impl AppState {
                 config.upstream_ca_file.as_deref(),
             )?,
             proxy_keys: ProxyKeys::new(&config.proxy_keys),
+            clients: Clients::default(),
             usage: config
                 .usage_tracking
                 .then(|| Arc::new(Usage::new(config.worker_threads, config.request_log_size))),
@@ -71,6 +75,7 @@ impl AppState {
     pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
         let _guard = self.reload_lock.lock().await;
         let dump = self.store.load_all().await?;
+        let client_keys = self.store.list_client_keys().await?;
         let snap = Snapshot::build(
             &dump,
             &self.registry,
@@ -79,8 +84,18 @@ impl AppState {
             now_ms(),
         );
         self.snapshot.store(snap);
+        self.clients.rebuild(&client_keys);
         self.upstreams.prune();
         Ok(())
+    }
+
+    /// Who `candidate` (a credential the client sent) is: a global proxy key (compared in
+    /// constant time) or a client key (by its hash).
+    pub fn caller(&self, candidate: &[u8]) -> Option<Caller> {
+        if self.proxy_keys.check(candidate) {
+            return Some(Caller::Global);
+        }
+        self.clients.find(candidate).map(Caller::Client)
     }
 
     /// After an admin write: rebuild the snapshot and tell other instances.

@@ -1,7 +1,7 @@
 //! Per-key statistics are counted in memory (atomics in each key's runtime) and written
 //! to the store in batches: every `STATS_FLUSH_SECONDS` and once more at shutdown. A
 //! failed write puts the counts back, so nothing is lost. Usage insight (rollups and the
-//! request log) goes in the same batches.
+//! request log) and when client keys were last used go in the same batches.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,20 @@ const LOG_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// keys were written.
 pub async fn flush(state: &AppState, with_log: bool) -> usize {
     flush_usage(state, with_log).await;
+    flush_client_keys(state).await;
     flush_keys(state).await
+}
+
+/// Writes when client keys were last used.
+async fn flush_client_keys(state: &AppState) {
+    let used = state.clients.take_used();
+    if used.is_empty() {
+        return;
+    }
+    if let Err(e) = state.store.touch_client_keys(used.clone()).await {
+        crate::log::warn!("could not save when client keys were last used (will retry): {e}");
+        state.clients.untake_used(&used);
+    }
 }
 
 /// Writes the usage rollups and (`with_log`) the request log entries recorded since the

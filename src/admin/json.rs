@@ -124,4 +124,17 @@ impl JsonBody {
     pub fn value(&self, field: &str) -> Option<&Value> {
         self.get(field)
     }
+
+    /// Whether the object has `field`, `null` included (a PATCH's `null` clears).
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
+    /// The first field that is not one of `known`.
+    pub fn unknown_field(&self, known: &[&str]) -> Option<&str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .find(|k| !known.contains(k))
+    }
 }

@@ -2,6 +2,7 @@
 //! authentication (an HS256 token from `POST /admin/login`), validation, honest status
 //! codes and masked keys. Every write goes to the store, then rebuilds the snapshot.
 
+mod client_keys;
 mod json;
 mod keys;
 mod login;
@@ -66,6 +67,8 @@ enum Op {
     KeyTest(i64),
     Usage,
     Requests,
+    ClientKeys,
+    ClientKey(i64),
 }
 
 fn parse_id(s: &str, message: &'static str) -> Result<i64, ApiError> {
@@ -90,6 +93,8 @@ fn op(route: AdminRoute<'_>) -> Result<Op, ApiError> {
         R::KeyTest(id) => Op::KeyTest(parse_id(id, "Invalid key ID")?),
         R::Usage => Op::Usage,
         R::Requests => Op::Requests,
+        R::ClientKeys => Op::ClientKeys,
+        R::ClientKey(id) => Op::ClientKey(parse_id(id, "Invalid client key ID")?),
     })
 }
 
@@ -148,6 +153,13 @@ pub async fn handle(
         (Op::Usage, Method::GET) => usage::usage(state, query.as_deref()).await,
         (Op::Requests, Method::GET) => usage::requests(state, query.as_deref()).await,
         (Op::Usage | Op::Requests, _) => Err(method_not_allowed("GET")),
+        (Op::ClientKeys, Method::GET) => client_keys::list(state).await,
+        (Op::ClientKeys, Method::POST) => client_keys::create(state, body).await,
+        (Op::ClientKeys, _) => Err(method_not_allowed("GET, POST")),
+        (Op::ClientKey(id), Method::GET) => client_keys::get(state, id).await,
+        (Op::ClientKey(id), Method::PATCH) => client_keys::update(state, id, body).await,
+        (Op::ClientKey(id), Method::DELETE) => client_keys::delete(state, id).await,
+        (Op::ClientKey(_), _) => Err(method_not_allowed("GET, PATCH, DELETE")),
     }
 }
 

@@ -18,6 +18,7 @@ use memchr::memmem;
 
 use super::{Flavor, OutBody, Outgoing, forward, split_path};
 use crate::body::Body;
+use crate::clients::Caller;
 use crate::error::ApiError;
 use crate::headers;
 use crate::service::{ApiFormat, Kind};
@@ -44,8 +45,9 @@ pub async fn handle(
     const MISSING: &str = "invalid or missing proxy key: send it as Authorization: Bearer <key>, x-api-key, x-goog-api-key or ?key=";
     // Authenticated by a header before any body byte is read; the body is read (a small
     // one, at most) only to look for an `api_key` member when no header has a key.
-    let header_ok =
-        credentials(&parts.headers, parts.uri.query()).any(|c| state.proxy_keys.check(&c));
+    let header_caller =
+        credentials(&parts.headers, parts.uri.query()).find_map(|c| state.caller(&c));
+    let header_ok = header_caller.is_some();
     let limit = match header_ok {
         true => state.config.retry_body_limit,
         false => BODY_KEY_LIMIT.min(state.config.retry_body_limit),
@@ -58,13 +60,16 @@ pub async fn handle(
         OutBody::Streaming(_) if !header_ok => return Err(unauthorized(MISSING)),
         OutBody::Streaming(_) => None,
     };
-    let body_ok = !header_ok
-        && body_key
+    let body_caller = match header_ok {
+        true => None,
+        false => body_key
             .as_ref()
-            .is_some_and(|(k, _)| state.proxy_keys.check(k.as_bytes()));
-    if !header_ok && !body_ok {
+            .and_then(|(k, _)| state.caller(k.as_bytes())),
+    };
+    let body_ok = body_caller.is_some();
+    let Some(caller) = header_caller.or(body_caller) else {
         return Err(unauthorized(MISSING));
-    }
+    };
     let uri = parts.uri.clone();
     let (slug, rest) = split_path(uri.path(), Flavor::Llm);
     let snap = state.snapshot.load();
@@ -97,16 +102,22 @@ pub async fn handle(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
+    let limits_models = matches!(&caller, Caller::Client(k) if k.limits_models());
+    let model = match trace.is_some() || limits_models {
+        true => request_model(format, rest, &body),
+        false => None,
+    };
     let mut out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
     super::traced(&mut trace, svc, &mut out);
+    let admission = super::admit(&caller, svc, model.as_deref(), &out.method, &mut trace)?;
     if let Some(t) = trace.as_deref_mut() {
         // Tokens are read from the answer as it passes, and the proxy decodes nothing: ask
         // for it uncompressed (always acceptable to the client; LLM answers are small).
         out.identity = true;
         t.format = Some(format);
-        t.model = request_model(format, rest, &out.body);
+        t.model = model;
     }
-    forward::run(state, svc, out, trace).await
+    super::held(forward::run(state, svc, out, trace).await, admission)
 }
 
 /// The model a request names: Gemini's in its path (`…/models/<model>:generateContent`),

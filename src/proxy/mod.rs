@@ -21,6 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use hyper::body::Incoming;
 
 use crate::body::{self, Body, Buffered};
+use crate::clients::{Admission, Caller};
 use crate::cors;
 use crate::error::ApiError;
 use crate::headers;
@@ -254,6 +255,37 @@ fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing
     };
 }
 
+/// Checks what a client key may do and counts the request against its limits (a global
+/// proxy key may do anything). `model` is the one the request names.
+fn admit(
+    caller: &Caller,
+    svc: &Service,
+    model: Option<&str>,
+    method: &Method,
+    trace: &mut Option<&mut Trace>,
+) -> Result<Admission, ApiError> {
+    let Caller::Client(key) = caller else {
+        return Ok(Admission::free());
+    };
+    if let Some(t) = trace.as_deref_mut() {
+        t.client_key_id = key.id;
+        t.client_limits = Some(key.rt.clone());
+    }
+    let read_only = *method == Method::GET || *method == Method::HEAD;
+    key.admit(crate::timefmt::now_ms(), &svc.slug, model, read_only)
+}
+
+/// Keeps a client key's place among its open requests until the answer's body ends.
+fn held(
+    answer: Result<Response<Body>, ApiError>,
+    admission: Admission,
+) -> Result<Response<Body>, ApiError> {
+    match admission.holds() {
+        true => answer.map(|r| r.map(|b| body::watch_with(b, admission))),
+        false => answer,
+    }
+}
+
 /// `/proxy/<slug>/<rest>`: proxy key in `X-Proxy-Key`.
 async fn generic(
     state: &AppState,
@@ -264,12 +296,13 @@ async fn generic(
 ) -> Result<Response<Body>, ApiError> {
     let key =
         headers::find(&parts.headers, &headers::X_PROXY_KEY).map_or(&b""[..], |v| v.as_bytes());
-    if key.is_empty() || !state.proxy_keys.check(key) {
+    let caller = (!key.is_empty()).then(|| state.caller(key)).flatten();
+    let Some(caller) = caller else {
         return Err(ApiError::proxy(
             StatusCode::UNAUTHORIZED,
             "invalid or missing X-Proxy-Key header",
         ));
-    }
+    };
     let uri = parts.uri.clone();
     let (slug, rest) = split_path(uri.path(), Flavor::Generic);
     let snap = state.snapshot.load();
@@ -305,5 +338,6 @@ async fn generic(
     .await?;
     let mut out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
     traced(&mut trace, svc, &mut out);
-    forward::run(state, svc, out, trace).await
+    let admission = admit(&caller, svc, None, &out.method, &mut trace)?;
+    held(forward::run(state, svc, out, trace).await, admission)
 }

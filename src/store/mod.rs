@@ -16,12 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::StoreConfig;
 
+pub mod client_keys;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod usage;
 
+use self::client_keys::{ClientKeyFields, ClientKeyRecord};
 use self::usage::{Bucket, LogEntry, RequestQuery, Rollup, UsageQuery};
 
 /// A boxed future, so the trait can be used as `dyn Store`.
@@ -276,6 +278,26 @@ pub trait Store: Send + Sync + 'static {
     fn query_usage(&self, q: UsageQuery) -> BoxFuture<'_, StoreResult<Vec<Bucket>>>;
     /// Request log entries, newest first (`GET /admin/requests`).
     fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>>;
+    /// Every client key, in id order.
+    fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>>;
+    /// Adds a client key with the prefix and hash of its secret. `Conflict("secret")` when
+    /// the hash is taken.
+    fn create_client_key(
+        &self,
+        fields: ClientKeyFields,
+        prefix: String,
+        hash: String,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>>;
+    /// Replaces a client key's fields. `NotFound`.
+    fn update_client_key(
+        &self,
+        id: i64,
+        fields: ClientKeyFields,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>>;
+    /// Deletes a client key. `NotFound`.
+    fn delete_client_key(&self, id: i64) -> BoxFuture<'_, StoreResult<()>>;
+    /// Sets when client keys were last used: `(id, Unix ms)`, never moving one back.
+    fn touch_client_keys(&self, used: Vec<(i64, i64)>) -> BoxFuture<'_, StoreResult<()>>;
     /// Merges a dump in one transaction: services matched by slug, keys by
     /// (service, value). Idempotent.
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>>;

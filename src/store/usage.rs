@@ -169,6 +169,7 @@ pub enum Dialect {
 pub enum Arg {
     Int(i64),
     Text(String),
+    Null,
 }
 
 /// The two tables, created if missing (the original's tables are not touched).

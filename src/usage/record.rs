@@ -50,7 +50,10 @@ pub struct Trace {
     /// The proxy answered itself (an error of its own).
     pub proxy_error: bool,
     pub error: Option<String>,
+    /// The client key the request came with (0: a global proxy key), and its counters,
+    /// which the answer's tokens are added to (its `tpd`).
     pub client_key_id: i64,
+    pub client_limits: Option<Arc<crate::clients::ClientRuntime>>,
 }
 
 impl Trace {
@@ -80,6 +83,7 @@ impl Trace {
             proxy_error: false,
             error: None,
             client_key_id: 0,
+            client_limits: None,
         }
     }
 
@@ -156,6 +160,9 @@ impl Watch for Recorder {
             Some(tap) => tap.finish(),
             None => (None, None),
         };
+        if let (Some(rt), Some(t)) = (&self.trace.client_limits, tokens) {
+            rt.add_tokens(crate::timefmt::now_ms(), t.input + t.output);
+        }
         let ttfb = self.first_byte.map(|t| t.duration_since(self.trace.start));
         self.usage.record(Finished {
             status: self.status,

@@ -295,6 +295,83 @@ where
     health_and_stats(&*fresh().await).await;
     import_is_idempotent(&*fresh().await, &*fresh().await).await;
     usage_round_trip(&*fresh().await).await;
+    client_keys_round_trip(&*fresh().await).await;
+}
+
+/// Client keys: every field read back (nulls and lists included), a taken hash refused,
+/// updates, last use never moved back, deletes.
+pub async fn client_keys_round_trip(store: &dyn Store) {
+    use api_key_rotator::store::client_keys::ClientKeyFields;
+    let fields = ClientKeyFields {
+        name: "app ünicode".into(),
+        note: "a note".into(),
+        is_active: true,
+        expires_at: Some(4_000_000_000),
+        services: vec!["oai".into(), "gem".into()],
+        models: vec!["gpt-4o*".into()],
+        rpm: Some(60),
+        rpd: None,
+        tpd: Some(1_000_000),
+        max_streams: Some(2),
+    };
+    let hash = "ab".repeat(32);
+    let k = store
+        .create_client_key(fields.clone(), "akr-abcdef".into(), hash.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (k.fields.clone(), k.prefix.as_str(), k.hash.as_str()),
+        (fields.clone(), "akr-abcdef", hash.as_str())
+    );
+    assert!(
+        k.created_at > 1_700_000_000_000 && k.last_used_at.is_none(),
+        "{k:?}"
+    );
+    assert_eq!(
+        store
+            .create_client_key(fields.clone(), "akr-x".into(), hash.clone())
+            .await,
+        Err(StoreError::Conflict("secret"))
+    );
+    let other = store
+        .create_client_key(
+            ClientKeyFields::default(),
+            "akr-other".into(),
+            "cd".repeat(32),
+        )
+        .await
+        .unwrap();
+    let mut changed = fields.clone();
+    changed.rpm = None;
+    changed.services.clear();
+    changed.is_active = false;
+    let k2 = store
+        .update_client_key(k.id, changed.clone())
+        .await
+        .unwrap();
+    assert_eq!(k2.fields, changed);
+    assert_eq!(
+        store.update_client_key(9_999, changed.clone()).await,
+        Err(StoreError::NotFound)
+    );
+    store
+        .touch_client_keys(vec![(k.id, 5_000), (other.id, 7_000)])
+        .await
+        .unwrap();
+    store.touch_client_keys(vec![(k.id, 4_000)]).await.unwrap();
+    let all = store.list_client_keys().await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![k.id, other.id]
+    );
+    assert_eq!(all[0].last_used_at, Some(5_000), "never moved back");
+    assert_eq!(all[1].last_used_at, Some(7_000));
+    store.delete_client_key(k.id).await.unwrap();
+    assert_eq!(
+        store.delete_client_key(k.id).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.list_client_keys().await.unwrap().len(), 1);
 }
 
 /// Rollups add up per hour and key, buckets group and filter, the log keeps its newest

@@ -23,6 +23,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
 use mysql_async::{Transaction, TxOpts};
 
+mod client_keys;
 mod rows;
 mod schema;
 mod usage;
@@ -34,6 +35,7 @@ use super::{
     ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
 use crate::config::MysqlConfig;
+use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
 /// How long connecting (TCP and handshake) may take: a host that swallows packets must
@@ -60,6 +62,9 @@ pub(super) fn backend(e: mysql_async::Error) -> StoreError {
             }
             if s.message.contains("idx_proxy_configs_name") {
                 return StoreError::Conflict("name");
+            }
+            if s.message.contains("secret_hash") {
+                return StoreError::Conflict("secret");
             }
         }
     }
@@ -389,6 +394,35 @@ impl Store for MysqlStore {
 
     fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
         self.tx(move |tx| Box::pin(usage::entries(tx, q)))
+    }
+
+    fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>> {
+        self.tx(|tx| Box::pin(client_keys::list(tx)))
+    }
+
+    fn create_client_key(
+        &self,
+        fields: ClientKeyFields,
+        prefix: String,
+        hash: String,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>> {
+        self.tx(move |tx| Box::pin(client_keys::create(tx, fields, prefix, hash)))
+    }
+
+    fn update_client_key(
+        &self,
+        id: i64,
+        fields: ClientKeyFields,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>> {
+        self.tx(move |tx| Box::pin(client_keys::update(tx, id, fields)))
+    }
+
+    fn delete_client_key(&self, id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| Box::pin(client_keys::delete(tx, id)))
+    }
+
+    fn touch_client_keys(&self, used: Vec<(i64, i64)>) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| Box::pin(client_keys::touch(tx, used)))
     }
 }
 

@@ -104,7 +104,7 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
         conn.query_drop("DROP TABLE IF EXISTS proxy_configs")
             .await
             .map_err(backend)?;
-        conn.query_drop("DROP TABLE IF EXISTS usage_hourly, request_log")
+        conn.query_drop("DROP TABLE IF EXISTS usage_hourly, request_log, client_keys")
             .await
             .map_err(backend)?;
     }
@@ -143,6 +143,9 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
     for table in usage_sql::create_tables(Dialect::Mysql) {
         conn.query_drop(table).await.map_err(backend)?;
     }
+    conn.query_drop(crate::store::client_keys::create_table(Dialect::Mysql))
+        .await
+        .map_err(backend)?;
     for (name, table, columns) in usage_sql::INDEXES {
         if !has_index(conn, table, name).await? {
             alter(conn, table, &format!("ADD INDEX `{name}` ({columns})")).await?;

@@ -8,12 +8,13 @@ use crate::store::usage::{self as sql, Arg, Dialect};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 use crate::store::{StoreResult, UsageBatch};
 
-fn params(args: Vec<Arg>) -> Params {
+pub(super) fn params(args: Vec<Arg>) -> Params {
     Params::Positional(
         args.into_iter()
             .map(|a| match a {
                 Arg::Int(i) => Value::Int(i),
                 Arg::Text(t) => Value::Bytes(t.into_bytes()),
+                Arg::Null => Value::NULL,
             })
             .collect(),
     )

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+mod client_keys;
 mod rows;
 mod schema;
 mod usage;
@@ -20,6 +21,7 @@ use super::{
     BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
     ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
+use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
 /// A SQLite file.
@@ -359,6 +361,35 @@ impl Store for SqliteStore {
 
     fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
         self.run(move |conn| usage::entries(conn, &q))
+    }
+
+    fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>> {
+        self.run(|conn| client_keys::list(conn))
+    }
+
+    fn create_client_key(
+        &self,
+        fields: ClientKeyFields,
+        prefix: String,
+        hash: String,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>> {
+        self.write(move |tx| client_keys::create(tx, &fields, &prefix, &hash))
+    }
+
+    fn update_client_key(
+        &self,
+        id: i64,
+        fields: ClientKeyFields,
+    ) -> BoxFuture<'_, StoreResult<ClientKeyRecord>> {
+        self.write(move |tx| client_keys::update(tx, id, &fields))
+    }
+
+    fn delete_client_key(&self, id: i64) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| client_keys::delete(tx, id))
+    }
+
+    fn touch_client_keys(&self, used: Vec<(i64, i64)>) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| client_keys::touch(tx, &used))
     }
 }
 

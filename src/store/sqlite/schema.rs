@@ -44,7 +44,8 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
     if reset {
         tx.execute_batch(
             "DROP TABLE IF EXISTS api_keys; DROP TABLE IF EXISTS proxy_configs; \
-             DROP TABLE IF EXISTS usage_hourly; DROP TABLE IF EXISTS request_log;",
+             DROP TABLE IF EXISTS usage_hourly; DROP TABLE IF EXISTS request_log; \
+             DROP TABLE IF EXISTS client_keys;",
         )
         .map_err(backend)?;
     }
@@ -59,6 +60,8 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
     for table in usage_sql::create_tables(Dialect::Sqlite) {
         tx.execute_batch(&table).map_err(backend)?;
     }
+    tx.execute_batch(&crate::store::client_keys::create_table(Dialect::Sqlite))
+        .map_err(backend)?;
     for (name, table, columns) in usage_sql::INDEXES {
         tx.execute_batch(&format!(
             "CREATE INDEX IF NOT EXISTS {name} ON {table}({columns})"

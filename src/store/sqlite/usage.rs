@@ -8,10 +8,11 @@ use crate::store::usage::{self as sql, Arg, Dialect};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 use crate::store::{StoreResult, UsageBatch};
 
-fn values(args: Vec<Arg>) -> impl Iterator<Item = Value> {
+pub(super) fn values(args: Vec<Arg>) -> impl Iterator<Item = Value> {
     args.into_iter().map(|a| match a {
         Arg::Int(i) => Value::Integer(i),
         Arg::Text(t) => Value::Text(t),
+        Arg::Null => Value::Null,
     })
 }
 
