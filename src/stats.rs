@@ -26,8 +26,13 @@ pub async fn flush(state: &AppState, with_log: bool) -> usize {
     flush_keys(state).await
 }
 
-/// Writes when client keys were last used.
+/// Writes when client keys were last used, and shares the tokens they used here with the
+/// other instances (enterprise build).
 async fn flush_client_keys(state: &AppState) {
+    let tokens = state.clients.take_tokens();
+    if !state.cache.add_client_tokens(&tokens, now_ms()).await {
+        state.clients.untake_tokens(&tokens);
+    }
     let used = state.clients.take_used();
     if used.is_empty() {
         return;

@@ -349,3 +349,73 @@ async fn requests_survive_a_redis_outage_and_instances_rejoin() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_client_keys_per_minute_limit() {
+    require_shared_redis();
+    const REDIS_DB: u32 = 14;
+    redis_command(6379, REDIS_DB, "FLUSHDB").expect("Redis answers");
+    let db = TestDb::new();
+    let up = recording_upstream().await;
+    let (a, b) = pair(&db, &shared_redis_url(REDIS_DB), "warn");
+    let id = a.generic_service("capped", &up.url(""), json!({})).await;
+    a.add_keys(id, &["k1"]).await;
+    let (status, key) = a
+        .admin(
+            Method::POST,
+            "/admin/client-keys",
+            Some(json!({"name": "shared", "rpm": 40})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["secret"].as_str().unwrap().to_string();
+    // Both serve the service and know the key (b reloaded after a's change).
+    served_within_a_second(&b, "capped").await;
+    // The whole burst inside one minute: the counters are per minute.
+    while support_now_secs() % 60 > 40 {
+        tokio::time::sleep(SECOND).await;
+    }
+    let instances = Arc::new([a, b]);
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (instances, secret) = (instances.clone(), secret.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..20 {
+                    let inst = &instances[(w + i) % 2];
+                    let (status, headers, _) = support::call(
+                        Method::GET,
+                        &inst.url("/proxy/capped/burst"),
+                        &[("x-proxy-key", &secret)],
+                        bytes::Bytes::new(),
+                    )
+                    .await;
+                    if status == 429 {
+                        assert_eq!(headers["x-ratelimit-limit"], "40");
+                        assert!(headers.contains_key("retry-after"));
+                    }
+                    got.push(status.as_u16());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for w in workers {
+        statuses.extend(w.await.unwrap());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + refused, 120, "{statuses:?}");
+    // One count in Redis for both: 40 in all (within 10 %), not 40 each.
+    assert!((36..=44).contains(&admitted), "{admitted} of 120 admitted");
+    assert_eq!(
+        up.count(),
+        admitted + 1,
+        "the warm-up request and the admitted ones"
+    );
+}
+
+fn support_now_secs() -> u64 {
+    api_key_rotator::timefmt::now_secs()
+}

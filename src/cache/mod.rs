@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clients::{SharedLimits, Verdict};
 use crate::config::{CacheConfig, Config};
 use crate::snapshot::Service;
 use crate::store::{BoxFuture, StoreError};
@@ -93,6 +94,33 @@ impl Cache {
             Cache::Memory => svc.cursor.fetch_add(1, Relaxed),
             #[cfg(feature = "redis")]
             Cache::Redis(r) => r.ticket(svc).await,
+        }
+    }
+
+    /// Counts a request of a client key on the counters every instance shares: `None` in
+    /// the lightweight build and while Redis cannot be asked (then the caller counts with
+    /// its own counters). One round trip.
+    pub async fn count_client(&self, limits: SharedLimits, now_ms: u64) -> Option<Verdict> {
+        match self {
+            Cache::Memory => {
+                let _ = (limits, now_ms);
+                None
+            }
+            #[cfg(feature = "redis")]
+            Cache::Redis(r) => r.count_client(limits, now_ms).await,
+        }
+    }
+
+    /// Adds the tokens client keys used here to the shared counters (`(id, tokens)`);
+    /// false when they could not be (Redis is away): give them back for the next time.
+    pub async fn add_client_tokens(&self, tokens: &[(i64, u64)], now_ms: u64) -> bool {
+        match self {
+            Cache::Memory => {
+                let _ = (tokens, now_ms);
+                true
+            }
+            #[cfg(feature = "redis")]
+            Cache::Redis(r) => r.add_client_tokens(tokens, now_ms).await,
         }
     }
 

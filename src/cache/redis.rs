@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::lease::Leases;
 use crate::cache::{KeyEvent, Listener};
+use crate::clients::{Limit, SharedLimits, Verdict};
 use crate::snapshot::Service;
 use crate::timefmt::now_ms;
 
@@ -209,6 +210,59 @@ impl RedisCache {
         Ok(conn.clone())
     }
 
+    /// Counts a client key's request on the shared counters of its minute and day (one
+    /// script, one round trip): admitted and counted, or which limit it is over. `None`
+    /// when Redis cannot be asked (the breaker logs the outage once).
+    pub async fn count_client(&self, l: SharedLimits, now_ms: u64) -> Option<Verdict> {
+        let admit = self.breaker.admit(now_ms);
+        if admit == Admit::Skip {
+            return None;
+        }
+        let (minute, day) = (now_ms / 60_000, now_ms / 86_400_000);
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(COUNT_CLIENT)
+            .arg(3)
+            .arg(client_counter(l.key_id, "m", minute))
+            .arg(client_counter(l.key_id, "d", day))
+            .arg(client_counter(l.key_id, "t", day))
+            .arg(l.rpm)
+            .arg(l.rpd)
+            .arg(l.tpd)
+            .arg(120)
+            .arg(2 * 86_400);
+        let code = self.command::<i64>(eval, INCR_TIMEOUT, admit, true).await?;
+        Some(match code {
+            0 => Verdict::Admitted,
+            1 => Verdict::Over(Limit::PerMinute),
+            2 => Verdict::Over(Limit::PerDay),
+            _ => Verdict::Over(Limit::Tokens),
+        })
+    }
+
+    /// Adds `(client key id, tokens)` to today's shared token counters, in one script.
+    pub async fn add_client_tokens(&self, tokens: &[(i64, u64)], now_ms: u64) -> bool {
+        if tokens.is_empty() {
+            return true;
+        }
+        let admit = self.breaker.admit(now_ms);
+        if admit == Admit::Skip {
+            return false;
+        }
+        let day = now_ms / 86_400_000;
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(ADD_TOKENS).arg(tokens.len());
+        for (id, _) in tokens {
+            eval.arg(client_counter(*id, "t", day));
+        }
+        for (_, n) in tokens {
+            eval.arg(*n);
+        }
+        eval.arg(2 * 86_400);
+        self.command::<i64>(eval, COMMAND_TIMEOUT, admit, false)
+            .await
+            .is_some()
+    }
+
     /// Announces a configuration change.
     pub fn publish_change(&self) {
         self.queue(Notice::Change);
@@ -322,6 +376,38 @@ impl RedisCache {
         }
         self.breaker.take_rejoined()
     }
+}
+
+/// Counts a client key's request if it is within its limits. KEYS: the minute's and the
+/// day's request counters, the day's token counter; ARGV: rpm, rpd, tpd (0: none), the
+/// minute's and the day's time to live. Returns 0 (counted), 1 (over rpm), 2 (over rpd)
+/// or 3 (over tpd).
+const COUNT_CLIENT: &str = r#"
+local m = tonumber(redis.call('GET', KEYS[1]) or '0')
+local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = tonumber(redis.call('GET', KEYS[3]) or '0')
+local rpm, rpd, tpd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if tpd > 0 and t >= tpd then return 3 end
+if rpd > 0 and d >= rpd then return 2 end
+if rpm > 0 and m >= rpm then return 1 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if redis.call('INCR', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+return 0
+"#;
+
+/// Adds tokens: KEYS are token counters, ARGV their amounts, then the time to live.
+const ADD_TOKENS: &str = r#"
+for i, k in ipairs(KEYS) do
+  redis.call('INCRBY', k, ARGV[i])
+  redis.call('EXPIRE', k, ARGV[#ARGV])
+end
+return 0
+"#;
+
+/// A client key's counter of one window (`m`inute or `d`ay of requests, `t`okens of a
+/// day). The braces keep a key's counters on one Redis Cluster slot.
+fn client_counter(id: i64, kind: &str, window: u64) -> String {
+    format!("api_key_rotator:{{client:{id}}}:{kind}:{window}")
 }
 
 /// The original's counter name.

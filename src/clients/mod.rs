@@ -65,6 +65,8 @@ pub struct ClientRuntime {
     day: Window,
     tokens: Window,
     streams: AtomicU64,
+    /// Tokens counted here and not yet added to the shared counters (enterprise build).
+    unshared_tokens: AtomicU64,
     /// Unix ms of the last admitted request, and of the last one written to the store.
     last_used_ms: AtomicU64,
     saved_ms: AtomicU64,
@@ -74,6 +76,7 @@ impl ClientRuntime {
     /// Counts tokens an answer used (for `tpd`).
     pub fn add_tokens(&self, now_ms: u64, tokens: u64) {
         self.tokens.add(day(now_ms), tokens);
+        self.unshared_tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
     /// Requests admitted this minute and today, tokens today, requests open now.
@@ -164,10 +167,7 @@ impl ClientKey {
         !self.models.is_empty()
     }
 
-    /// Checks the key may call service `slug` for `model` (`None`: the request named none;
-    /// refused when the key is limited to some models, unless `read_only`), then counts the
-    /// request against its limits. The [`Admission`] holds its place among the open
-    /// requests until dropped.
+    /// [`check`](Self::check), then [`count`](Self::count) with the local counters.
     pub fn admit(
         &self,
         now_ms: u64,
@@ -175,6 +175,30 @@ impl ClientKey {
         model: Option<&str>,
         read_only: bool,
     ) -> Result<Admission, ApiError> {
+        self.check(now_ms, slug, model, read_only)?;
+        self.count(now_ms, None)
+    }
+
+    /// The limits several instances share (the enterprise build keeps them in Redis):
+    /// requests per minute and per day, tokens per day; `None` when the key has none.
+    pub fn shared_limits(&self) -> Option<SharedLimits> {
+        (self.rpm.is_some() || self.rpd.is_some() || self.tpd.is_some()).then(|| SharedLimits {
+            key_id: self.id,
+            rpm: self.rpm.unwrap_or(0),
+            rpd: self.rpd.unwrap_or(0),
+            tpd: self.tpd.unwrap_or(0),
+        })
+    }
+
+    /// Checks the key may call service `slug` for `model` (`None`: the request named none;
+    /// refused when the key is limited to some models, unless `read_only`).
+    pub fn check(
+        &self,
+        now_ms: u64,
+        slug: &str,
+        model: Option<&str>,
+        read_only: bool,
+    ) -> Result<(), ApiError> {
         if !self.active {
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
@@ -212,28 +236,44 @@ impl ClientKey {
                 }
             }
         }
-        self.count(now_ms)
+        Ok(())
     }
 
-    fn count(&self, now_ms: u64) -> Result<Admission, ApiError> {
+    /// Counts the request against the key's limits: per minute, per day and tokens per day
+    /// as `shared` says when the instances share them (and it could be asked), else with
+    /// the local counters; open requests always here. The [`Admission`] holds its place
+    /// among the open requests until dropped.
+    pub fn count(&self, now_ms: u64, shared: Option<Verdict>) -> Result<Admission, ApiError> {
         let rt = &self.rt;
         let (m, d) = (minute(now_ms), day(now_ms));
         let to_midnight = (86_400_000 - now_ms % 86_400_000).div_ceil(1000);
-        if let Some(tpd) = self.tpd {
+        let to_next_minute = (60_000 - now_ms % 60_000).div_ceil(1000);
+        let (local_rpm, local_rpd) = match shared {
+            Some(Verdict::Admitted) => (u64::MAX, u64::MAX),
+            Some(Verdict::Over(Limit::Tokens)) => {
+                return Err(over("tokens per day", self.tpd.unwrap_or(0), to_midnight));
+            }
+            Some(Verdict::Over(Limit::PerDay)) => {
+                return Err(over("requests per day", self.rpd.unwrap_or(0), to_midnight));
+            }
+            Some(Verdict::Over(Limit::PerMinute)) => {
+                let rpm = self.rpm.unwrap_or(0);
+                return Err(over("requests per minute", rpm, to_next_minute));
+            }
+            None => (self.rpm.unwrap_or(u64::MAX), self.rpd.unwrap_or(u64::MAX)),
+        };
+        if let (Some(tpd), None) = (self.tpd, shared) {
             if rt.tokens.count(d) >= tpd {
                 return Err(over("tokens per day", tpd, to_midnight));
             }
         }
         // Counted with or without a limit, for the admin page.
-        let rpd = self.rpd.unwrap_or(u64::MAX);
         rt.day
-            .admit(d, rpd)
-            .ok_or_else(|| over("requests per day", rpd, to_midnight))?;
-        let rpm = self.rpm.unwrap_or(u64::MAX);
-        if rt.minute.admit(m, rpm).is_none() {
+            .admit(d, local_rpd)
+            .ok_or_else(|| over("requests per day", local_rpd, to_midnight))?;
+        if rt.minute.admit(m, local_rpm).is_none() {
             rt.day.undo(d);
-            let to_next = (60_000 - now_ms % 60_000).div_ceil(1000);
-            return Err(over("requests per minute", rpm, to_next));
+            return Err(over("requests per minute", local_rpm, to_next_minute));
         }
         let mut admission = Admission(None);
         if let Some(max) = self.max_streams {
@@ -249,6 +289,30 @@ impl ClientKey {
         rt.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
         Ok(admission)
     }
+}
+
+/// A key's limits as the instances share them (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedLimits {
+    pub key_id: i64,
+    pub rpm: u64,
+    pub rpd: u64,
+    pub tpd: u64,
+}
+
+/// Which shared limit a request went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    PerMinute,
+    PerDay,
+    Tokens,
+}
+
+/// What the shared counters said of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Admitted,
+    Over(Limit),
 }
 
 /// A request's place among its key's open requests (`max_streams`), given back on drop:
@@ -365,6 +429,27 @@ impl Clients {
                 (used > saved).then_some((*id, used as i64))
             })
             .collect()
+    }
+
+    /// `(id, tokens)` counted here since the last call, for the shared counters.
+    pub fn take_tokens(&self) -> Vec<(i64, u64)> {
+        let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        runtimes
+            .iter()
+            .map(|(id, rt)| (*id, rt.unshared_tokens.swap(0, Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Gives back what [`take_tokens`](Self::take_tokens) took when they could not be
+    /// shared.
+    pub fn untake_tokens(&self, tokens: &[(i64, u64)]) {
+        let runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, n) in tokens {
+            if let Some(rt) = runtimes.get(id) {
+                rt.unshared_tokens.fetch_add(*n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Gives back what [`take_used`](Self::take_used) took when the store failed.

@@ -256,8 +256,10 @@ fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing
 }
 
 /// Checks what a client key may do and counts the request against its limits (a global
-/// proxy key may do anything). `model` is the one the request names.
-fn admit(
+/// proxy key may do anything). `model` is the one the request names. With Redis, the
+/// per-minute and per-day limits are counted there, shared by every instance.
+async fn admit(
+    state: &AppState,
     caller: &Caller,
     svc: &Service,
     model: Option<&str>,
@@ -272,7 +274,13 @@ fn admit(
         t.client_limits = Some(key.rt.clone());
     }
     let read_only = *method == Method::GET || *method == Method::HEAD;
-    key.admit(crate::timefmt::now_ms(), &svc.slug, model, read_only)
+    let now = crate::timefmt::now_ms();
+    key.check(now, &svc.slug, model, read_only)?;
+    let shared = match key.shared_limits() {
+        Some(limits) => state.cache.count_client(limits, now).await,
+        None => None,
+    };
+    key.count(now, shared)
 }
 
 /// Keeps a client key's place among its open requests until the answer's body ends.
@@ -338,6 +346,6 @@ async fn generic(
     .await?;
     let mut out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
     traced(&mut trace, svc, &mut out);
-    let admission = admit(&caller, svc, None, &out.method, &mut trace)?;
+    let admission = admit(state, &caller, svc, None, &out.method, &mut trace).await?;
     held(forward::run(state, svc, out, trace).await, admission)
 }
