@@ -106,6 +106,11 @@ export const api = {
   resetKey: (keyId) => request('POST', `${keys}/${keyId}/reset`),
   testKey: (keyId) => request('POST', `${keys}/${keyId}/test`),
 
+  listClientKeys: () => request('GET', '/admin/client-keys'),
+  createClientKey: (body) => request('POST', '/admin/client-keys', { body }),
+  updateClientKey: (id, body) => request('PATCH', `/admin/client-keys/${id}`, { body }),
+  deleteClientKey: (id) => request('DELETE', `/admin/client-keys/${id}`),
+
   usage: (params) => request('GET', `/admin/usage?${new URLSearchParams(params)}`),
   requests: (params) => request('GET', `/admin/requests?${new URLSearchParams(params)}`),
 };

@@ -7,10 +7,12 @@ import { renderServices } from './views/services.js';
 import { renderServiceForm } from './views/service-form.js';
 import { renderKeys } from './views/keys.js';
 import { renderDashboard } from './views/dashboard.js';
+import { renderClientKeys } from './views/client-keys.js';
 
 const main = document.getElementById('app');
 const logoutButton = document.getElementById('logout');
 const dashboardLink = document.getElementById('dashboard-link');
+const clientsLink = document.getElementById('clients-link');
 const localeSelect = document.getElementById('locale-select');
 
 let configPromise = null;
@@ -23,10 +25,11 @@ function appConfig() {
   return configPromise;
 }
 
-/** `#/services`, `#/services/new`, `#/services/:id/edit`, `#/services/:id/keys`, `#/dashboard`. */
+/** `#/services`, `#/services/new`, `#/services/:id/edit`, `#/services/:id/keys`, `#/dashboard`, `#/client-keys`. */
 export function parseRoute(hash) {
   const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean);
   if (parts[0] === 'dashboard') return { name: 'dashboard' };
+  if (parts[0] === 'client-keys') return { name: 'clients' };
   if (parts[0] !== 'services' || parts.length === 1) return { name: 'services' };
   if (parts[1] === 'new') return { name: 'new' };
   if (/^\d+$/.test(parts[1]) && (parts[2] === 'edit' || parts[2] === 'keys')) return { name: parts[2], id: Number(parts[1]) };
@@ -37,6 +40,7 @@ function showLogin(notice) {
   closeAllDialogs();
   logoutButton.hidden = true;
   dashboardLink.hidden = true;
+  clientsLink.hidden = true;
   renderLogin(main, { notice, onSuccess: render });
 }
 
@@ -48,6 +52,7 @@ function render() {
   }
   logoutButton.hidden = false;
   dashboardLink.hidden = false;
+  clientsLink.hidden = false;
   const route = parseRoute(location.hash);
   const views = {
     services: () => renderServices(main, { config: appConfig }),
@@ -55,6 +60,7 @@ function render() {
     edit: () => renderServiceForm(main, { id: route.id }),
     keys: () => renderKeys(main, { id: route.id }),
     dashboard: () => renderDashboard(main),
+    clients: () => renderClientKeys(main),
   };
   const heading = views[route.name]();
   heading?.focus({ preventScroll: true });

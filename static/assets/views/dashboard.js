@@ -64,16 +64,18 @@ function groupBy(buckets, keyOf) {
 /** Renders the dashboard into `main`. */
 export function renderDashboard(main) {
   const heading = h('h1', { tabindex: '-1', text: () => t('dash.title') });
-  const state = { range: '24h', service: '' };
+  const state = { range: '24h', service: '', client: '' };
   const body = h('div', { class: 'dash', 'aria-busy': 'true' }, h('p', { class: 'muted loading', text: () => t('common.loading') }));
   const rangeSelect = select({ testid: 'dash-range', 'aria-label': () => t('dash.range'), onchange: (e) => { state.range = e.target.value; load(); } },
     Object.keys(RANGES).map((r) => [r, () => t(`dash.range.${r}`)]));
   const serviceSelect = select({ testid: 'dash-service', 'aria-label': () => t('dash.service'), onchange: (e) => { state.service = e.target.value; load(); } },
     [['', () => t('dash.allServices')]]);
+  const clientSelect = select({ testid: 'dash-client', 'aria-label': () => t('dash.clientKey'), onchange: (e) => { state.client = e.target.value; load(); } },
+    [['', () => t('dash.allClients')]]);
   const log = requestLog(state);
   main.replaceChildren(h('section', { class: 'page', testid: 'dashboard-page' },
     h('div', { class: 'page-head' }, heading,
-      h('div', { class: 'button-row' }, rangeSelect, serviceSelect)),
+      h('div', { class: 'button-row' }, rangeSelect, serviceSelect, clientSelect)),
     body,
     log.element));
 
@@ -85,15 +87,16 @@ export function renderDashboard(main) {
     const size = bucket === 'day' ? DAY : HOUR;
     // Whole buckets, the current one last.
     const from = now - (now % size) + size - span;
-    const base = { bucket, from, ...(state.service ? { service: state.service } : {}) };
+    const scope = { ...(state.service ? { service: state.service } : {}), ...(state.client ? { client_key: state.client } : {}) };
+    const base = { bucket, from, ...scope };
     const dayFrom = now - (now % HOUR) + HOUR - DAY;
     try {
       const [overall, byKey, byModel, bySvc24, byKey24] = await Promise.all([
         api.usage(base),
         api.usage({ ...base, group: 'service,key' }),
         api.usage({ ...base, group: 'model' }),
-        api.usage({ bucket: 'hour', from: dayFrom, group: 'service' }),
-        api.usage({ bucket: 'hour', from: dayFrom, group: 'service,key', ...(state.service ? { service: state.service } : {}) }),
+        api.usage({ bucket: 'hour', from: dayFrom, group: 'service', ...(state.client ? { client_key: state.client } : {}) }),
+        api.usage({ bucket: 'hour', from: dayFrom, group: 'service,key', ...scope }),
       ]);
       const starts = bucketStarts(from, now + 1, size);
       const labels = starts.map((s) => label(s, bucket));
@@ -219,6 +222,12 @@ export function renderDashboard(main) {
     body.removeAttribute('aria-busy');
     reportError(err, 'dash.loadFailed');
   });
+  api.listClientKeys().then((list) => {
+    for (const key of list ?? []) clientSelect.append(new Option(`${key.name} (${key.prefix}…)`, String(key.id)));
+  }).catch((err) => {
+    body.removeAttribute('aria-busy');
+    reportError(err, 'dash.loadFailed');
+  });
   return heading;
 }
 
@@ -289,6 +298,7 @@ function requestLog(state) {
     if (filters.status) params.status = filters.status;
     if (filters.request_id) params.request_id = filters.request_id;
     if (state.service) params.service = state.service;
+    if (state.client) params.client_key = state.client;
     try {
       const page = await api.requests(params);
       items = append ? items.concat(page.items) : page.items;

@@ -78,5 +78,6 @@ export async function adminApi(baseUrl) {
     importKeys: (id, keys) => call('POST', `/admin/proxy-configs/${id}/keys/batch`, { keys }),
     listKeys: (id) => call('GET', `/admin/proxy-configs/${id}/keys?reveal=true`),
     listServices: () => call('GET', '/admin/proxy-configs'),
+    createClientKey: (fields) => call('POST', '/admin/client-keys', fields),
   };
 }
