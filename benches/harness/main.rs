@@ -502,6 +502,9 @@ fn run(o: &Opts) {
     // 7: what usage tracking costs: the same build with it on (ours) and off.
     raw["tracking"] = tracking_phase(o, &work, &ours, &ours_off, &direct, pin.client.as_deref());
 
+    // 8: what a client key with a per-minute limit costs against a global proxy key.
+    raw["client_keys"] = client_key_phase(o, &work, &ours, &direct, pin.client.as_deref());
+
     // 5: LiteLLM, on /llm, against ours.
     raw["litellm"] = match &o.litellm {
         Some(bin) => litellm_phase(o, &work, bin, up_port, &ours, &direct, &pin),
@@ -773,6 +776,42 @@ fn tracking_phase(
     json!({"on": on.name, "off": off.name, "throughput": tp, "latency": lat, "sse": sse_runs})
 }
 
+/// /llm JSON throughput on `t` with a global proxy key and with a client key that has a
+/// per-minute limit (too high to be reached: the check and the count are what is measured).
+fn client_key_phase(
+    o: &Opts,
+    work: &Path,
+    t: &Target,
+    direct: &Target,
+    client_cpus: Option<&str>,
+) -> Value {
+    log("client key / global proxy key (/llm)");
+    let fields = json!({"name": "bench", "rpm": 1_000_000_000});
+    let secret = match targets::rt().block_on(targets::client_key(t.addr, fields)) {
+        Ok(s) => s,
+        Err(e) => return json!({"status": "failed", "reason": e}),
+    };
+    let mut runs = Vec::new();
+    for rep in 0..o.reps {
+        let mut callers = [("global", targets::PROXY_KEY), ("client", secret.as_str())];
+        callers.rotate_left(rep % 2);
+        for (caller, key) in callers {
+            let spec = targets::request_as(t.kind, Route::Llm, "", key);
+            let mut r = throughput_spec(o, work, t, Route::Llm, spec, direct, client_cpus);
+            log(&format!(
+                "  rep {} {:<6} {:>9.0} req/s",
+                rep + 1,
+                caller,
+                r["rps"].as_f64().unwrap_or(0.0)
+            ));
+            r["rep"] = json!(rep + 1);
+            r["caller"] = json!(caller);
+            runs.push(r);
+        }
+    }
+    json!({"status": "measured", "throughput": runs})
+}
+
 /// `route` on `t` at a fixed `rate`, open loop.
 fn at_rate(o: &Opts, t: &Target, route: Route, rate: f64) -> openloop::OpenLoop {
     openloop::run(
@@ -807,6 +846,19 @@ fn throughput_of(
     client_cpus: Option<&str>,
 ) -> Value {
     let spec = targets::request(t.kind, route, query);
+    throughput_spec(o, work, t, route, spec, direct, client_cpus)
+}
+
+/// [`throughput`] of the request `spec`.
+fn throughput_spec(
+    o: &Opts,
+    work: &Path,
+    t: &Target,
+    route: Route,
+    spec: client::ReqSpec,
+    direct: &Target,
+    client_cpus: Option<&str>,
+) -> Value {
     let dur = Duration::from_secs(o.seconds);
     wrk::run(
         work,

@@ -425,6 +425,7 @@ pub fn markdown(raw: &Value) -> String {
 
     litellm(&mut o, raw);
     tracking(&mut o, raw);
+    client_keys(&mut o, raw);
 
     // Targets.
     let _ = writeln!(o, "\n### Targets\n");
@@ -554,6 +555,38 @@ fn tracking(o: &mut String, raw: &Value) {
         let (a, b) = (off_us / 1000.0, on_us / 1000.0);
         let _ = writeln!(o, "| {label} | {a:.3} | {b:.3} | {:+.3} ms |", b - a);
     }
+}
+
+/// A client key with a per-minute limit against a global proxy key, the same proxy.
+fn client_keys(o: &mut String, raw: &Value) {
+    let c = &raw["client_keys"];
+    if c["status"] != "measured" {
+        return;
+    }
+    let rps = |who: &str| {
+        Spread::of(&pick(
+            &c["throughput"],
+            |r| r["caller"] == who,
+            |r| f(&r["rps"]),
+        ))
+    };
+    let (g, k) = (rps("global"), rps("client"));
+    let _ = writeln!(
+        o,
+        "\n### Client key ÷ global proxy key (/llm POST 1 KB JSON, the same proxy)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| global proxy key | client key with rpm | client ÷ global |"
+    );
+    let _ = writeln!(o, "|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "| {} | {} | **{:.2}×** |",
+        pm(&g),
+        pm(&k),
+        k.median / g.median
+    );
 }
 
 fn litellm(o: &mut String, raw: &Value) {

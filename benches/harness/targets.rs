@@ -109,6 +109,11 @@ pub fn chat_body(stream: bool) -> Vec<u8> {
 
 /// The request of `route` as a client of `kind` sends it. `query` is appended (SSE pacing).
 pub fn request(kind: Kind, route: Route, query: &str) -> ReqSpec {
+    request_as(kind, route, query, PROXY_KEY)
+}
+
+/// [`request`] with `proxy_key` as the proxy's key (a client key, say).
+pub fn request_as(kind: Kind, route: Route, query: &str, proxy_key: &str) -> ReqSpec {
     let q = if query.is_empty() {
         String::new()
     } else {
@@ -125,7 +130,7 @@ pub fn request(kind: Kind, route: Route, query: &str) -> ReqSpec {
             Method::GET,
             format!("/proxy/{REST_SLUG}/items/42?page=1{}", q.replace('?', "&")),
         )
-        .header("x-proxy-key", PROXY_KEY)
+        .header("x-proxy-key", proxy_key)
         .header("accept", "application/json"),
         (kind, Route::Llm | Route::Sse) => {
             let path = match kind {
@@ -134,7 +139,7 @@ pub fn request(kind: Kind, route: Route, query: &str) -> ReqSpec {
             };
             let key = match kind {
                 Kind::Direct => KEYS[0],
-                _ => PROXY_KEY,
+                _ => proxy_key,
             };
             ReqSpec::new(Method::POST, path)
                 .header("authorization", &format!("Bearer {key}"))
@@ -380,6 +385,24 @@ pub async fn login(addr: SocketAddr) -> Result<String, String> {
         .as_str()
         .map(str::to_string)
         .ok_or(format!("login failed ({status}): {login}"))
+}
+
+/// Creates a client key with `fields`; returns its secret.
+pub async fn client_key(addr: SocketAddr, fields: serde_json::Value) -> Result<String, String> {
+    let token = login(addr).await?;
+    let (status, key) = admin_json(
+        addr,
+        Method::POST,
+        "/admin/client-keys",
+        Some(&token),
+        Some(fields),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    key["secret"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or(format!("client key not created ({status}): {key}"))
 }
 
 /// Logs in and creates the two services with three keys each. Returns the admin token.
