@@ -67,6 +67,8 @@ pub struct StoreConfig {
     pub database: DatabaseConfig,
     /// `RESET_DB_TABLES`: drop and recreate the tables at start.
     pub reset_db_tables: bool,
+    /// `ENCRYPTION_KEY`: upstream keys are stored encrypted (see `seal`).
+    pub encryption_key: Option<Secret>,
 }
 
 impl StoreConfig {
@@ -87,8 +89,27 @@ impl StoreConfig {
         Ok(StoreConfig {
             database: database_config(&vars)?,
             reset_db_tables: vars.flag("RESET_DB_TABLES")?,
+            encryption_key: encryption_key(&vars)?,
         })
     }
+}
+
+/// `ENCRYPTION_KEY`, when set: at least 32 bytes.
+fn encryption_key(vars: &Vars<'_>) -> Result<Option<Secret>, ConfigError> {
+    let Some(key) = vars.get("ENCRYPTION_KEY").filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    if key.len() < crate::seal::MIN_SECRET {
+        return Err(err(
+            "ENCRYPTION_KEY",
+            format!(
+                "is {} bytes long; it must be {} or more (e.g. ENCRYPTION_KEY=$(openssl rand -hex 32))",
+                key.len(),
+                crate::seal::MIN_SECRET
+            ),
+        ));
+    }
+    Ok(Some(Secret::new(key)))
 }
 
 /// Where the hot shared rotation state lives.

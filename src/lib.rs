@@ -42,7 +42,7 @@
 //! | rotation and snapshot | `cache`, `snapshot`, `metrics`, `clients` (client keys and their limits) |
 //! | keys and services | `keys`, `service` |
 //! | storage and upstreams | `store`, `upstream` |
-//! | foundations | `config`, `auth`, `headers`, `cors`, `net`, `error`, `body`, `deadline`, `shard`, `router`, `jwt`, `log`, `timefmt` |
+//! | foundations | `config`, `seal` (keys at rest), `auth`, `headers`, `cors`, `net`, `error`, `body`, `deadline`, `shard`, `router`, `jwt`, `log`, `timefmt` |
 
 pub mod admin;
 pub mod app;
@@ -63,6 +63,7 @@ pub mod migrate;
 pub mod net;
 pub mod proxy;
 pub mod router;
+pub mod seal;
 pub mod server;
 pub mod service;
 pub mod shard;
@@ -121,6 +122,14 @@ pub async fn start(
     log::set_level(config.log_level);
     crate::log::info!("Database Type: {}", config.store.database.kind());
     crate::log::info!("Cache Type: {}", config.cache.kind());
+    crate::log::info!(
+        "Upstream keys at rest: {}",
+        match config.store.encryption_key {
+            Some(_) => "encrypted (ENCRYPTION_KEY)",
+            None =>
+                "plain text (set ENCRYPTION_KEY and run `api-key-rotator encrypt` to encrypt them)",
+        }
+    );
     if config.store.reset_db_tables {
         crate::log::warn!(
             "RESET_DB_TABLES=true: DROPPING every service and key and recreating the tables. Unset it after this start!"

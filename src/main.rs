@@ -20,8 +20,12 @@ api-key-rotator: a fast, self-hosted proxy that rotates pools of API keys
 Usage:
   api-key-rotator [serve]          run the service (configuration from the environment and ./.env)
   api-key-rotator healthcheck      exit 0 when the local instance answers GET /health with 200
-  api-key-rotator export           write every service and key as JSON to stdout
+  api-key-rotator export [--reveal]
+                                   write every service and key as JSON to stdout (with
+                                   ENCRYPTION_KEY set, key values are masked unless --reveal)
   api-key-rotator import <file>    merge an export (\"-\" for stdin) into the configured database
+  api-key-rotator encrypt          encrypt every stored key value with ENCRYPTION_KEY
+  api-key-rotator decrypt          store every key value in plain text again (needs ENCRYPTION_KEY)
   api-key-rotator --version
 
 serve needs ADMIN_PASSWORD, JWT_SECRET and GLOBAL_PROXY_KEYS; export and import need only the
@@ -36,7 +40,13 @@ fn main() -> ExitCode {
     let code = match command {
         None | Some("serve") => with_runtime(serve()),
         Some("healthcheck") => healthcheck(),
-        Some("export") => with_runtime(export()),
+        Some("export") => match args.get(1).map(String::as_str) {
+            None => with_runtime(export(false)),
+            Some("--reveal") => with_runtime(export(true)),
+            Some(_) => fail("usage: api-key-rotator export [--reveal]"),
+        },
+        Some("encrypt") => with_runtime(convert(false)),
+        Some("decrypt") => with_runtime(convert(true)),
         Some("import") => match args.get(1) {
             Some(path) => with_runtime(import(path.clone())),
             None => fail("usage: api-key-rotator import <file>"),
@@ -68,7 +78,10 @@ fn start_in_container(command: Option<&str>) -> Result<(), ExitCode> {
             .ok()
             .or_else(|| dotenv.get(name).cloned())
     };
-    let uses_data = matches!(command, None | Some("serve" | "export" | "import"));
+    let uses_data = matches!(
+        command,
+        None | Some("serve" | "export" | "import" | "encrypt" | "decrypt")
+    );
     let data_file = match StoreConfig::from_source(&var) {
         Ok(StoreConfig {
             database: DatabaseConfig::Sqlite { path },
@@ -198,17 +211,49 @@ fn load_store_config() -> Result<StoreConfig, ExitCode> {
     })
 }
 
-async fn export() -> ExitCode {
+async fn export(reveal: bool) -> ExitCode {
     let config = match load_store_config() {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match api_key_rotator::migrate::export(&config).await {
+    match api_key_rotator::migrate::export(&config, reveal).await {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("export failed: {e}")),
+    }
+}
+
+/// `encrypt` or (`to_plain`) `decrypt`.
+async fn convert(to_plain: bool) -> ExitCode {
+    let config = match load_store_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.encryption_key.is_none() {
+        return fail("ENCRYPTION_KEY is not set: it is needed to encrypt or decrypt the keys");
+    }
+    let verb = if to_plain { "decrypted" } else { "encrypted" };
+    let done = api_key_rotator::migrate::convert(&config, to_plain, |n| {
+        eprintln!("{verb} {n} keys so far");
+    })
+    .await;
+    match done {
+        Ok(n) => {
+            eprintln!(
+                "{verb} {n} keys; every stored key value is now {}",
+                match to_plain {
+                    true => "in plain text: unset ENCRYPTION_KEY",
+                    false => "encrypted: keep ENCRYPTION_KEY set (and safe) for every instance",
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!(
+            "{} stopped (the keys converted so far are kept; run it again to go on): {e}",
+            if to_plain { "decrypt" } else { "encrypt" }
+        )),
     }
 }
 

@@ -1,22 +1,69 @@
 //! `api-key-rotator export` and `import`: every service and key (with health and
 //! counters) as one JSON document, so a deployment can move between SQLite and MySQL.
 //! Import is one transaction and idempotent: services are matched by slug, keys by
-//! (service, value).
+//! (service, value). With `ENCRYPTION_KEY`, `export` masks the key values unless asked to
+//! reveal them, and `import` encrypts what it writes; `encrypt` and `decrypt` convert the
+//! stored values in place, a batch per transaction.
 
 use crate::config::StoreConfig;
 use crate::store::{self, DUMP_FORMAT, Dump, ImportOutcome};
 
-/// Reads everything from the configured store as pretty JSON.
-pub async fn export(config: &StoreConfig) -> Result<String, String> {
+/// The format tag of an export whose key values are masked: it cannot be imported.
+pub const MASKED_FORMAT: &str = "api-key-rotator/1 (key values masked)";
+/// Keys converted per transaction by `encrypt` and `decrypt`.
+pub const CONVERT_BATCH: usize = 500;
+
+/// Reads everything from the configured store as pretty JSON. With `ENCRYPTION_KEY` set,
+/// the key values are masked unless `reveal`.
+pub async fn export(config: &StoreConfig, reveal: bool) -> Result<String, String> {
     let store = store::open(config).await?;
-    let dump = store.load_all().await.map_err(|e| e.to_string())?;
+    let mut dump = store.load_all().await.map_err(|e| e.to_string())?;
+    if config.encryption_key.is_some() && !reveal {
+        dump.format = MASKED_FORMAT.into();
+        for k in &mut dump.keys {
+            k.key_value = crate::keys::mask(&k.key_value);
+        }
+    }
     serde_json::to_string_pretty(&dump).map_err(|e| e.to_string())
+}
+
+/// `encrypt` (`to_plain` false) or `decrypt` every stored key value, a batch per
+/// transaction (`progress` after each); returns how many were converted. Idempotent and
+/// resumable: what is already converted is left alone, so after a crash it runs again.
+pub async fn convert(
+    config: &StoreConfig,
+    to_plain: bool,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, String> {
+    let store = store::open(config).await?;
+    let mut total = 0;
+    loop {
+        let n = store
+            .convert_keys(to_plain, CONVERT_BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            if !to_plain {
+                store.compact().await.map_err(|e| e.to_string())?;
+            }
+            return Ok(total);
+        }
+        total += n;
+        progress(total);
+    }
 }
 
 /// Parses and checks an export document.
 pub fn parse(text: &str) -> Result<Dump, String> {
     let dump: Dump =
         serde_json::from_str(text).map_err(|e| format!("not an export document: {e}"))?;
+    if dump.format == MASKED_FORMAT {
+        return Err(
+            "this export has masked key values (it was made without --reveal): \
+                    export again with `api-key-rotator export --reveal`"
+                .into(),
+        );
+    }
     if !dump.format.is_empty() && dump.format != DUMP_FORMAT {
         return Err(format!(
             "unknown export format '{}' (expected {DUMP_FORMAT})",

@@ -119,6 +119,10 @@ fn pool_key(
     placement: &Placement,
     runtimes: &HashMap<i64, Arc<KeyRuntime>>,
 ) -> Option<PoolKey> {
+    if k.key_value.is_empty() {
+        // It did not decrypt (store::keyring): marked invalid, and nothing to send.
+        return None;
+    }
     let header = match placement {
         Placement::Header { bearer, .. } => {
             let text = if *bearer {

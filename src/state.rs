@@ -64,15 +64,21 @@ impl AppState {
             login_throttle: LoginThrottle::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
-        state
+        let undecryptable = state
             .reload()
             .await
             .map_err(|e| format!("Failed to load services: {e}"))?;
+        if undecryptable > 0 {
+            crate::log::warn!(
+                "{undecryptable} upstream keys cannot be decrypted (wrong ENCRYPTION_KEY?): they \
+                 are marked invalid and never sent"
+            );
+        }
         Ok(state)
     }
 
-    /// Rebuilds the snapshot from the store.
-    pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
+    /// Rebuilds the snapshot from the store; returns how many keys did not decrypt.
+    pub async fn reload(&self) -> Result<usize, crate::store::StoreError> {
         let _guard = self.reload_lock.lock().await;
         let dump = self.store.load_all().await?;
         let client_keys = self.store.list_client_keys().await?;
@@ -86,7 +92,12 @@ impl AppState {
         self.snapshot.store(snap);
         self.clients.rebuild(&client_keys);
         self.upstreams.prune();
-        Ok(())
+        let cannot = Some(crate::store::keyring::CANNOT_DECRYPT);
+        Ok(dump
+            .keys
+            .iter()
+            .filter(|k| k.health.invalid_reason.as_deref() == cannot)
+            .count())
     }
 
     /// Who `candidate` (a credential the client sent) is: a global proxy key (compared in
@@ -110,7 +121,7 @@ impl AppState {
 
 impl crate::cache::Listener for AppState {
     fn reload(&self) -> crate::store::BoxFuture<'_, Result<(), crate::store::StoreError>> {
-        Box::pin(AppState::reload(self))
+        Box::pin(async move { AppState::reload(self).await.map(drop) })
     }
 
     fn key_event(&self, event: KeyEvent) {

@@ -300,6 +300,16 @@ async fn refusals_have_their_own_status_and_detail_and_reach_no_upstream() {
     .await;
     assert_eq!(got, 403, "{bytes:?}");
     assert!(String::from_utf8_lossy(&bytes).contains("service 'rest'"));
+    // Model rules are for /llm: a /proxy request names no model and is not refused for it.
+    let models_only = secret(&create(&s, json!({"name": "m", "models": ["gpt-4o*"]})).await);
+    let (got, _, _) = call(
+        Method::POST,
+        &s.url("/proxy/rest/x"),
+        &[("x-proxy-key", &models_only)],
+        "{}",
+    )
+    .await;
+    assert_eq!(got, 200);
     // Listing models names none, and is allowed.
     let (got, _, _) = call(
         Method::GET,
@@ -309,7 +319,7 @@ async fn refusals_have_their_own_status_and_detail_and_reach_no_upstream() {
     )
     .await;
     assert_eq!(got, 200);
-    assert_eq!(up.count(), 1, "only the allowed request went upstream");
+    assert_eq!(up.count(), 2, "only the allowed requests went upstream");
 }
 
 #[tokio::test]

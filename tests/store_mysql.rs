@@ -278,3 +278,58 @@ async fn ping_answers() {
     store.ping().await.unwrap();
     assert_eq!(store.kind(), "mysql");
 }
+
+/// The same suite with every key value encrypted (`ENCRYPTION_KEY`), then what a dump of
+/// the table shows: no key value.
+#[tokio::test]
+async fn store_suite_passes_on_mysql_with_encryption() {
+    let dbs = Mutex::new(Vec::new());
+    let key = api_key_rotator::config::Secret::new("suite-encryption-key-0123456789abcdef");
+    store_suite::run_all(|| {
+        let db = TestDb::new();
+        let config = db.config();
+        dbs.lock().unwrap().push(db);
+        let key = key.clone();
+        async move {
+            let store = MysqlStore::open_encrypted(&config, false, Some(&key))
+                .await
+                .unwrap();
+            Arc::new(store) as Arc<dyn Store>
+        }
+    })
+    .await;
+    // A fresh database: keys in, the raw rows out, as a dump would show them.
+    let db = TestDb::new();
+    let store = MysqlStore::open_encrypted(&db.config(), false, Some(&key))
+        .await
+        .unwrap();
+    let svc = store
+        .create_service(store_suite::generic("dumped"))
+        .await
+        .unwrap();
+    store
+        .add_keys(
+            svc.id,
+            vec!["sk-dump-secret-1".into(), "sk-dump-secret-2".into()],
+        )
+        .await
+        .unwrap();
+    let rows = db
+        .scalar("SELECT GROUP_CONCAT(key_value, '|', COALESCE(key_lookup, '')) FROM api_keys")
+        .await
+        .unwrap();
+    assert!(!rows.contains("sk-dump-secret"), "{rows}");
+    assert_eq!(rows.matches("v1:").count(), 2, "{rows}");
+    // Another instance with another key, or none, does not start.
+    let other = api_key_rotator::config::Secret::new("another-suite-key-0123456789abcdef00");
+    let e = MysqlStore::open_encrypted(&db.config(), false, Some(&other))
+        .await
+        .err()
+        .unwrap();
+    assert!(e.contains("same ENCRYPTION_KEY"), "{e}");
+    let e = MysqlStore::open_encrypted(&db.config(), false, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(e.contains("not set"), "{e}");
+}

@@ -170,3 +170,38 @@ async fn a_missing_directory_is_created() {
     store.ping().await.unwrap();
     assert!(path.exists());
 }
+
+/// The same suite with every key value encrypted (`ENCRYPTION_KEY`): what goes in comes
+/// back, duplicates are found without decrypting, and nothing is stored in plain text.
+#[tokio::test]
+async fn store_suite_passes_on_sqlite_with_encryption() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::sync::atomic::AtomicU32::new(0);
+    let key = api_key_rotator::config::Secret::new("suite-encryption-key-0123456789abcdef");
+    store_suite::run_all(|| {
+        let name = format!(
+            "enc-{}.db",
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let path = dir.path().join(name);
+        let key = key.clone();
+        async move {
+            let store = SqliteStore::open_encrypted(&path, false, Some(&key))
+                .await
+                .unwrap();
+            Arc::new(store) as Arc<dyn Store>
+        }
+    })
+    .await;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let conn = rusqlite::Connection::open(entry.unwrap().path()).unwrap();
+        let plain: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE key_value NOT LIKE 'v1:%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        assert_eq!(plain, 0);
+    }
+}

@@ -173,9 +173,9 @@ impl ClientKey {
         now_ms: u64,
         slug: &str,
         model: Option<&str>,
-        read_only: bool,
+        may_name_none: bool,
     ) -> Result<Admission, ApiError> {
-        self.check(now_ms, slug, model, read_only)?;
+        self.check(now_ms, slug, model, may_name_none)?;
         self.count(now_ms, None)
     }
 
@@ -191,13 +191,14 @@ impl ClientKey {
     }
 
     /// Checks the key may call service `slug` for `model` (`None`: the request named none;
-    /// refused when the key is limited to some models, unless `read_only`).
+    /// refused when the key is limited to some models, unless `may_name_none`: a `GET`, or
+    /// a `/proxy` request, where models are not named).
     pub fn check(
         &self,
         now_ms: u64,
         slug: &str,
         model: Option<&str>,
-        read_only: bool,
+        may_name_none: bool,
     ) -> Result<(), ApiError> {
         if !self.active {
             return Err(refuse(
@@ -226,7 +227,7 @@ impl ClientKey {
                         format!("this client key may not use model '{m}'"),
                     ));
                 }
-                None if read_only => {}
+                None if may_name_none => {}
                 None => {
                     return Err(refuse(
                         StatusCode::FORBIDDEN,

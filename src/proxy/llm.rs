@@ -109,15 +109,8 @@ pub async fn handle(
     };
     let mut out = Outgoing::new(svc, parts, rewrite, rest, CREDENTIAL_PARAMS, body)?;
     super::traced(&mut trace, svc, &mut out);
-    let admission = super::admit(
-        state,
-        &caller,
-        svc,
-        model.as_deref(),
-        &out.method,
-        &mut trace,
-    )
-    .await?;
+    let asked = (Flavor::Llm, model.as_deref());
+    let admission = super::admit(state, &caller, svc, asked, &out.method, &mut trace).await?;
     if let Some(t) = trace.as_deref_mut() {
         // Tokens are read from the answer as it passes, and the proxy decodes nothing: ask
         // for it uncompressed (always acceptable to the client; LLM answers are small).

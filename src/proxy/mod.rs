@@ -256,13 +256,14 @@ fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing
 }
 
 /// Checks what a client key may do and counts the request against its limits (a global
-/// proxy key may do anything). `model` is the one the request names. With Redis, the
+/// proxy key may do anything). `model` is the one an `/llm` request names (`flavor`: model
+/// rules apply to `/llm` only; `/proxy` requests name none). With Redis, the
 /// per-minute and per-day limits are counted there, shared by every instance.
 async fn admit(
     state: &AppState,
     caller: &Caller,
     svc: &Service,
-    model: Option<&str>,
+    (flavor, model): (Flavor, Option<&str>),
     method: &Method,
     trace: &mut Option<&mut Trace>,
 ) -> Result<Admission, ApiError> {
@@ -273,9 +274,10 @@ async fn admit(
         t.client_key_id = key.id;
         t.client_limits = Some(key.rt.clone());
     }
-    let read_only = *method == Method::GET || *method == Method::HEAD;
+    let may_name_none =
+        flavor == Flavor::Generic || *method == Method::GET || *method == Method::HEAD;
     let now = crate::timefmt::now_ms();
-    key.check(now, &svc.slug, model, read_only)?;
+    key.check(now, &svc.slug, model, may_name_none)?;
     let shared = match key.shared_limits() {
         Some(limits) => state.cache.count_client(limits, now).await,
         None => None,
@@ -346,6 +348,7 @@ async fn generic(
     .await?;
     let mut out = Outgoing::new(svc, parts, rewrite, rest, &[], body)?;
     traced(&mut trace, svc, &mut out);
-    let admission = admit(state, &caller, svc, None, &out.method, &mut trace).await?;
+    let generic = (Flavor::Generic, None);
+    let admission = admit(state, &caller, svc, generic, &out.method, &mut trace).await?;
     held(forward::run(state, svc, out, trace).await, admission)
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::StoreConfig;
 
 pub mod client_keys;
+pub mod keyring;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "sqlite")]
@@ -298,6 +299,17 @@ pub trait Store: Send + Sync + 'static {
     fn delete_client_key(&self, id: i64) -> BoxFuture<'_, StoreResult<()>>;
     /// Sets when client keys were last used: `(id, Unix ms)`, never moving one back.
     fn touch_client_keys(&self, used: Vec<(i64, i64)>) -> BoxFuture<'_, StoreResult<()>>;
+    /// `encrypt` (`to_plain` false) seals up to `batch` values stored in plain text;
+    /// `decrypt` opens up to `batch` sealed ones; in one transaction. Returns how many it
+    /// changed (0: nothing left). Needs `ENCRYPTION_KEY`; a value that does not open stops
+    /// `decrypt` with an error naming its key id. After the last `decrypt` batch, the key
+    /// id is forgotten, so the database opens without `ENCRYPTION_KEY`.
+    fn convert_keys(&self, to_plain: bool, batch: usize) -> BoxFuture<'_, StoreResult<usize>>;
+    /// After `encrypt`: leaves no old plain value in the database's files (SQLite rewrites
+    /// the file and empties its write-ahead log; MySQL: nothing to do here).
+    fn compact(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Merges a dump in one transaction: services matched by slug, keys by
     /// (service, value). Idempotent.
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>>;
@@ -309,7 +321,8 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
     match &config.database {
         #[cfg(feature = "sqlite")]
         DatabaseConfig::Sqlite { path } => {
-            let store = sqlite::SqliteStore::open(path, config.reset_db_tables)
+            let key = config.encryption_key.as_ref();
+            let store = sqlite::SqliteStore::open_encrypted(path, config.reset_db_tables, key)
                 .await
                 .map_err(|e| format!("Failed to initialize database ({}): {e}", path.display()))?;
             Ok(Arc::new(store))
@@ -320,7 +333,8 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
         ),
         #[cfg(feature = "mysql")]
         DatabaseConfig::Mysql(m) => {
-            let store = mysql::MysqlStore::open(m, config.reset_db_tables)
+            let key = config.encryption_key.as_ref();
+            let store = mysql::MysqlStore::open_encrypted(m, config.reset_db_tables, key)
                 .await
                 .map_err(|e| format!("Failed to initialize database (mysql {}:{}/{}): {e}", m.host, m.port, m.database))?;
             Ok(Arc::new(store))

@@ -35,8 +35,12 @@ use super::{
     ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
 use crate::config::MysqlConfig;
+use crate::config::Secret;
+use crate::seal::Sealer;
 use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
+use crate::store::keyring::{self, AtRest};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
+use std::sync::Arc;
 
 /// How long connecting (TCP and handshake) may take: a host that swallows packets must
 /// fail the start or an admin request, not hang it.
@@ -48,6 +52,8 @@ const ER_DUP_ENTRY: u16 = 1062;
 /// A MySQL database.
 pub struct MysqlStore {
     pool: Pool,
+    /// Seals key values on their way in and opens them on their way out (`ENCRYPTION_KEY`).
+    sealer: Option<Arc<Sealer>>,
 }
 
 /// One transaction, as the closures of [`MysqlStore::tx`] see it.
@@ -95,7 +101,49 @@ impl MysqlStore {
         let mut conn = connecting(pool.get_conn()).await?;
         with_migration_lock(&mut conn, reset).await?;
         drop(conn);
-        Ok(MysqlStore { pool })
+        Ok(MysqlStore { pool, sealer: None })
+    }
+
+    /// [`open`](Self::open), then encryption as the database and `key` (`ENCRYPTION_KEY`)
+    /// say ([`keyring::decide`]): refused when they disagree.
+    pub async fn open_encrypted(
+        config: &MysqlConfig,
+        reset: bool,
+        key: Option<&Secret>,
+    ) -> Result<MysqlStore, String> {
+        let mut store = Self::open(config, reset).await.map_err(|e| e.to_string())?;
+        let db = store
+            .tx(|tx| Box::pin(at_rest(tx)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sealer, writes) = keyring::decide(&db, key)?;
+        store
+            .tx(move |tx| {
+                Box::pin(async move {
+                    for (name, value) in writes {
+                        // INSERT IGNORE: when instances start together, the first one's
+                        // salt wins, and the check below sees it.
+                        exec(
+                            tx,
+                            "INSERT IGNORE INTO rotator_meta (name, value) VALUES (?, ?)",
+                            Params::from((name, value)),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if sealer.is_some() {
+            // Another instance may have written its salt first: decide again on what is there.
+            let now = store
+                .tx(|tx| Box::pin(at_rest(tx)))
+                .await
+                .map_err(|e| e.to_string())?;
+            store.sealer = keyring::decide(&now, key)?.0;
+        }
+        Ok(store)
     }
 
     /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
@@ -148,12 +196,15 @@ impl Store for MysqlStore {
 
     fn load_all(&self) -> BoxFuture<'_, StoreResult<Dump>> {
         // One transaction: services and keys from the same moment.
+        let sealer = self.sealer.clone();
         self.tx(|tx| {
             Box::pin(async move {
+                let mut keys = query_keys(tx, "", Params::Empty).await?;
+                keyring::open_keys(sealer.as_deref(), &mut keys);
                 Ok(Dump {
                     format: DUMP_FORMAT.into(),
                     services: query_services(tx, "", Params::Empty).await?,
-                    keys: query_keys(tx, "", Params::Empty).await?,
+                    keys,
                 })
             })
         })
@@ -229,16 +280,28 @@ impl Store for MysqlStore {
     }
 
     fn list_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        let sealer = self.sealer.clone();
         self.tx(move |tx| {
             Box::pin(async move {
                 require_service(tx, service_id).await?;
-                query_keys(tx, "WHERE proxy_config_id = ?", Params::from((service_id,))).await
+                let mut keys =
+                    query_keys(tx, "WHERE proxy_config_id = ?", Params::from((service_id,)))
+                        .await?;
+                keyring::open_keys(sealer.as_deref(), &mut keys);
+                Ok(keys)
             })
         })
     }
 
     fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>> {
-        self.tx(move |tx| Box::pin(key_by_id(tx, key_id)))
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let mut keys: Vec<KeyRecord> = key_by_id(tx, key_id).await?.into_iter().collect();
+                keyring::open_keys(sealer.as_deref(), &mut keys);
+                Ok(keys.pop())
+            })
+        })
     }
 
     fn add_key(
@@ -247,14 +310,21 @@ impl Store for MysqlStore {
         value: String,
         active: bool,
     ) -> BoxFuture<'_, StoreResult<KeyRecord>> {
+        let sealer = self.sealer.clone();
         self.tx(move |tx| {
             Box::pin(async move {
                 require_service(tx, service_id).await?;
-                if key_exists(tx, service_id, &value).await? {
+                let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
+                if find_key(tx, service_id, &value, stored.1.as_deref())
+                    .await?
+                    .is_some()
+                {
                     return Err(StoreError::Conflict("key_value"));
                 }
-                let id = insert_key(tx, service_id, &value, active).await?;
-                key_by_id(tx, id).await?.ok_or(StoreError::NotFound)
+                let id = insert_key(tx, service_id, &stored, active).await?;
+                let mut keys: Vec<KeyRecord> = key_by_id(tx, id).await?.into_iter().collect();
+                keyring::open_keys(sealer.as_deref(), &mut keys);
+                keys.pop().ok_or(StoreError::NotFound)
             })
         })
     }
@@ -264,24 +334,38 @@ impl Store for MysqlStore {
         service_id: i64,
         values: Vec<String>,
     ) -> BoxFuture<'_, StoreResult<BatchOutcome>> {
+        let sealer = self.sealer.clone();
         self.tx(move |tx| {
             Box::pin(async move {
                 require_service(tx, service_id).await?;
-                let stored: Vec<String> = tx
+                // Stored values (those never encrypted) and lookups (of encrypted ones).
+                let stored: Vec<(String, Option<String>)> = tx
                     .exec(
-                        "SELECT key_value FROM api_keys WHERE proxy_config_id = ?",
+                        "SELECT key_value, key_lookup FROM api_keys WHERE proxy_config_id = ?",
                         (service_id,),
                     )
                     .await
                     .map_err(backend)?;
-                let mut seen: HashSet<String> = stored.into_iter().collect();
+                let mut seen = HashSet::new();
+                let mut seen_lookups = HashSet::new();
+                for (value, lookup) in stored {
+                    match lookup {
+                        Some(l) => seen_lookups.insert(l),
+                        None => seen.insert(value),
+                    };
+                }
                 let mut out = BatchOutcome::default();
                 let mut new = Vec::new();
                 for value in values {
-                    if seen.insert(value.clone()) {
-                        new.push(value);
-                    } else {
+                    let row = keyring::to_store(sealer.as_deref(), &value, service_id)?;
+                    let dup_lookup = row
+                        .1
+                        .as_ref()
+                        .is_some_and(|l| !seen_lookups.insert(l.clone()));
+                    if !seen.insert(value) || dup_lookup {
                         out.skipped_count += 1;
+                    } else {
+                        new.push(row);
                     }
                 }
                 insert_keys(tx, service_id, &new).await?;
@@ -381,7 +465,8 @@ impl Store for MysqlStore {
     }
 
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
-        self.tx(move |tx| Box::pin(import_dump(tx, dump)))
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| Box::pin(import_dump(tx, dump, sealer)))
     }
 
     fn save_usage(&self, batch: std::sync::Arc<UsageBatch>) -> BoxFuture<'_, StoreResult<()>> {
@@ -394,6 +479,36 @@ impl Store for MysqlStore {
 
     fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
         self.tx(move |tx| Box::pin(usage::entries(tx, q)))
+    }
+
+    fn convert_keys(&self, to_plain: bool, batch: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let rows: Vec<(i64, String, i64)> = tx
+                    .exec(keyring::to_convert(to_plain), (batch as u64,))
+                    .await
+                    .map_err(backend)?;
+                for row in &rows {
+                    let (value, lookup) = keyring::converted(sealer.as_deref(), to_plain, row)?;
+                    exec(
+                        tx,
+                        keyring::CONVERT,
+                        Params::from((value, lookup, row.0, row.1.as_str())),
+                    )
+                    .await?;
+                }
+                if to_plain && rows.is_empty() {
+                    exec(
+                        tx,
+                        "DELETE FROM rotator_meta WHERE name = ?",
+                        Params::from((keyring::META_KEY_ID,)),
+                    )
+                    .await?;
+                }
+                Ok(rows.len())
+            })
+        })
     }
 
     fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>> {
@@ -437,7 +552,33 @@ async fn require_key(tx: &mut Tx, key_id: i64) -> StoreResult<()> {
     .ok_or(StoreError::NotFound)
 }
 
-async fn import_dump(tx: &mut Tx, dump: Dump) -> StoreResult<ImportOutcome> {
+/// What the database holds of encryption.
+async fn at_rest(tx: &mut Tx) -> StoreResult<AtRest> {
+    let salt: Option<String> = first(
+        tx,
+        "SELECT value FROM rotator_meta WHERE name = ?",
+        Params::from((keyring::META_SALT,)),
+    )
+    .await?;
+    let key_id: Option<String> = first(
+        tx,
+        "SELECT value FROM rotator_meta WHERE name = ?",
+        Params::from((keyring::META_KEY_ID,)),
+    )
+    .await?;
+    let sealed: Option<i64> = first(tx, keyring::COUNT_SEALED, Params::Empty).await?;
+    Ok(AtRest {
+        salt,
+        key_id,
+        sealed_rows: sealed.unwrap_or(0) as u64,
+    })
+}
+
+async fn import_dump(
+    tx: &mut Tx,
+    dump: Dump,
+    sealer: Option<Arc<Sealer>>,
+) -> StoreResult<ImportOutcome> {
     let mut out = ImportOutcome::default();
     let mut id_map = HashMap::new();
     for s in &dump.services {
@@ -466,13 +607,8 @@ async fn import_dump(tx: &mut Tx, dump: Dump) -> StoreResult<ImportOutcome> {
         let Some(&service_id) = id_map.get(&k.proxy_config_id) else {
             continue;
         };
-        let existing: Option<i64> = first(
-            tx,
-            "SELECT id FROM api_keys WHERE proxy_config_id = ? AND key_value = ? \
-             ORDER BY id LIMIT 1",
-            Params::from((service_id, k.key_value.as_str())),
-        )
-        .await?;
+        let stored = keyring::to_store(sealer.as_deref(), &k.key_value, service_id)?;
+        let existing = find_key(tx, service_id, &k.key_value, stored.1.as_deref()).await?;
         let id = match existing {
             Some(id) => {
                 out.keys_updated += 1;
@@ -480,7 +616,7 @@ async fn import_dump(tx: &mut Tx, dump: Dump) -> StoreResult<ImportOutcome> {
             }
             None => {
                 out.keys_created += 1;
-                insert_key(tx, service_id, &k.key_value, k.is_active).await?
+                insert_key(tx, service_id, &stored, k.is_active).await?
             }
         };
         write_key_state(tx, id, k).await?;

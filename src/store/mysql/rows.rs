@@ -146,14 +146,21 @@ pub(super) async fn require_service(tx: &mut Tx, id: i64) -> StoreResult<()> {
     .ok_or(StoreError::NotFound)
 }
 
-pub(super) async fn key_exists(tx: &mut Tx, service_id: i64, value: &str) -> StoreResult<bool> {
-    Ok(first::<i64>(
+/// The id of the service's key whose value is `value` (found by its lookup when values
+/// are sealed; a value stored before `encrypt` by itself).
+pub(super) async fn find_key(
+    tx: &mut Tx,
+    service_id: i64,
+    value: &str,
+    lookup: Option<&str>,
+) -> StoreResult<Option<i64>> {
+    first::<i64>(
         tx,
-        "SELECT 1 FROM api_keys WHERE proxy_config_id = ? AND key_value = ? LIMIT 1",
-        Params::from((service_id, value)),
+        "SELECT id FROM api_keys WHERE proxy_config_id = ? \
+         AND (key_value = ? OR key_lookup = ?) ORDER BY id LIMIT 1",
+        Params::from((service_id, value, lookup)),
     )
-    .await?
-    .is_some())
+    .await
 }
 
 /// `Conflict` when another service (not `except`) already has the name or slug.
@@ -232,17 +239,18 @@ pub(super) fn last_id(tx: &Tx) -> StoreResult<i64> {
         .ok_or_else(|| StoreError::Backend("no id after INSERT".into()))
 }
 
+/// Inserts a key: its value as stored (sealed or not) and its lookup.
 pub(super) async fn insert_key(
     tx: &mut Tx,
     service_id: i64,
-    value: &str,
+    (value, lookup): &(String, Option<String>),
     active: bool,
 ) -> StoreResult<i64> {
     exec(
         tx,
-        "INSERT INTO api_keys (key_value, is_active, proxy_config_id, created_at) \
-         VALUES (?, ?, ?, ?)",
-        Params::from((value, active, service_id, now_datetime())),
+        "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+        Params::from((value, lookup, active, service_id, now_datetime())),
     )
     .await?;
     last_id(tx)
@@ -253,17 +261,25 @@ pub(super) async fn insert_key(
 pub(super) async fn insert_keys(
     tx: &mut Tx,
     service_id: i64,
-    values: &[String],
+    values: &[(String, Option<String>)],
 ) -> StoreResult<()> {
     let now = now_datetime();
     for chunk in values.chunks(INSERT_CHUNK) {
-        let rows = vec!["(?, 1, ?, ?)"; chunk.len()].join(", ");
+        let rows = vec!["(?, ?, 1, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO api_keys (key_value, is_active, proxy_config_id, created_at) VALUES {rows}"
+            "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
+             VALUES {rows}"
         );
         let params = chunk
             .iter()
-            .flat_map(|v| [v.as_str().into(), service_id.into(), now.as_str().into()])
+            .flat_map(|(v, lookup)| {
+                [
+                    v.as_str().into(),
+                    lookup.clone().into(),
+                    service_id.into(),
+                    now.as_str().into(),
+                ]
+            })
             .collect();
         exec(tx, &sql, Params::Positional(params)).await?;
     }

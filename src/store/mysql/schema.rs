@@ -34,6 +34,7 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("api_keys", "last_used_at", "bigint DEFAULT NULL"),
     ("api_keys", "last_status", "int DEFAULT NULL"),
     ("api_keys", "last_error", "text"),
+    ("api_keys", "key_lookup", "char(64) DEFAULT NULL"),
 ];
 
 /// Columns of the original that must be at least this wide (characters), and their
@@ -55,7 +56,8 @@ const WIDENED_COLUMNS: &[(&str, &str, u64, &str)] = &[
 ];
 
 /// API keys are case-sensitive: the original's column had the case-insensitive default.
-const KEY_VALUE_DECL: &str = "varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL";
+/// Wide enough for a 255-byte key once encrypted (about 390 characters).
+const KEY_VALUE_DECL: &str = "varchar(512) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL";
 
 /// Serialises the migration of instances that start together.
 const MIGRATION_LOCK: &str = "api_key_rotator_migration";
@@ -104,9 +106,11 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
         conn.query_drop("DROP TABLE IF EXISTS proxy_configs")
             .await
             .map_err(backend)?;
-        conn.query_drop("DROP TABLE IF EXISTS usage_hourly, request_log, client_keys")
-            .await
-            .map_err(backend)?;
+        conn.query_drop(
+            "DROP TABLE IF EXISTS usage_hourly, request_log, client_keys, rotator_meta",
+        )
+        .await
+        .map_err(backend)?;
     }
     for stmt in schema_statements(SCHEMA) {
         conn.query_drop(stmt).await.map_err(backend)?;
@@ -124,7 +128,10 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
         }
     }
     let key_value = column_info(conn, "api_keys", "key_value").await?;
-    if key_value.and_then(|i| i.collation).as_deref() != Some("utf8mb4_bin") {
+    let narrow = key_value
+        .as_ref()
+        .is_some_and(|i| i.max_chars.is_some_and(|w| w < 512));
+    if narrow || key_value.and_then(|i| i.collation).as_deref() != Some("utf8mb4_bin") {
         alter(
             conn,
             "api_keys",
@@ -146,6 +153,17 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
     conn.query_drop(crate::store::client_keys::create_table(Dialect::Mysql))
         .await
         .map_err(backend)?;
+    conn.query_drop(crate::store::keyring::create_meta(Dialect::Mysql))
+        .await
+        .map_err(backend)?;
+    if !has_index(conn, "api_keys", "idx_api_keys_config_lookup").await? {
+        alter(
+            conn,
+            "api_keys",
+            "ADD INDEX `idx_api_keys_config_lookup` (`proxy_config_id`, `key_lookup`)",
+        )
+        .await?;
+    }
     for (name, table, columns) in usage_sql::INDEXES {
         if !has_index(conn, table, name).await? {
             alter(conn, table, &format!("ADD INDEX `{name}` ({columns})")).await?;

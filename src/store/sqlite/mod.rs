@@ -21,13 +21,18 @@ use super::{
     BatchOutcome, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, KeyHealth, KeyRecord, ServiceFields,
     ServiceRecord, StatsUpdate, Store, StoreError, StoreResult, UsageBatch,
 };
+use crate::config::Secret;
+use crate::seal::Sealer;
 use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
+use crate::store::keyring::{self, AtRest};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
 /// A SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Seals key values on their way in and opens them on their way out (`ENCRYPTION_KEY`).
+    sealer: Option<Arc<Sealer>>,
 }
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
@@ -62,10 +67,41 @@ impl SqliteStore {
             .map_err(backend)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(backend)?;
+        // What is deleted or overwritten is zeroed in the file (an old key value, say).
+        conn.pragma_update(None, "secure_delete", "ON")
+            .map_err(backend)?;
         migrate(&mut conn, reset)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            sealer: None,
         })
+    }
+
+    /// [`open`](Self::open), then encryption as the database and `key` (`ENCRYPTION_KEY`)
+    /// say ([`keyring::decide`]): refused when they disagree.
+    pub async fn open_encrypted(
+        path: &Path,
+        reset: bool,
+        key: Option<&Secret>,
+    ) -> Result<SqliteStore, String> {
+        let mut store = Self::open(path, reset).await.map_err(|e| e.to_string())?;
+        let at_rest = store.run(at_rest).await.map_err(|e| e.to_string())?;
+        let (sealer, writes) = keyring::decide(&at_rest, key)?;
+        store
+            .write(move |tx| {
+                for (name, value) in writes {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO rotator_meta (name, value) VALUES (?1, ?2)",
+                        params![name, value],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        store.sealer = sealer;
+        Ok(store)
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -158,11 +194,14 @@ impl Store for SqliteStore {
     }
 
     fn load_all(&self) -> BoxFuture<'_, StoreResult<Dump>> {
-        self.run(|c| {
+        let sealer = self.sealer.clone();
+        self.run(move |c| {
+            let mut keys = query_keys(c, "", &[])?;
+            keyring::open_keys(sealer.as_deref(), &mut keys);
             Ok(Dump {
                 format: DUMP_FORMAT.into(),
                 services: query_services(c, "", &[])?,
-                keys: query_keys(c, "", &[])?,
+                keys,
             })
         })
     }
@@ -223,16 +262,24 @@ impl Store for SqliteStore {
     }
 
     fn list_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        let sealer = self.sealer.clone();
         self.run(move |c| {
             if !service_exists(c, service_id)? {
                 return Err(StoreError::NotFound);
             }
-            query_keys(c, "WHERE proxy_config_id = ?1", &[&service_id])
+            let mut keys = query_keys(c, "WHERE proxy_config_id = ?1", &[&service_id])?;
+            keyring::open_keys(sealer.as_deref(), &mut keys);
+            Ok(keys)
         })
     }
 
     fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>> {
-        self.run(move |c| Ok(query_keys(c, "WHERE id = ?1", &[&key_id])?.pop()))
+        let sealer = self.sealer.clone();
+        self.run(move |c| {
+            let mut keys = query_keys(c, "WHERE id = ?1", &[&key_id])?;
+            keyring::open_keys(sealer.as_deref(), &mut keys);
+            Ok(keys.pop())
+        })
     }
 
     fn add_key(
@@ -241,17 +288,19 @@ impl Store for SqliteStore {
         value: String,
         active: bool,
     ) -> BoxFuture<'_, StoreResult<KeyRecord>> {
+        let sealer = self.sealer.clone();
         self.write(move |tx| {
             if !service_exists(tx, service_id)? {
                 return Err(StoreError::NotFound);
             }
-            if key_exists(tx, service_id, &value)? {
+            let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
+            if find_key(tx, service_id, &value, stored.1.as_deref())?.is_some() {
                 return Err(StoreError::Conflict("key_value"));
             }
-            let id = insert_key(tx, service_id, &value, active)?;
-            query_keys(tx, "WHERE id = ?1", &[&id])?
-                .pop()
-                .ok_or(StoreError::NotFound)
+            let id = insert_key(tx, service_id, &stored, active)?;
+            let mut keys = query_keys(tx, "WHERE id = ?1", &[&id])?;
+            keyring::open_keys(sealer.as_deref(), &mut keys);
+            keys.pop().ok_or(StoreError::NotFound)
         })
     }
 
@@ -260,16 +309,18 @@ impl Store for SqliteStore {
         service_id: i64,
         values: Vec<String>,
     ) -> BoxFuture<'_, StoreResult<BatchOutcome>> {
+        let sealer = self.sealer.clone();
         self.write(move |tx| {
             if !service_exists(tx, service_id)? {
                 return Err(StoreError::NotFound);
             }
             let mut out = BatchOutcome::default();
             for value in values {
-                if key_exists(tx, service_id, &value)? {
+                let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
+                if find_key(tx, service_id, &value, stored.1.as_deref())?.is_some() {
                     out.skipped_count += 1;
                 } else {
-                    insert_key(tx, service_id, &value, true)?;
+                    insert_key(tx, service_id, &stored, true)?;
                     out.success_count += 1;
                 }
             }
@@ -348,7 +399,8 @@ impl Store for SqliteStore {
     }
 
     fn import(&self, dump: Dump) -> BoxFuture<'_, StoreResult<ImportOutcome>> {
-        self.write(move |tx| import_dump(tx, dump))
+        let sealer = self.sealer.clone();
+        self.write(move |tx| import_dump(tx, dump, sealer.as_deref()))
     }
 
     fn save_usage(&self, batch: std::sync::Arc<UsageBatch>) -> BoxFuture<'_, StoreResult<()>> {
@@ -361,6 +413,40 @@ impl Store for SqliteStore {
 
     fn query_requests(&self, q: RequestQuery) -> BoxFuture<'_, StoreResult<Vec<LogEntry>>> {
         self.run(move |conn| usage::entries(conn, &q))
+    }
+
+    fn convert_keys(&self, to_plain: bool, batch: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let sealer = self.sealer.clone();
+        self.write(move |tx| {
+            let rows: Vec<(i64, String, i64)> = tx
+                .prepare(keyring::to_convert(to_plain))
+                .and_then(|mut s| {
+                    s.query_map([batch as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
+                .map_err(backend)?;
+            for row in &rows {
+                let (value, lookup) = keyring::converted(sealer.as_deref(), to_plain, row)?;
+                tx.execute(keyring::CONVERT, params![value, lookup, row.0, row.1])
+                    .map_err(backend)?;
+            }
+            if to_plain && rows.is_empty() {
+                tx.execute(
+                    "DELETE FROM rotator_meta WHERE name = ?1",
+                    [keyring::META_KEY_ID],
+                )
+                .map_err(backend)?;
+            }
+            Ok(rows.len())
+        })
+    }
+
+    fn compact(&self) -> BoxFuture<'_, StoreResult<()>> {
+        self.run(|c| {
+            c.execute_batch("VACUUM").map_err(backend)?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(backend)
+        })
     }
 
     fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>> {
@@ -393,7 +479,33 @@ impl Store for SqliteStore {
     }
 }
 
-fn import_dump(tx: &Transaction<'_>, dump: Dump) -> StoreResult<ImportOutcome> {
+/// What the database holds of encryption.
+fn at_rest(c: &mut Connection) -> StoreResult<AtRest> {
+    let meta = |name: &str| {
+        c.query_row(
+            "SELECT value FROM rotator_meta WHERE name = ?1",
+            [name],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(backend)
+    };
+    let (salt, key_id) = (meta(keyring::META_SALT)?, meta(keyring::META_KEY_ID)?);
+    let sealed: i64 = c
+        .query_row(keyring::COUNT_SEALED, [], |r| r.get(0))
+        .map_err(backend)?;
+    Ok(AtRest {
+        salt,
+        key_id,
+        sealed_rows: sealed as u64,
+    })
+}
+
+fn import_dump(
+    tx: &Transaction<'_>,
+    dump: Dump,
+    sealer: Option<&Sealer>,
+) -> StoreResult<ImportOutcome> {
     let mut out = ImportOutcome::default();
     let mut id_map = std::collections::HashMap::new();
     for s in &dump.services {
@@ -424,14 +536,8 @@ fn import_dump(tx: &Transaction<'_>, dump: Dump) -> StoreResult<ImportOutcome> {
         let Some(&service_id) = id_map.get(&k.proxy_config_id) else {
             continue;
         };
-        let existing: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM api_keys WHERE proxy_config_id = ?1 AND key_value = ?2 ORDER BY id LIMIT 1",
-                params![service_id, k.key_value],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(backend)?;
+        let stored = keyring::to_store(sealer, &k.key_value, service_id)?;
+        let existing = find_key(tx, service_id, &k.key_value, stored.1.as_deref())?;
         let id = match existing {
             Some(id) => {
                 out.keys_updated += 1;
@@ -439,7 +545,7 @@ fn import_dump(tx: &Transaction<'_>, dump: Dump) -> StoreResult<ImportOutcome> {
             }
             None => {
                 out.keys_created += 1;
-                insert_key(tx, service_id, &k.key_value, k.is_active)?
+                insert_key(tx, service_id, &stored, k.is_active)?
             }
         };
         write_key_state(tx, id, k)?;

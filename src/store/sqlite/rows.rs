@@ -129,11 +129,22 @@ pub(super) fn service_exists(conn: &Connection, id: i64) -> StoreResult<bool> {
     .map_err(backend)
 }
 
-pub(super) fn key_exists(conn: &Connection, service_id: i64, value: &str) -> StoreResult<bool> {
+/// The id of the service's key whose value is `value` (found by its lookup when values
+/// are sealed; a value stored before `encrypt` by itself).
+pub(super) fn find_key(
+    conn: &Connection,
+    service_id: i64,
+    value: &str,
+    lookup: Option<&str>,
+) -> StoreResult<Option<i64>> {
     conn.prepare_cached(
-        "SELECT 1 FROM api_keys WHERE proxy_config_id = ?1 AND key_value = ?2 LIMIT 1",
+        "SELECT id FROM api_keys WHERE proxy_config_id = ?1 \
+         AND (key_value = ?2 OR key_lookup = ?3) ORDER BY id LIMIT 1",
     )
-    .and_then(|mut s| s.exists(params![service_id, value]))
+    .and_then(|mut s| {
+        s.query_row(params![service_id, value, lookup], |r| r.get(0))
+            .optional()
+    })
     .map_err(backend)
 }
 
@@ -216,16 +227,18 @@ pub(super) fn update_service_row(
     Ok(())
 }
 
+/// Inserts a key: its value as stored (sealed or not) and its lookup.
 pub(super) fn insert_key(
     tx: &Transaction<'_>,
     service_id: i64,
-    value: &str,
+    (value, lookup): &(String, Option<String>),
     active: bool,
 ) -> StoreResult<i64> {
     tx.prepare_cached(
-        "INSERT INTO api_keys (key_value, is_active, proxy_config_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )
-    .and_then(|mut s| s.execute(params![value, active, service_id, now_text()]))
+    .and_then(|mut s| s.execute(params![value, lookup, active, service_id, now_text()]))
     .map_err(backend)?;
     Ok(tx.last_insert_rowid())
 }

@@ -31,11 +31,12 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("api_keys", "last_used_at", "integer"),
     ("api_keys", "last_status", "integer"),
     ("api_keys", "last_error", "text"),
+    ("api_keys", "key_lookup", "text"),
 ];
 
 /// Indexes we add.
-const ADDED_INDEXES: &str =
-    "CREATE INDEX IF NOT EXISTS idx_api_keys_config_value ON api_keys(proxy_config_id, key_value);";
+const ADDED_INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_api_keys_config_value ON api_keys(proxy_config_id, key_value); \
+     CREATE INDEX IF NOT EXISTS idx_api_keys_config_lookup ON api_keys(proxy_config_id, key_lookup);";
 
 pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
     let tx = conn
@@ -61,6 +62,8 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
         tx.execute_batch(&table).map_err(backend)?;
     }
     tx.execute_batch(&crate::store::client_keys::create_table(Dialect::Sqlite))
+        .map_err(backend)?;
+    tx.execute_batch(&crate::store::keyring::create_meta(Dialect::Sqlite))
         .map_err(backend)?;
     for (name, table, columns) in usage_sql::INDEXES {
         tx.execute_batch(&format!(
