@@ -41,6 +41,8 @@ fmt:
 
 test-sdk: build
 	tests/sdk/run.sh
+	@echo "--- again, with the upstream keys encrypted at rest (ENCRYPTION_KEY) ---"
+	SDK_ENCRYPTION_KEY=sdk-suite-encryption-key-0123456789abcdef tests/sdk/run.sh
 
 test-e2e: build
 	cd tests/e2e && npm ci --no-audit --no-fund --silent && ROTATOR_BIN=$(CURDIR)/$(BIN) node run.mjs

@@ -27,6 +27,8 @@
 #   BENCH_PGO=0          plain release builds instead of profile-guided ones (scripts/pgo.sh,
 #                        what `make dist` and the images ship); the results record which
 #   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes
+#   BENCH_CLIENT_KEY=1   `profile` sends a client key with a per-minute limit instead of a
+#                        global proxy key
 #
 # Installs nginx, wrk and valgrind with apt-get when they are missing, and fails loudly
 # when it cannot. Method and results: docs/BENCHMARKS.md; the runs the docs cite:
@@ -229,6 +231,15 @@ if [[ $MODE == profile ]]; then
     done
     curl -fs "http://127.0.0.1:$PORT/health" >/dev/null || die "the proxy did not start under valgrind: $(tail -5 "$WORK/ours.log")"
     "$HARNESS" setup --port "$PORT" --upstream "$UP" >/dev/null
+    if [[ -n ${BENCH_CLIENT_KEY:-} ]]; then
+        # Requests with a client key that has a per-minute limit, not a global proxy key.
+        TOKEN=$(curl -fs -X POST "http://127.0.0.1:$PORT/admin/login" -H 'Content-Type: application/json' \
+            -d '{"username":"admin","password":"bench-admin-password"}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+        HARNESS_PROXY_KEY=$(curl -fs -X POST "http://127.0.0.1:$PORT/admin/client-keys" \
+            -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+            -d '{"name":"bench","rpm":1000000000}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["secret"])')
+        export HARNESS_PROXY_KEY
+    fi
     measure ours "$PORT"
     OURS=$((TOTAL / COUNT))
     OURS_COUNT=$COUNT

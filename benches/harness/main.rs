@@ -218,10 +218,12 @@ fn kind_and_route(kind: Option<String>, route: Option<String>) -> (Kind, Route) 
     (kind, route)
 }
 
-/// `n` requests, one at a time on one connection (for callgrind: instructions per request).
+/// `n` requests, one at a time on one connection (for callgrind: instructions per request),
+/// with the proxy key in `HARNESS_PROXY_KEY` if set (a client key, say).
 fn hammer(addr: SocketAddr, kind: Kind, route: Route, n: usize) {
     let query = if route == Route::Sse { SSE_BURST } else { "" };
-    let spec = targets::request(kind, route, query);
+    let key = std::env::var("HARNESS_PROXY_KEY").unwrap_or_else(|_| targets::PROXY_KEY.into());
+    let spec = targets::request_as(kind, route, query, &key);
     targets::rt().block_on(async {
         let mut conn = client::Conn::open(addr).await.expect("connect");
         for i in 0..n {

@@ -123,6 +123,8 @@ def start_rotator(work: Path, **extra_env: str) -> Rotator:
         "BACKEND_PORT": str(port),
         "DATABASE_PATH": str(work / "db.sqlite"),
         "LOG_LEVEL": "warn",
+        # `make test-sdk` runs the suite a second time with the keys encrypted at rest.
+        **({"ENCRYPTION_KEY": os.environ["SDK_ENCRYPTION_KEY"]} if os.environ.get("SDK_ENCRYPTION_KEY") else {}),
         **extra_env,
     }
     log_path = work / "rotator.log"
