@@ -29,7 +29,7 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 /// Whether `candidate` equals `secret`, looking at every byte of `secret` whatever the
 /// candidate is: the time depends only on the (fixed) length of the secret, never on the
 /// candidate's bytes or length, nor on where they differ.
-fn equals_secret(secret: &[u8], candidate: &[u8]) -> bool {
+pub fn equals_secret(secret: &[u8], candidate: &[u8]) -> bool {
     let mut diff = (secret.len() ^ candidate.len()) as u64;
     for (i, s) in secret.iter().enumerate() {
         diff |= u64::from(s ^ candidate.get(i).copied().unwrap_or(!*s));

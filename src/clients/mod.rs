@@ -354,9 +354,21 @@ pub enum Caller {
 }
 
 /// Every client key by the SHA-256 of its secret.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ClientSet {
     by_hash: HashMap<[u8; 32], Arc<ClientKey>>,
+    /// Secrets already matched, by a keyed (per-process random) hash of them: a presented
+    /// key is hashed with SHA-256 once per set, then found here with SipHash and a
+    /// constant-time comparison, at a tenth of the cost. Only secrets of existing keys
+    /// get in, so it holds at most one entry per key.
+    seen: RwLock<HashMap<u64, (Box<[u8]>, Arc<ClientKey>)>>,
+    hasher: std::hash::RandomState,
+}
+
+impl std::fmt::Debug for ClientSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientSet({} keys, ***)", self.by_hash.len())
+    }
 }
 
 /// The current [`ClientSet`] and the counters of every key.
@@ -408,9 +420,22 @@ impl Clients {
         if !candidate.starts_with(PREFIX.as_bytes()) {
             return None;
         }
-        let hash: [u8; 32] = Sha256::digest(candidate).into();
+        use std::hash::BuildHasher;
         let set = self.set.read().unwrap_or_else(|p| p.into_inner()).clone();
-        set.by_hash.get(&hash).cloned()
+        let short = set.hasher.hash_one(candidate);
+        {
+            let seen = set.seen.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((secret, key)) = seen.get(&short) {
+                if crate::auth::equals_secret(secret, candidate) {
+                    return Some(key.clone());
+                }
+            }
+        }
+        let hash: [u8; 32] = Sha256::digest(candidate).into();
+        let key = set.by_hash.get(&hash)?.clone();
+        let mut seen = set.seen.write().unwrap_or_else(|p| p.into_inner());
+        seen.insert(short, (candidate.into(), key.clone()));
+        Some(key)
     }
 
     /// The counters of key `id`.
@@ -494,7 +519,19 @@ mod tests {
             "{secret}"
         );
         assert_eq!(clients.find(secret.as_bytes()).unwrap().id, 1);
+        assert_eq!(
+            clients.find(secret.as_bytes()).unwrap().id,
+            1,
+            "found again, from the cache"
+        );
+        let mut near = secret.clone().into_bytes();
+        *near.last_mut().unwrap() ^= 1;
+        assert!(clients.find(&near).is_none(), "one bit off");
         assert!(clients.find(&secret.as_bytes()[..20]).is_none());
+        assert!(
+            !format!("{clients:?}").contains(&secret[4..]),
+            "never printed"
+        );
         assert!(clients.find(b"akr-").is_none() && clients.find(b"sk-other").is_none());
     }
 
