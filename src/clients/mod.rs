@@ -353,6 +353,9 @@ pub enum Caller {
     Client(Arc<ClientKey>),
 }
 
+/// A secret already matched, and its key.
+type Seen = (Box<[u8]>, Arc<ClientKey>);
+
 /// Every client key by the SHA-256 of its secret.
 #[derive(Default)]
 pub struct ClientSet {
@@ -361,7 +364,7 @@ pub struct ClientSet {
     /// key is hashed with SHA-256 once per set, then found here with SipHash and a
     /// constant-time comparison, at a tenth of the cost. Only secrets of existing keys
     /// get in, so it holds at most one entry per key.
-    seen: RwLock<HashMap<u64, (Box<[u8]>, Arc<ClientKey>)>>,
+    seen: RwLock<HashMap<u64, Seen>>,
     hasher: std::hash::RandomState,
 }
 
