@@ -154,11 +154,24 @@ pub(super) async fn find_key(
     value: &str,
     lookup: Option<&str>,
 ) -> StoreResult<Option<i64>> {
+    // Two lookups, each on its own index.
+    if let Some(l) = lookup {
+        let found = first::<i64>(
+            tx,
+            "SELECT id FROM api_keys WHERE proxy_config_id = ? AND key_lookup = ? \
+             ORDER BY id LIMIT 1",
+            Params::from((service_id, l)),
+        )
+        .await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
     first::<i64>(
         tx,
-        "SELECT id FROM api_keys WHERE proxy_config_id = ? \
-         AND (key_value = ? OR key_lookup = ?) ORDER BY id LIMIT 1",
-        Params::from((service_id, value, lookup)),
+        "SELECT id FROM api_keys WHERE proxy_config_id = ? AND key_value = ? \
+         ORDER BY id LIMIT 1",
+        Params::from((service_id, value)),
     )
     .await
 }

@@ -137,15 +137,20 @@ pub(super) fn find_key(
     value: &str,
     lookup: Option<&str>,
 ) -> StoreResult<Option<i64>> {
-    conn.prepare_cached(
-        "SELECT id FROM api_keys WHERE proxy_config_id = ?1 \
-         AND (key_value = ?2 OR key_lookup = ?3) ORDER BY id LIMIT 1",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![service_id, value, lookup], |r| r.get(0))
-            .optional()
-    })
-    .map_err(backend)
+    // Two lookups, each on its own index (one query with OR scanned the service's keys).
+    let by = |column: &str, v: &str| {
+        conn.prepare_cached(&format!(
+            "SELECT MIN(id) FROM api_keys WHERE proxy_config_id = ?1 AND {column} = ?2"
+        ))
+        .and_then(|mut s| s.query_row(params![service_id, v], |r| r.get::<_, Option<i64>>(0)))
+        .map_err(backend)
+    };
+    if let Some(l) = lookup {
+        if let Some(id) = by("key_lookup", l)? {
+            return Ok(Some(id));
+        }
+    }
+    by("key_value", value)
 }
 
 /// `Conflict` when another service (not `except`) already has the name or slug.
