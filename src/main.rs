@@ -26,6 +26,8 @@ Usage:
   api-key-rotator import <file>    merge an export (\"-\" for stdin) into the configured database
   api-key-rotator encrypt          encrypt every stored key value with ENCRYPTION_KEY
   api-key-rotator decrypt          store every key value in plain text again (needs ENCRYPTION_KEY)
+  api-key-rotator rekey --from OLD --to NEW
+                                   encrypt every key value again with NEW (resumable)
   api-key-rotator --version
 
 serve needs ADMIN_PASSWORD, JWT_SECRET and GLOBAL_PROXY_KEYS; export and import need only the
@@ -47,6 +49,12 @@ fn main() -> ExitCode {
         },
         Some("encrypt") => with_runtime(convert(false)),
         Some("decrypt") => with_runtime(convert(true)),
+        Some("rekey") => match (args.get(1), args.get(2), args.get(3), args.get(4)) {
+            (Some(f), Some(old), Some(t), Some(new)) if f == "--from" && t == "--to" => {
+                with_runtime(rekey(old.clone(), new.clone()))
+            }
+            _ => fail("usage: api-key-rotator rekey --from OLD --to NEW"),
+        },
         Some("import") => match args.get(1) {
             Some(path) => with_runtime(import(path.clone())),
             None => fail("usage: api-key-rotator import <file>"),
@@ -80,7 +88,7 @@ fn start_in_container(command: Option<&str>) -> Result<(), ExitCode> {
     };
     let uses_data = matches!(
         command,
-        None | Some("serve" | "export" | "import" | "encrypt" | "decrypt")
+        None | Some("serve" | "export" | "import" | "encrypt" | "decrypt" | "rekey")
     );
     let data_file = match StoreConfig::from_source(&var) {
         Ok(StoreConfig {
@@ -253,6 +261,35 @@ async fn convert(to_plain: bool) -> ExitCode {
         Err(e) => fail(&format!(
             "{} stopped (the keys converted so far are kept; run it again to go on): {e}",
             if to_plain { "decrypt" } else { "encrypt" }
+        )),
+    }
+}
+
+/// `rekey --from OLD --to NEW`.
+async fn rekey(old: String, new: String) -> ExitCode {
+    let mut config = match load_store_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if new.len() < api_key_rotator::seal::MIN_SECRET {
+        return fail(&format!(
+            "--to is {} bytes long; it must be {} or more",
+            new.len(),
+            api_key_rotator::seal::MIN_SECRET
+        ));
+    }
+    config.encryption_key = Some(config::Secret::new(old));
+    let done = api_key_rotator::migrate::rekey(&config, config::Secret::new(new), |n| {
+        eprintln!("rekeyed {n} keys so far");
+    })
+    .await;
+    match done {
+        Ok(n) => {
+            eprintln!("rekeyed {n} keys; set ENCRYPTION_KEY to the new key on every instance");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!(
+            "rekey stopped (the keys rekeyed so far are kept; run it again to go on): {e}"
         )),
     }
 }

@@ -5,7 +5,7 @@
 //! reveal them, and `import` encrypts what it writes; `encrypt` and `decrypt` convert the
 //! stored values in place, a batch per transaction.
 
-use crate::config::StoreConfig;
+use crate::config::{Secret, StoreConfig};
 use crate::store::{self, DUMP_FORMAT, Dump, ImportOutcome};
 
 /// The format tag of an export whose key values are masked: it cannot be imported.
@@ -25,6 +25,30 @@ pub async fn export(config: &StoreConfig, reveal: bool) -> Result<String, String
         }
     }
     serde_json::to_string_pretty(&dump).map_err(|e| e.to_string())
+}
+
+/// `rekey`: every value sealed under `config`'s `ENCRYPTION_KEY` re-sealed with `to`, a
+/// batch per transaction (`progress` after each); resumable (what is done is left alone),
+/// and the database takes `to`'s key id once the last batch is done.
+pub async fn rekey(
+    config: &StoreConfig,
+    to: Secret,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, String> {
+    let store = store::open(config).await?;
+    let mut total = 0;
+    loop {
+        let n = store
+            .rekey_keys(to.clone(), CONVERT_BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            store.compact().await.map_err(|e| e.to_string())?;
+            return Ok(total);
+        }
+        total += n;
+        progress(total);
+    }
 }
 
 /// `encrypt` (`to_plain` false) or `decrypt` every stored key value, a batch per

@@ -284,3 +284,65 @@ async fn encrypt_cut_short_by_kill_9_runs_again_and_decrypt_goes_back() {
     assert_eq!(s.keys(id).await.len(), 6000);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_cut_short_by_kill_9_runs_again_and_ends_consistent() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut s = start_in(dir.clone(), &[("ENCRYPTION_KEY", KEY)]).await;
+    let keys: Vec<String> = (0..4000).map(|i| format!("sk-rekey-{i:06}-zz")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let id = s.generic_service("big", "http://127.0.0.1:9", &refs).await;
+    s.stop().await;
+
+    let mut child = run_bin(dir.path(), &["rekey", "--from", KEY, "--to", OTHER], None);
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("rekeyed 500 keys so far"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Cut short: the database still belongs to the old key, and says so at start.
+    let e = api_key_rotator::store::open(&store_config(dir.path(), Some(OTHER)))
+        .await
+        .err()
+        .expect("the new key is refused until the rekey is done");
+    assert!(e.contains("same ENCRYPTION_KEY"), "{e}");
+    let (ok, _, err) = finish(run_bin(
+        dir.path(),
+        &["rekey", "--from", KEY, "--to", OTHER],
+        None,
+    ));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("keys; set ENCRYPTION_KEY to the new key"),
+        "{err}"
+    );
+    // Consistent: every key opens with the new key, the old one is refused.
+    let e = api_key_rotator::store::open(&store_config(dir.path(), Some(KEY)))
+        .await
+        .err()
+        .expect("the old key is refused");
+    assert!(e.contains("same ENCRYPTION_KEY"), "{e}");
+    let s = start_in(dir.clone(), &[("ENCRYPTION_KEY", OTHER)]).await;
+    let listed = s.keys(id).await;
+    assert_eq!(listed.len(), 4000);
+    assert!(
+        listed.iter().all(|k| k["invalid_reason"].is_null()),
+        "every key opens"
+    );
+    let mut values: Vec<String> = listed
+        .iter()
+        .map(|k| k["key_value"].as_str().unwrap().to_string())
+        .collect();
+    values.sort();
+    assert_eq!(values, keys);
+    // Duplicates are still found (the lookups were rekeyed too).
+    let (status, _, _) = s
+        .admin(
+            Method::POST,
+            &format!("/admin/proxy-configs/{id}/keys"),
+            Some(json!({"key_value": keys[7], "is_active": true})),
+        )
+        .await;
+    assert_eq!(status, 409);
+}

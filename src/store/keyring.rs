@@ -69,6 +69,45 @@ pub fn converted(
 /// `rotator_meta` rows to write: `(name, value)`.
 pub type MetaWrites = Vec<(&'static str, String)>;
 
+/// Up to `?` keys sealed under key id `?` (`v1:<id>:%`), for `rekey`.
+pub const TO_REKEY: &str = "SELECT id, key_value, proxy_config_id FROM api_keys \
+    WHERE key_value LIKE ? ORDER BY id LIMIT ?";
+
+/// The `LIKE` pattern of values sealed under `sealer`.
+pub fn sealed_by(sealer: &Sealer) -> String {
+    format!("v1:{}:%", sealer.id())
+}
+
+/// The sealers of `rekey`: the store's (`from`) and `to` over the same salt.
+pub fn rekey_pair(
+    from: Option<&Arc<Sealer>>,
+    salt: Option<String>,
+    to: &Secret,
+) -> StoreResult<(Arc<Sealer>, Sealer)> {
+    let e = |m: String| StoreError::Backend(m);
+    let from = from
+        .cloned()
+        .ok_or_else(|| e("the database is not encrypted: use `encrypt`".into()))?;
+    let salt = salt.ok_or_else(|| e("the database has no encryption salt".into()))?;
+    let to = Sealer::new(to.expose().as_bytes(), salt.as_bytes()).map_err(e)?;
+    if to.id() == from.id() {
+        return Err(e("--to is the key the database already has".into()));
+    }
+    Ok((from, to))
+}
+
+/// A value re-sealed: opened with `from`, sealed and fingerprinted with `to`.
+pub fn resealed(
+    from: &Sealer,
+    to: &Sealer,
+    (id, value, service_id): &(i64, String, i64),
+) -> StoreResult<(String, Option<String>)> {
+    let plain = from
+        .open(value, *service_id)
+        .map_err(|e| StoreError::Backend(format!("key id {id} cannot be decrypted: {e}")))?;
+    to_store(Some(to), &plain, *service_id)
+}
+
 /// What the database holds of encryption.
 #[derive(Debug, Default, Clone)]
 pub struct AtRest {

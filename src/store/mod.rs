@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::StoreConfig;
+use crate::config::{Secret, StoreConfig};
 
 pub mod client_keys;
 pub mod keyring;
@@ -305,6 +305,10 @@ pub trait Store: Send + Sync + 'static {
     /// `decrypt` with an error naming its key id. After the last `decrypt` batch, the key
     /// id is forgotten, so the database opens without `ENCRYPTION_KEY`.
     fn convert_keys(&self, to_plain: bool, batch: usize) -> BoxFuture<'_, StoreResult<usize>>;
+    /// `rekey`: re-seals up to `batch` values sealed under the store's `ENCRYPTION_KEY`
+    /// with `to` (same salt), in one transaction; returns how many (0: done, and from then
+    /// on the database's key id is `to`'s).
+    fn rekey_keys(&self, to: Secret, batch: usize) -> BoxFuture<'_, StoreResult<usize>>;
     /// After `encrypt`: leaves no old plain value in the database's files (SQLite rewrites
     /// the file and empties its write-ahead log; MySQL: nothing to do here).
     fn compact(&self) -> BoxFuture<'_, StoreResult<()>> {

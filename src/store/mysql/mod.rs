@@ -511,6 +511,43 @@ impl Store for MysqlStore {
         })
     }
 
+    fn rekey_keys(&self, to: Secret, batch: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let salt: Option<String> = first(
+                    tx,
+                    "SELECT value FROM rotator_meta WHERE name = ?",
+                    Params::from((keyring::META_SALT,)),
+                )
+                .await?;
+                let (from, to) = keyring::rekey_pair(sealer.as_ref(), salt, &to)?;
+                let rows: Vec<(i64, String, i64)> = tx
+                    .exec(keyring::TO_REKEY, (keyring::sealed_by(&from), batch as u64))
+                    .await
+                    .map_err(backend)?;
+                for row in &rows {
+                    let (value, lookup) = keyring::resealed(&from, &to, row)?;
+                    exec(
+                        tx,
+                        keyring::CONVERT,
+                        Params::from((value, lookup, row.0, row.1.as_str())),
+                    )
+                    .await?;
+                }
+                if rows.is_empty() {
+                    exec(
+                        tx,
+                        "UPDATE rotator_meta SET value = ? WHERE name = ?",
+                        Params::from((to.id(), keyring::META_KEY_ID)),
+                    )
+                    .await?;
+                }
+                Ok(rows.len())
+            })
+        })
+    }
+
     fn list_client_keys(&self) -> BoxFuture<'_, StoreResult<Vec<ClientKeyRecord>>> {
         self.tx(|tx| Box::pin(client_keys::list(tx)))
     }

@@ -441,6 +441,43 @@ impl Store for SqliteStore {
         })
     }
 
+    fn rekey_keys(&self, to: Secret, batch: usize) -> BoxFuture<'_, StoreResult<usize>> {
+        let sealer = self.sealer.clone();
+        self.write(move |tx| {
+            let salt = tx
+                .query_row(
+                    "SELECT value FROM rotator_meta WHERE name = ?1",
+                    [keyring::META_SALT],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            let (from, to) = keyring::rekey_pair(sealer.as_ref(), salt, &to)?;
+            let rows: Vec<(i64, String, i64)> = tx
+                .prepare(keyring::TO_REKEY)
+                .and_then(|mut s| {
+                    s.query_map(params![keyring::sealed_by(&from), batch as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            for row in &rows {
+                let (value, lookup) = keyring::resealed(&from, &to, row)?;
+                tx.execute(keyring::CONVERT, params![value, lookup, row.0, row.1])
+                    .map_err(backend)?;
+            }
+            if rows.is_empty() {
+                tx.execute(
+                    "UPDATE rotator_meta SET value = ?2 WHERE name = ?1",
+                    params![keyring::META_KEY_ID, to.id()],
+                )
+                .map_err(backend)?;
+            }
+            Ok(rows.len())
+        })
+    }
+
     fn compact(&self) -> BoxFuture<'_, StoreResult<()>> {
         self.run(|c| {
             c.execute_batch("VACUUM").map_err(backend)?;
