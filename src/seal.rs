@@ -69,8 +69,8 @@ fn derive(prk: &hkdf::Prk, label: &[u8], out: &mut [u8]) {
         .expect("HKDF-SHA256 gives up to 8 160 bytes");
 }
 
-/// Overwrites key material before it goes out of scope.
-fn wipe(bytes: &mut [u8]) {
+/// Overwrites key material (or a plain key value) before it goes out of scope.
+pub fn wipe(bytes: &mut [u8]) {
     for b in bytes.iter_mut() {
         // SAFETY: `b` is a valid, aligned, exclusive reference.
         unsafe { std::ptr::write_volatile(b, 0) };

@@ -31,6 +31,17 @@ pub struct PoolKey {
     pub rt: Arc<KeyRuntime>,
 }
 
+/// The secret is wiped from memory when the last snapshot holding it goes (a request
+/// that still uses it keeps its own reference, and the wipe waits for it).
+impl Drop for PoolKey {
+    fn drop(&mut self) {
+        if let Some(s) = Arc::get_mut(&mut self.secret) {
+            // SAFETY: zero bytes keep the string valid UTF-8.
+            crate::seal::wipe(unsafe { s.as_bytes_mut() });
+        }
+    }
+}
+
 /// What [`KeyPool::pick`] found.
 #[derive(Debug)]
 pub enum Pick<'a> {

@@ -157,6 +157,14 @@ pub struct KeyRecord {
     pub stats: KeyStats,
 }
 
+/// A key's plain value is wiped from memory when its record goes.
+impl Drop for KeyRecord {
+    fn drop(&mut self) {
+        // SAFETY: zero bytes keep the string valid UTF-8.
+        crate::seal::wipe(unsafe { self.key_value.as_bytes_mut() });
+    }
+}
+
 /// A batch of counter changes for one key, written by the statistics flusher.
 /// Counts are deltas (so several instances can add to the same row); the rest are
 /// the latest values.

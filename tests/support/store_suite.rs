@@ -212,7 +212,7 @@ pub async fn health_and_stats(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    let st = store.get_key(k.id).await.unwrap().unwrap().stats;
+    let st = store.get_key(k.id).await.unwrap().unwrap().stats.clone();
     assert_eq!(
         (st.request_count, st.success_count, st.failure_count),
         (8, 6, 2)
