@@ -69,6 +69,8 @@ pub struct StoreConfig {
     pub reset_db_tables: bool,
     /// `ENCRYPTION_KEY`: upstream keys are stored encrypted (see `seal`).
     pub encryption_key: Option<Secret>,
+    /// `ENCRYPTION_KEY_PREVIOUS`: the key a `rekey` is moving away from, still read.
+    pub encryption_key_previous: Option<Secret>,
 }
 
 impl StoreConfig {
@@ -89,19 +91,20 @@ impl StoreConfig {
         Ok(StoreConfig {
             database: database_config(&vars)?,
             reset_db_tables: vars.flag("RESET_DB_TABLES")?,
-            encryption_key: encryption_key(&vars)?,
+            encryption_key: encryption_key(&vars, "ENCRYPTION_KEY")?,
+            encryption_key_previous: encryption_key(&vars, "ENCRYPTION_KEY_PREVIOUS")?,
         })
     }
 }
 
-/// `ENCRYPTION_KEY`, when set: at least 32 bytes.
-fn encryption_key(vars: &Vars<'_>) -> Result<Option<Secret>, ConfigError> {
-    let Some(key) = vars.get("ENCRYPTION_KEY").filter(|k| !k.is_empty()) else {
+/// `ENCRYPTION_KEY` (or `ENCRYPTION_KEY_PREVIOUS`), when set: at least 32 bytes.
+fn encryption_key(vars: &Vars<'_>, name: &'static str) -> Result<Option<Secret>, ConfigError> {
+    let Some(key) = vars.get(name).filter(|k| !k.is_empty()) else {
         return Ok(None);
     };
     if key.len() < crate::seal::MIN_SECRET {
         return Err(err(
-            "ENCRYPTION_KEY",
+            name,
             format!(
                 "is {} bytes long; it must be {} or more (e.g. ENCRYPTION_KEY=$(openssl rand -hex 32))",
                 key.len(),

@@ -21,8 +21,8 @@ Usage:
   api-key-rotator [serve]          run the service (configuration from the environment and ./.env)
   api-key-rotator healthcheck      exit 0 when the local instance answers GET /health with 200
   api-key-rotator export [--reveal]
-                                   write every service and key as JSON to stdout (with
-                                   ENCRYPTION_KEY set, key values are masked unless --reveal)
+                                   write every service and key as JSON to stdout (key values
+                                   masked unless --reveal; only a revealed export imports)
   api-key-rotator import <file>    merge an export (\"-\" for stdin) into the configured database
   api-key-rotator encrypt          encrypt every stored key value with ENCRYPTION_KEY
   api-key-rotator decrypt          store every key value in plain text again (needs ENCRYPTION_KEY)
@@ -227,6 +227,11 @@ async fn export(reveal: bool) -> ExitCode {
     match api_key_rotator::migrate::export(&config, reveal).await {
         Ok(json) => {
             println!("{json}");
+            if !reveal {
+                eprintln!(
+                    "key values are masked; for a backup that `import` takes, use `export --reveal`"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("export failed: {e}")),

@@ -1,8 +1,8 @@
 //! `api-key-rotator export` and `import`: every service and key (with health and
 //! counters) as one JSON document, so a deployment can move between SQLite and MySQL.
 //! Import is one transaction and idempotent: services are matched by slug, keys by
-//! (service, value). With `ENCRYPTION_KEY`, `export` masks the key values unless asked to
-//! reveal them, and `import` encrypts what it writes; `encrypt` and `decrypt` convert the
+//! (service, value). `export` masks the key values unless asked to reveal them, and with
+//! `ENCRYPTION_KEY`, `import` encrypts what it writes; `encrypt` and `decrypt` convert the
 //! stored values in place, a batch per transaction.
 
 use crate::config::{Secret, StoreConfig};
@@ -13,12 +13,12 @@ pub const MASKED_FORMAT: &str = "api-key-rotator/1 (key values masked)";
 /// Keys converted per transaction by `encrypt` and `decrypt`.
 pub const CONVERT_BATCH: usize = 500;
 
-/// Reads everything from the configured store as pretty JSON. With `ENCRYPTION_KEY` set,
-/// the key values are masked unless `reveal`.
+/// Reads everything from the configured store as pretty JSON. The key values are masked
+/// unless `reveal` (a masked export is for reading, not for `import`).
 pub async fn export(config: &StoreConfig, reveal: bool) -> Result<String, String> {
     let store = store::open(config).await?;
     let mut dump = store.load_all().await.map_err(|e| e.to_string())?;
-    if config.encryption_key.is_some() && !reveal {
+    if !reveal {
         dump.format = MASKED_FORMAT.into();
         for k in &mut dump.keys {
             k.key_value = crate::keys::mask(&k.key_value);

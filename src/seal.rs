@@ -25,6 +25,9 @@ pub struct Sealer {
     lookup: hmac::Key,
     id: String,
     rng: SystemRandom,
+    /// `ENCRYPTION_KEY_PREVIOUS`, during a `rekey`: values sealed with it still open, and
+    /// duplicates are still found by its lookups; nothing new is sealed with it.
+    previous: Option<Box<Sealer>>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -106,6 +109,7 @@ impl Sealer {
             lookup: hmac::Key::new(hmac::HMAC_SHA256, &mac),
             id: hex(&id),
             rng: SystemRandom::new(),
+            previous: None,
         };
         wipe(&mut enc);
         wipe(&mut mac);
@@ -119,6 +123,17 @@ impl Sealer {
             .fill(&mut salt)
             .map_err(|_| "no system randomness for the encryption salt".to_string())?;
         Ok(hex(&salt))
+    }
+
+    /// This sealer, also opening what `previous` sealed (`ENCRYPTION_KEY_PREVIOUS`).
+    pub fn with_previous(mut self, previous: Sealer) -> Sealer {
+        self.previous = Some(Box::new(previous));
+        self
+    }
+
+    /// The key id of the previous key, if any.
+    pub fn previous_id(&self) -> Option<&str> {
+        self.previous.as_deref().map(Sealer::id)
     }
 
     /// The key id: the same for the same `ENCRYPTION_KEY` and salt, and nothing about
@@ -153,7 +168,10 @@ impl Sealer {
     pub fn open(&self, stored: &str, service_id: i64) -> Result<String, OpenError> {
         let (id, body) = split(stored).ok_or(OpenError::NotSealed)?;
         if id != self.id {
-            return Err(OpenError::OtherKey);
+            return match &self.previous {
+                Some(p) if p.id == id => p.open(stored, service_id),
+                _ => Err(OpenError::OtherKey),
+            };
         }
         let mut data = B64.decode(body).map_err(|_| OpenError::Damaged)?;
         if data.len() < NONCE + 16 {
@@ -177,6 +195,13 @@ impl Sealer {
     /// fingerprints, and nothing learnt about the value without `ENCRYPTION_KEY`.
     pub fn lookup(&self, plain: &str) -> String {
         hex(hmac::sign(&self.lookup, plain.as_bytes()).as_ref())
+    }
+
+    /// Every fingerprint `plain` may be stored under: this key's, and the previous key's.
+    pub fn lookups(&self, plain: &str) -> Vec<String> {
+        let mut all = vec![self.lookup(plain)];
+        all.extend(self.previous.as_ref().map(|p| p.lookup(plain)));
+        all
     }
 }
 
@@ -238,6 +263,24 @@ mod tests {
         assert_eq!(
             s.open(&sealed[..sealed.len() - 4], 7),
             Err(OpenError::Damaged)
+        );
+    }
+
+    #[test]
+    fn a_previous_key_still_opens_what_it_sealed() {
+        let old = Sealer::new(SECRET, b"salt").unwrap();
+        let sealed_old = old.seal("sk-1", 3).unwrap();
+        let new = Sealer::new(b"the-new-key-of-32-bytes-or-more-0001", b"salt").unwrap();
+        let old_id = old.id().to_string();
+        let both = new.with_previous(Sealer::new(SECRET, b"salt").unwrap());
+        assert_eq!(both.open(&sealed_old, 3).unwrap(), "sk-1");
+        assert_eq!(both.previous_id(), Some(old_id.as_str()));
+        let sealed_new = both.seal("sk-1", 3).unwrap();
+        assert!(sealed_new.starts_with(&format!("v1:{}:", both.id())));
+        assert_eq!(old.open(&sealed_new, 3), Err(OpenError::OtherKey));
+        assert_eq!(
+            both.lookups("sk-1"),
+            vec![both.lookup("sk-1"), old.lookup("sk-1")]
         );
     }
 

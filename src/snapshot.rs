@@ -125,12 +125,13 @@ fn pool_key(
     }
     let header = match placement {
         Placement::Header { bearer, .. } => {
-            let text = if *bearer {
-                format!("Bearer {}", k.key_value)
-            } else {
-                k.key_value.clone()
-            };
-            match HeaderValue::from_str(&text) {
+            // Built in place, and wiped when the last header sharing it goes.
+            let prefix: &[u8] = if *bearer { b"Bearer " } else { b"" };
+            let mut text = Vec::with_capacity(prefix.len() + k.key_value.len());
+            text.extend_from_slice(prefix);
+            text.extend_from_slice(k.key_value.as_bytes());
+            let shared = bytes::Bytes::from_owner(crate::keys::WipedBytes(text.into()));
+            match HeaderValue::from_maybe_shared(shared) {
                 Ok(mut v) => {
                     v.set_sensitive(true);
                     Some(v)
@@ -148,7 +149,7 @@ fn pool_key(
     };
     Some(PoolKey {
         id: k.id,
-        secret: k.key_value.as_str().into(),
+        secret: Arc::new(crate::keys::KeySecret::new(&k.key_value)),
         header,
         rt: runtimes.get(&k.id)?.clone(),
     })

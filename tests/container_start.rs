@@ -236,7 +236,7 @@ fn export_and_import_need_only_the_database_settings() {
     assert!(String::from_utf8_lossy(&import.stderr).contains("1 services created"));
     let export = rotator(tmp.path())
         .env("DATABASE_PATH", "./db.sqlite")
-        .arg("export")
+        .args(["export", "--reveal"])
         .output()
         .unwrap();
     assert!(

@@ -346,3 +346,77 @@ async fn rekey_cut_short_by_kill_9_runs_again_and_ends_consistent() {
         .await;
     assert_eq!(status, 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_changes_while_an_instance_serves() {
+    let up = upstream(|r| ok_json(json!({"key": r.header("x-api-key")}))).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut s = start_in(dir.clone(), &[("ENCRYPTION_KEY", KEY)]).await;
+    let old_keys: Vec<String> = (0..1200).map(|i| format!("sk-old-{i:05}")).collect();
+    let refs: Vec<&str> = old_keys.iter().map(String::as_str).collect();
+    let id = s.generic_service("live", &up.url(""), &refs).await;
+    s.stop().await;
+
+    // 1. The instance restarts with the new key and the old one as previous.
+    let s = start_in(
+        dir.clone(),
+        &[("ENCRYPTION_KEY", OTHER), ("ENCRYPTION_KEY_PREVIOUS", KEY)],
+    )
+    .await;
+    let listed = s.keys(id).await;
+    assert!(
+        listed.iter().all(|k| k["invalid_reason"].is_null()),
+        "old values open"
+    );
+    s.add_keys(id, &["sk-new-00001"]).await;
+    let (status, _, _) = s
+        .admin(
+            Method::POST,
+            &format!("/admin/proxy-configs/{id}/keys"),
+            Some(json!({"key_value": old_keys[3], "is_active": true})),
+        )
+        .await;
+    assert_eq!(
+        status, 409,
+        "a duplicate under the previous key's lookup is found"
+    );
+
+    // 2. rekey runs while it serves; requests keep getting real keys throughout.
+    let rekey = run_bin(dir.path(), &["rekey", "--from", KEY, "--to", OTHER], None);
+    for i in 0..20 {
+        let (status, _, body) = call(
+            Method::GET,
+            &s.url("/proxy/live/x"),
+            &[("x-proxy-key", support::PROXY_KEY)],
+            "",
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(String::from_utf8_lossy(&body).contains("sk-"), "{body:?}");
+        // Each write reloads the keys, whatever mix of keys they are under by then.
+        s.add_keys(id, &[&format!("sk-mid-{i:03}")]).await;
+    }
+    assert!(
+        s.keys(id)
+            .await
+            .iter()
+            .all(|k| k["invalid_reason"].is_null())
+    );
+    let (ok, _, err) = finish(rekey);
+    assert!(ok, "{err}");
+    // An admin write reloads the keys: every one opens.
+    s.add_keys(id, &["sk-new-00002"]).await;
+    let listed = s.keys(id).await;
+    assert_eq!(listed.len(), 1222);
+    assert!(listed.iter().all(|k| k["invalid_reason"].is_null()));
+    drop(s);
+
+    // 3. The new key alone from now on.
+    let s = start_in(dir.clone(), &[("ENCRYPTION_KEY", OTHER)]).await;
+    assert!(
+        s.keys(id)
+            .await
+            .iter()
+            .all(|k| k["invalid_reason"].is_null())
+    );
+}

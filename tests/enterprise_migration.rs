@@ -112,7 +112,7 @@ fn env_for(database: (&str, &str)) -> HashMap<String, String> {
 
 /// `api-key-rotator export`, written to `file`.
 fn export_to(env: &HashMap<String, String>, file: &Path) {
-    let (code, json, err) = run_bin(&["export"], env);
+    let (code, json, err) = run_bin(&["export", "--reveal"], env);
     assert_eq!(code, 0, "export failed: {err}");
     std::fs::write(file, json).unwrap();
 }

@@ -513,7 +513,7 @@ async fn export_and_import_round_trip_through_the_binary() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, dump, err) = run_in(&env("a.db"), &["export"]);
+    let (code, dump, err) = run_in(&env("a.db"), &["export", "--reveal"]);
     assert_eq!(code, 0, "{err}");
     std::fs::write(dir.path().join("backup.json"), &dump).unwrap();
     let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
@@ -528,7 +528,7 @@ async fn export_and_import_round_trip_through_the_binary() {
         let (code, _, err) = run_in(&env("b.db"), &["import", "backup.json"]);
         assert_eq!(code, 0, "{err}");
     }
-    let (code, again, _) = run_in(&env("b.db"), &["export"]);
+    let (code, again, _) = run_in(&env("b.db"), &["export", "--reveal"]);
     assert_eq!(code, 0);
     let w: serde_json::Value = serde_json::from_str(&again).unwrap();
     assert_eq!(
@@ -536,6 +536,25 @@ async fn export_and_import_round_trip_through_the_binary() {
         2,
         "importing twice adds nothing"
     );
+    // Without --reveal the values are masked, and such an export is refused by import.
+    let (code, masked, err) = run_in(&env("a.db"), &["export"]);
+    assert_eq!(code, 0);
+    assert!(err.contains("--reveal"), "{err}");
+    let m: serde_json::Value = serde_json::from_str(&masked).unwrap();
+    let revealed: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    for (a, b) in m["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(revealed["keys"].as_array().unwrap())
+    {
+        assert!(a["key_value"].as_str().unwrap().contains("****"), "{a}");
+        assert_ne!(a["key_value"], b["key_value"]);
+    }
+    std::fs::write(dir.path().join("masked.json"), &masked).unwrap();
+    let (code, _, err) = run_in(&env("b.db"), &["import", "masked.json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--reveal"), "{err}");
     std::fs::write(dir.path().join("broken.json"), "{\"services\": 1}").unwrap();
     let (code, _, err) = run_in(&env("b.db"), &["import", "broken.json"]);
     assert_eq!(code, 1);

@@ -291,7 +291,7 @@ async fn store_suite_passes_on_mysql_with_encryption() {
         dbs.lock().unwrap().push(db);
         let key = key.clone();
         async move {
-            let store = MysqlStore::open_encrypted(&config, false, Some(&key))
+            let store = MysqlStore::open_encrypted(&config, false, (Some(&key), None))
                 .await
                 .unwrap();
             Arc::new(store) as Arc<dyn Store>
@@ -300,7 +300,7 @@ async fn store_suite_passes_on_mysql_with_encryption() {
     .await;
     // A fresh database: keys in, the raw rows out, as a dump would show them.
     let db = TestDb::new();
-    let store = MysqlStore::open_encrypted(&db.config(), false, Some(&key))
+    let store = MysqlStore::open_encrypted(&db.config(), false, (Some(&key), None))
         .await
         .unwrap();
     let svc = store
@@ -322,12 +322,12 @@ async fn store_suite_passes_on_mysql_with_encryption() {
     assert_eq!(rows.matches("v1:").count(), 2, "{rows}");
     // Another instance with another key, or none, does not start.
     let other = api_key_rotator::config::Secret::new("another-suite-key-0123456789abcdef00");
-    let e = MysqlStore::open_encrypted(&db.config(), false, Some(&other))
+    let e = MysqlStore::open_encrypted(&db.config(), false, (Some(&other), None))
         .await
         .err()
         .unwrap();
     assert!(e.contains("same ENCRYPTION_KEY"), "{e}");
-    let e = MysqlStore::open_encrypted(&db.config(), false, None)
+    let e = MysqlStore::open_encrypted(&db.config(), false, (None, None))
         .await
         .err()
         .unwrap();

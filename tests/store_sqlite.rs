@@ -186,7 +186,7 @@ async fn store_suite_passes_on_sqlite_with_encryption() {
         let path = dir.path().join(name);
         let key = key.clone();
         async move {
-            let store = SqliteStore::open_encrypted(&path, false, Some(&key))
+            let store = SqliteStore::open_encrypted(&path, false, (Some(&key), None))
                 .await
                 .unwrap();
             Arc::new(store) as Arc<dyn Store>

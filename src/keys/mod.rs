@@ -24,21 +24,55 @@ use crate::store::KeyRecord;
 #[derive(Debug)]
 pub struct PoolKey {
     pub id: i64,
-    pub secret: Arc<str>,
+    pub secret: Arc<KeySecret>,
     /// The ready-made header value (with `Bearer ` when the service wants it), marked
     /// sensitive; `None` when the key goes in the query.
     pub header: Option<http::HeaderValue>,
     pub rt: Arc<KeyRuntime>,
 }
 
-/// The secret is wiped from memory when the last snapshot holding it goes (a request
-/// that still uses it keeps its own reference, and the wipe waits for it).
-impl Drop for PoolKey {
+/// A key's plain value, wiped from memory when its last holder (a snapshot, a request,
+/// the request log) lets it go. Never printed.
+pub struct KeySecret(Box<str>);
+
+impl KeySecret {
+    pub fn new(value: &str) -> KeySecret {
+        KeySecret(value.into())
+    }
+}
+
+impl std::ops::Deref for KeySecret {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Drop for KeySecret {
     fn drop(&mut self) {
-        if let Some(s) = Arc::get_mut(&mut self.secret) {
-            // SAFETY: zero bytes keep the string valid UTF-8.
-            crate::seal::wipe(unsafe { s.as_bytes_mut() });
-        }
+        // SAFETY: zero bytes keep the string valid UTF-8.
+        crate::seal::wipe(unsafe { self.0.as_bytes_mut() });
+    }
+}
+
+/// Bytes wiped when the last `Bytes` (or header value) sharing them goes.
+pub struct WipedBytes(pub Box<[u8]>);
+
+impl AsRef<[u8]> for WipedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for WipedBytes {
+    fn drop(&mut self) {
+        crate::seal::wipe(&mut self.0);
     }
 }
 
@@ -283,7 +317,7 @@ mod tests {
         let keys = (1..=n)
             .map(|id| PoolKey {
                 id,
-                secret: format!("k{id}").into(),
+                secret: Arc::new(KeySecret::new(&format!("k{id}"))),
                 header: None,
                 rt: Arc::new(KeyRuntime::new(id)),
             })

@@ -122,6 +122,7 @@ pub struct AtRest {
 pub fn decide(
     db: &AtRest,
     key: Option<&Secret>,
+    previous: Option<&Secret>,
 ) -> Result<(Option<Arc<Sealer>>, MetaWrites), String> {
     let Some(key) = key else {
         if db.sealed_rows > 0 {
@@ -142,8 +143,13 @@ pub fn decide(
             s
         }
     };
-    let sealer = Sealer::new(key.expose().as_bytes(), salt.as_bytes())?;
+    let mut sealer = Sealer::new(key.expose().as_bytes(), salt.as_bytes())?;
+    if let Some(p) = previous {
+        sealer = sealer.with_previous(Sealer::new(p.expose().as_bytes(), salt.as_bytes())?);
+    }
     match &db.key_id {
+        // A rekey to this key has not finished: the previous key is the database's.
+        Some(id) if sealer.previous_id() == Some(id.as_str()) => {}
         Some(id) if id != sealer.id() => {
             return Err(format!(
                 "ENCRYPTION_KEY is not the key this database's upstream keys were encrypted \
@@ -174,6 +180,11 @@ pub fn to_store(
     }
 }
 
+/// The lookups a stored duplicate of `value` may have (none without encryption).
+pub fn lookups(sealer: Option<&Sealer>, value: &str) -> Vec<String> {
+    sealer.map(|s| s.lookups(value)).unwrap_or_default()
+}
+
 /// Opens every sealed value of `keys` in place. A value that does not open leaves its
 /// key without a value, marked invalid ([`CANNOT_DECRYPT`]): never sent, never shown.
 pub fn open_keys(sealer: Option<&Sealer>, keys: &mut [KeyRecord]) {
@@ -202,8 +213,8 @@ mod tests {
     #[test]
     fn starts_are_refused_when_the_key_is_missing_or_another() {
         let plain = AtRest::default();
-        assert!(decide(&plain, None).unwrap().0.is_none());
-        let (sealer, writes) = decide(&plain, Some(&key())).unwrap();
+        assert!(decide(&plain, None, None).unwrap().0.is_none());
+        let (sealer, writes) = decide(&plain, Some(&key()), None).unwrap();
         let sealer = sealer.unwrap();
         assert_eq!(
             writes.iter().map(|w| w.0).collect::<Vec<_>>(),
@@ -214,21 +225,21 @@ mod tests {
             key_id: Some(sealer.id().into()),
             sealed_rows: 3,
         };
-        let (again, writes) = decide(&sealed, Some(&key())).unwrap();
+        let (again, writes) = decide(&sealed, Some(&key()), None).unwrap();
         assert_eq!(again.unwrap().id(), sealer.id());
         assert!(writes.is_empty());
-        let e = decide(&sealed, None).unwrap_err();
+        let e = decide(&sealed, None, None).unwrap_err();
         assert!(
             e.contains("3 upstream keys") && e.contains("not set"),
             "{e}"
         );
-        let e = decide(&sealed, Some(&Secret::new("x".repeat(40)))).unwrap_err();
+        let e = decide(&sealed, Some(&Secret::new("x".repeat(40))), None).unwrap_err();
         assert!(e.contains("same ENCRYPTION_KEY"), "{e}");
     }
 
     #[test]
     fn values_that_do_not_open_leave_their_key_invalid_and_empty() {
-        let (sealer, _) = decide(&AtRest::default(), Some(&key())).unwrap();
+        let (sealer, _) = decide(&AtRest::default(), Some(&key()), None).unwrap();
         let s = sealer.unwrap();
         let (stored, lookup) = to_store(Some(&s), "sk-1", 4).unwrap();
         assert_eq!(lookup, Some(s.lookup("sk-1")));

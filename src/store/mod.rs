@@ -333,8 +333,8 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
     match &config.database {
         #[cfg(feature = "sqlite")]
         DatabaseConfig::Sqlite { path } => {
-            let key = config.encryption_key.as_ref();
-            let store = sqlite::SqliteStore::open_encrypted(path, config.reset_db_tables, key)
+            let keys = (config.encryption_key.as_ref(), config.encryption_key_previous.as_ref());
+            let store = sqlite::SqliteStore::open_encrypted(path, config.reset_db_tables, keys)
                 .await
                 .map_err(|e| format!("Failed to initialize database ({}): {e}", path.display()))?;
             Ok(Arc::new(store))
@@ -345,8 +345,8 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
         ),
         #[cfg(feature = "mysql")]
         DatabaseConfig::Mysql(m) => {
-            let key = config.encryption_key.as_ref();
-            let store = mysql::MysqlStore::open_encrypted(m, config.reset_db_tables, key)
+            let keys = (config.encryption_key.as_ref(), config.encryption_key_previous.as_ref());
+            let store = mysql::MysqlStore::open_encrypted(m, config.reset_db_tables, keys)
                 .await
                 .map_err(|e| format!("Failed to initialize database (mysql {}:{}/{}): {e}", m.host, m.port, m.database))?;
             Ok(Arc::new(store))

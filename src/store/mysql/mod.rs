@@ -109,14 +109,14 @@ impl MysqlStore {
     pub async fn open_encrypted(
         config: &MysqlConfig,
         reset: bool,
-        key: Option<&Secret>,
+        (key, previous): (Option<&Secret>, Option<&Secret>),
     ) -> Result<MysqlStore, String> {
         let mut store = Self::open(config, reset).await.map_err(|e| e.to_string())?;
         let db = store
             .tx(|tx| Box::pin(at_rest(tx)))
             .await
             .map_err(|e| e.to_string())?;
-        let (sealer, writes) = keyring::decide(&db, key)?;
+        let (sealer, writes) = keyring::decide(&db, key, previous)?;
         store
             .tx(move |tx| {
                 Box::pin(async move {
@@ -141,7 +141,7 @@ impl MysqlStore {
                 .tx(|tx| Box::pin(at_rest(tx)))
                 .await
                 .map_err(|e| e.to_string())?;
-            store.sealer = keyring::decide(&now, key)?.0;
+            store.sealer = keyring::decide(&now, key, previous)?.0;
         }
         Ok(store)
     }
@@ -315,9 +315,14 @@ impl Store for MysqlStore {
             Box::pin(async move {
                 require_service(tx, service_id).await?;
                 let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-                if find_key(tx, service_id, &value, stored.1.as_deref())
-                    .await?
-                    .is_some()
+                if find_key(
+                    tx,
+                    service_id,
+                    &value,
+                    &keyring::lookups(sealer.as_deref(), &value),
+                )
+                .await?
+                .is_some()
                 {
                     return Err(StoreError::Conflict("key_value"));
                 }
@@ -358,10 +363,13 @@ impl Store for MysqlStore {
                 let mut new = Vec::new();
                 for value in values {
                     let row = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-                    let dup_lookup = row
-                        .1
-                        .as_ref()
-                        .is_some_and(|l| !seen_lookups.insert(l.clone()));
+                    // Under this key's lookup or (during a rekey) the previous key's.
+                    let all = keyring::lookups(sealer.as_deref(), &value);
+                    let dup_lookup = all.iter().any(|l| seen_lookups.contains(l))
+                        || row
+                            .1
+                            .as_ref()
+                            .is_some_and(|l| !seen_lookups.insert(l.clone()));
                     if !seen.insert(value) || dup_lookup {
                         out.skipped_count += 1;
                     } else {
@@ -645,7 +653,13 @@ async fn import_dump(
             continue;
         };
         let stored = keyring::to_store(sealer.as_deref(), &k.key_value, service_id)?;
-        let existing = find_key(tx, service_id, &k.key_value, stored.1.as_deref()).await?;
+        let existing = find_key(
+            tx,
+            service_id,
+            &k.key_value,
+            &keyring::lookups(sealer.as_deref(), &k.key_value),
+        )
+        .await?;
         let id = match existing {
             Some(id) => {
                 out.keys_updated += 1;

@@ -152,15 +152,15 @@ pub(super) async fn find_key(
     tx: &mut Tx,
     service_id: i64,
     value: &str,
-    lookup: Option<&str>,
+    lookups: &[String],
 ) -> StoreResult<Option<i64>> {
-    // Two lookups, each on its own index.
-    if let Some(l) = lookup {
+    // Each lookup on its own index, then the value.
+    for l in lookups {
         let found = first::<i64>(
             tx,
             "SELECT id FROM api_keys WHERE proxy_config_id = ? AND key_lookup = ? \
              ORDER BY id LIMIT 1",
-            Params::from((service_id, l)),
+            Params::from((service_id, l.as_str())),
         )
         .await?;
         if found.is_some() {

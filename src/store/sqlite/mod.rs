@@ -82,11 +82,11 @@ impl SqliteStore {
     pub async fn open_encrypted(
         path: &Path,
         reset: bool,
-        key: Option<&Secret>,
+        (key, previous): (Option<&Secret>, Option<&Secret>),
     ) -> Result<SqliteStore, String> {
         let mut store = Self::open(path, reset).await.map_err(|e| e.to_string())?;
         let at_rest = store.run(at_rest).await.map_err(|e| e.to_string())?;
-        let (sealer, writes) = keyring::decide(&at_rest, key)?;
+        let (sealer, writes) = keyring::decide(&at_rest, key, previous)?;
         store
             .write(move |tx| {
                 for (name, value) in writes {
@@ -294,7 +294,14 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound);
             }
             let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-            if find_key(tx, service_id, &value, stored.1.as_deref())?.is_some() {
+            if find_key(
+                tx,
+                service_id,
+                &value,
+                &keyring::lookups(sealer.as_deref(), &value),
+            )?
+            .is_some()
+            {
                 return Err(StoreError::Conflict("key_value"));
             }
             let id = insert_key(tx, service_id, &stored, active)?;
@@ -317,7 +324,14 @@ impl Store for SqliteStore {
             let mut out = BatchOutcome::default();
             for value in values {
                 let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-                if find_key(tx, service_id, &value, stored.1.as_deref())?.is_some() {
+                if find_key(
+                    tx,
+                    service_id,
+                    &value,
+                    &keyring::lookups(sealer.as_deref(), &value),
+                )?
+                .is_some()
+                {
                     out.skipped_count += 1;
                 } else {
                     insert_key(tx, service_id, &stored, true)?;
@@ -574,7 +588,12 @@ fn import_dump(
             continue;
         };
         let stored = keyring::to_store(sealer, &k.key_value, service_id)?;
-        let existing = find_key(tx, service_id, &k.key_value, stored.1.as_deref())?;
+        let existing = find_key(
+            tx,
+            service_id,
+            &k.key_value,
+            &keyring::lookups(sealer, &k.key_value),
+        )?;
         let id = match existing {
             Some(id) => {
                 out.keys_updated += 1;

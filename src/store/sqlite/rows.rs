@@ -135,7 +135,7 @@ pub(super) fn find_key(
     conn: &Connection,
     service_id: i64,
     value: &str,
-    lookup: Option<&str>,
+    lookups: &[String],
 ) -> StoreResult<Option<i64>> {
     // Two lookups, each on its own index (one query with OR scanned the service's keys).
     let by = |column: &str, v: &str| {
@@ -145,7 +145,7 @@ pub(super) fn find_key(
         .and_then(|mut s| s.query_row(params![service_id, v], |r| r.get::<_, Option<i64>>(0)))
         .map_err(backend)
     };
-    if let Some(l) = lookup {
+    for l in lookups {
         if let Some(id) = by("key_lookup", l)? {
             return Ok(Some(id));
         }
