@@ -320,6 +320,39 @@ async fn store_suite_passes_on_mysql_with_encryption() {
         .unwrap();
     assert!(!rows.contains("sk-dump-secret"), "{rows}");
     assert_eq!(rows.matches("v1:").count(), 2, "{rows}");
+    // And what mysqldump writes of the whole database.
+    let c = db.config();
+    let mut dump = std::process::Command::new("mysqldump");
+    dump.args([
+        "--host",
+        &c.host,
+        "--port",
+        &c.port.to_string(),
+        "--user",
+        &c.user,
+    ]);
+    if !c.password.expose().is_empty() {
+        dump.arg(format!("--password={}", c.password.expose()));
+    }
+    let out = dump
+        .arg(&c.database)
+        .output()
+        .expect("mysqldump (Debian: mariadb-client) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("INSERT INTO `api_keys`"),
+        "the dump has the keys' rows"
+    );
+    assert!(
+        !text.contains("sk-dump-secret"),
+        "a key value is in the dump"
+    );
+    assert_eq!(text.matches("'v1:").count(), 2);
     // Another instance with another key, or none, does not start.
     let other = api_key_rotator::config::Secret::new("another-suite-key-0123456789abcdef00");
     let e = MysqlStore::open_encrypted(&db.config(), false, (Some(&other), None))
