@@ -38,6 +38,13 @@ pub struct Writer {
     flushed: bool,
 }
 
+/// A request cut short leaves its head (and the upstream key in it) zeroed too.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        crate::seal::wipe(&mut self.out);
+    }
+}
+
 impl Writer {
     /// Writes the head into a buffer (`out`, the connection's from its last request) and
     /// takes the body.
@@ -113,8 +120,10 @@ impl Writer {
 
     /// The write buffer, for the connection's next request (when it is small).
     pub fn into_buffer(mut self) -> Option<Vec<u8>> {
-        self.out.clear();
-        (self.out.capacity() <= KEEP_OUT).then_some(self.out)
+        let mut out = std::mem::take(&mut self.out);
+        out.fill(0);
+        out.clear();
+        (out.capacity() <= KEEP_OUT).then_some(out)
     }
 
     /// Writes as much as can be written now; `Ready(Ok)` once the whole request is out.
@@ -149,6 +158,9 @@ impl Writer {
                 self.at += n;
                 self.wrote = true;
             }
+            // The head holds the upstream key: zeroed once written (a memset, not a
+            // volatile loop: the buffer is reused, so the writes are not dead).
+            self.out.fill(0);
             self.out.clear();
             self.at = 0;
             if let Some((data, at)) = self.big.as_mut() {
