@@ -6,7 +6,7 @@
 //! stored values in place, a batch per transaction.
 
 use crate::config::{Secret, StoreConfig};
-use crate::store::{self, DUMP_FORMAT, Dump, ImportOutcome};
+use crate::store::{self, BoxFuture, DUMP_FORMAT, Dump, ImportOutcome, Store, StoreResult};
 
 /// The format tag of an export whose key values are masked: it cannot be imported.
 pub const MASKED_FORMAT: &str = "api-key-rotator/1 (key values masked)";
@@ -33,22 +33,16 @@ pub async fn export(config: &StoreConfig, reveal: bool) -> Result<String, String
 pub async fn rekey(
     config: &StoreConfig,
     to: Secret,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<usize, String> {
     let store = store::open(config).await?;
-    let mut total = 0;
-    loop {
-        let n = store
-            .rekey_keys(to.clone(), CONVERT_BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            store.compact().await.map_err(|e| e.to_string())?;
-            return Ok(total);
-        }
-        total += n;
-        progress(total);
-    }
+    in_batches(
+        &*store,
+        |s| s.rekey_keys(to.clone(), CONVERT_BATCH),
+        true,
+        progress,
+    )
+    .await
 }
 
 /// `encrypt` (`to_plain` false) or `decrypt` every stored key value, a batch per
@@ -57,17 +51,35 @@ pub async fn rekey(
 pub async fn convert(
     config: &StoreConfig,
     to_plain: bool,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<usize, String> {
     let store = store::open(config).await?;
+    in_batches(
+        &*store,
+        |s| s.convert_keys(to_plain, CONVERT_BATCH),
+        !to_plain,
+        progress,
+    )
+    .await
+}
+
+/// Runs `step` (one batch, one transaction) until it converts nothing more, calling
+/// `progress` with the total after each; then, when `compact`, leaves no old value in the
+/// database's files. Returns the total.
+async fn in_batches<F>(
+    store: &dyn Store,
+    mut step: F,
+    compact: bool,
+    mut progress: impl FnMut(usize),
+) -> Result<usize, String>
+where
+    F: for<'a> FnMut(&'a dyn Store) -> BoxFuture<'a, StoreResult<usize>>,
+{
     let mut total = 0;
     loop {
-        let n = store
-            .convert_keys(to_plain, CONVERT_BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
+        let n = step(store).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            if !to_plain {
+            if compact {
                 store.compact().await.map_err(|e| e.to_string())?;
             }
             return Ok(total);

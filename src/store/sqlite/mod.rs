@@ -293,18 +293,8 @@ impl Store for SqliteStore {
             if !service_exists(tx, service_id)? {
                 return Err(StoreError::NotFound);
             }
-            let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-            if find_key(
-                tx,
-                service_id,
-                &value,
-                &keyring::lookups(sealer.as_deref(), &value),
-            )?
-            .is_some()
-            {
-                return Err(StoreError::Conflict("key_value"));
-            }
-            let id = insert_key(tx, service_id, &stored, active)?;
+            let id = insert_new(tx, sealer.as_deref(), service_id, &value, active)?
+                .ok_or(StoreError::Conflict("key_value"))?;
             let mut keys = query_keys(tx, "WHERE id = ?1", &[&id])?;
             keyring::open_keys(sealer.as_deref(), &mut keys);
             keys.pop().ok_or(StoreError::NotFound)
@@ -323,19 +313,9 @@ impl Store for SqliteStore {
             }
             let mut out = BatchOutcome::default();
             for value in values {
-                let stored = keyring::to_store(sealer.as_deref(), &value, service_id)?;
-                if find_key(
-                    tx,
-                    service_id,
-                    &value,
-                    &keyring::lookups(sealer.as_deref(), &value),
-                )?
-                .is_some()
-                {
-                    out.skipped_count += 1;
-                } else {
-                    insert_key(tx, service_id, &stored, true)?;
-                    out.success_count += 1;
+                match insert_new(tx, sealer.as_deref(), service_id, &value, true)? {
+                    Some(_) => out.success_count += 1,
+                    None => out.skipped_count += 1,
                 }
             }
             Ok(out)
@@ -528,6 +508,22 @@ impl Store for SqliteStore {
     fn touch_client_keys(&self, used: Vec<(i64, i64)>) -> BoxFuture<'_, StoreResult<()>> {
         self.write(move |tx| client_keys::touch(tx, &used))
     }
+}
+
+/// Adds `value` to the service (sealed when there is a sealer) unless it is there
+/// already: its id, or `None` for a duplicate.
+fn insert_new(
+    tx: &Transaction<'_>,
+    sealer: Option<&Sealer>,
+    service_id: i64,
+    value: &str,
+    active: bool,
+) -> StoreResult<Option<i64>> {
+    if find_key(tx, service_id, value, &keyring::lookups(sealer, value))?.is_some() {
+        return Ok(None);
+    }
+    let stored = keyring::to_store(sealer, value, service_id)?;
+    insert_key(tx, service_id, &stored, active).map(Some)
 }
 
 /// What the database holds of encryption.
