@@ -294,6 +294,15 @@ async fn requests_survive_a_redis_outage_and_instances_rejoin() {
     let id = a.generic_service("sturdy", &up.url(""), json!({})).await;
     a.add_keys(id, &keys).await;
     served_within_a_second(&b, "sturdy").await;
+    let (status, key) = a
+        .admin(
+            Method::POST,
+            "/admin/client-keys",
+            Some(json!({"name": "outage", "rpm": 5})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let secret = key["secret"].as_str().unwrap().to_string();
 
     redis.kill();
     let start = Instant::now();
@@ -301,6 +310,26 @@ async fn requests_survive_a_redis_outage_and_instances_rejoin() {
     let took = start.elapsed();
     // Without the breaker each request would wait for the INCR timeout (200 ms).
     assert!(took < Duration::from_secs(5), "100 requests took {took:?}");
+    // A client key's limits fall back to the instance's own counters: still enforced.
+    while support_now_secs() % 60 >= 58 {
+        tokio::time::sleep(SECOND).await; // all eight inside one minute
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (status, _, _) = support::call(
+            Method::GET,
+            &a.url("/proxy/sturdy/limited"),
+            &[("x-proxy-key", &secret)],
+            bytes::Bytes::new(),
+        )
+        .await;
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429, 429, 429],
+        "rpm 5 on one instance"
+    );
     for inst in [&a, &b] {
         let log = inst.log_text();
         assert_eq!(
