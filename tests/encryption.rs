@@ -7,7 +7,6 @@ mod support;
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use api_key_rotator::config::StoreConfig;
 use http::Method;
@@ -282,7 +281,6 @@ async fn encrypt_cut_short_by_kill_9_runs_again_and_decrypt_goes_back() {
     assert!(ok && err.contains("decrypted 6000 keys;"), "{err}");
     let s = start_in(dir.clone(), &[]).await;
     assert_eq!(s.keys(id).await.len(), 6000);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,7 +168,8 @@ impl ClientKey {
     }
 
     /// [`check`](Self::check), then [`count`](Self::count) with the local counters.
-    pub fn admit(
+    #[cfg(test)]
+    fn admit(
         &self,
         now_ms: u64,
         slug: &str,
@@ -247,34 +248,22 @@ impl ClientKey {
     pub fn count(&self, now_ms: u64, shared: Option<Verdict>) -> Result<Admission, ApiError> {
         let rt = &self.rt;
         let (m, d) = (minute(now_ms), day(now_ms));
-        let to_midnight = (86_400_000 - now_ms % 86_400_000).div_ceil(1000);
-        let to_next_minute = (60_000 - now_ms % 60_000).div_ceil(1000);
+        // Limits the shared counters already applied are not applied here again.
         let (local_rpm, local_rpd) = match shared {
-            Some(Verdict::Admitted) => (u64::MAX, u64::MAX),
-            Some(Verdict::Over(Limit::Tokens)) => {
-                return Err(over("tokens per day", self.tpd.unwrap_or(0), to_midnight));
-            }
-            Some(Verdict::Over(Limit::PerDay)) => {
-                return Err(over("requests per day", self.rpd.unwrap_or(0), to_midnight));
-            }
-            Some(Verdict::Over(Limit::PerMinute)) => {
-                let rpm = self.rpm.unwrap_or(0);
-                return Err(over("requests per minute", rpm, to_next_minute));
-            }
-            None => (self.rpm.unwrap_or(u64::MAX), self.rpd.unwrap_or(u64::MAX)),
+            Some(Verdict::Over(limit)) => return Err(self.refusal(limit, now_ms)),
+            Some(Verdict::Admitted) => (None, None),
+            None => (self.rpm, self.rpd),
         };
-        if let (Some(tpd), None) = (self.tpd, shared) {
-            if rt.tokens.count(d) >= tpd {
-                return Err(over("tokens per day", tpd, to_midnight));
-            }
+        if shared.is_none() && self.tpd.is_some_and(|tpd| rt.tokens.count(d) >= tpd) {
+            return Err(self.refusal(Limit::Tokens, now_ms));
         }
         // Counted with or without a limit, for the admin page.
         rt.day
-            .admit(d, local_rpd)
-            .ok_or_else(|| over("requests per day", local_rpd, to_midnight))?;
-        if rt.minute.admit(m, local_rpm).is_none() {
+            .admit(d, local_rpd.unwrap_or(u64::MAX))
+            .ok_or_else(|| self.refusal(Limit::PerDay, now_ms))?;
+        if rt.minute.admit(m, local_rpm.unwrap_or(u64::MAX)).is_none() {
             rt.day.undo(d);
-            return Err(over("requests per minute", local_rpm, to_next_minute));
+            return Err(self.refusal(Limit::PerMinute, now_ms));
         }
         let mut admission = Admission(None);
         if let Some(max) = self.max_streams {
@@ -289,6 +278,23 @@ impl ClientKey {
         }
         rt.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
         Ok(admission)
+    }
+}
+
+impl ClientKey {
+    /// The 429 for `limit`: retry when its window (the minute, the UTC day) ends.
+    fn refusal(&self, limit: Limit, now_ms: u64) -> ApiError {
+        let to_midnight = (86_400_000 - now_ms % 86_400_000).div_ceil(1000);
+        let (what, n, reset) = match limit {
+            Limit::PerMinute => (
+                "requests per minute",
+                self.rpm,
+                (60_000 - now_ms % 60_000).div_ceil(1000),
+            ),
+            Limit::PerDay => ("requests per day", self.rpd, to_midnight),
+            Limit::Tokens => ("tokens per day", self.tpd, to_midnight),
+        };
+        over(what, n.unwrap_or(0), reset)
     }
 }
 
@@ -386,7 +392,8 @@ impl Clients {
     /// go).
     pub fn rebuild(&self, records: &[ClientKeyRecord]) {
         let mut runtimes = self.runtimes.lock().unwrap_or_else(|p| p.into_inner());
-        runtimes.retain(|id, _| records.iter().any(|r| r.id == *id));
+        let kept: std::collections::HashSet<i64> = records.iter().map(|r| r.id).collect();
+        runtimes.retain(|id, _| kept.contains(id));
         let mut set = ClientSet::default();
         for r in records {
             let Some(hash) = unhex(&r.hash) else {

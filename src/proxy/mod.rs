@@ -306,8 +306,7 @@ async fn generic(
 ) -> Result<Response<Body>, ApiError> {
     let key =
         headers::find(&parts.headers, &headers::X_PROXY_KEY).map_or(&b""[..], |v| v.as_bytes());
-    let caller = (!key.is_empty()).then(|| state.caller(key)).flatten();
-    let Some(caller) = caller else {
+    let Some(caller) = state.caller(key) else {
         return Err(ApiError::proxy(
             StatusCode::UNAUTHORIZED,
             "invalid or missing X-Proxy-Key header",

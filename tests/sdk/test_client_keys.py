@@ -61,6 +61,12 @@ class Sdk:
             return exc.code
         raise exc
 
+    def raised(self, exc, name: str) -> bool:
+        """Whether the SDK raised its own error class `name` (google-genai has one class
+        for every status)."""
+        module = {"openai": openai, "anthropic": anthropic}.get(self.name)
+        return module is None or isinstance(exc, getattr(module, name))
+
     def headers_of(self, exc):
         resp = getattr(exc, "response", None)
         return getattr(resp, "headers", None) or {}
@@ -105,9 +111,7 @@ def test_allowed_wrong_service_and_wrong_model(rotator, sdk, no_client_key_upstr
     assert status == 403, exc
     status, exc = sdk.refused(rotator, key, model="other-model")
     assert status == 403, exc
-    if sdk.name != "gemini":
-        kind = {"openai": openai.PermissionDeniedError, "anthropic": anthropic.PermissionDeniedError}
-        assert isinstance(exc, kind[sdk.name])
+    assert sdk.raised(exc, "PermissionDeniedError"), exc
 
 
 @pytest.mark.parametrize("sdk", SDKS, ids=lambda s: s.name)
@@ -117,10 +121,7 @@ def test_over_the_per_minute_limit_each_sdk_sees_its_rate_limit_error(rotator, s
     sdk.call(rotator, key)
     status, exc = sdk.refused(rotator, key)
     assert status == 429, exc
-    if sdk.name == "openai":
-        assert isinstance(exc, openai.RateLimitError)
-    if sdk.name == "anthropic":
-        assert isinstance(exc, anthropic.RateLimitError)
+    assert sdk.raised(exc, "RateLimitError"), exc
     headers = sdk.headers_of(exc)
     assert 1 <= int(headers["retry-after"]) <= 60, dict(headers)
     assert headers["x-ratelimit-limit"] == "2"
@@ -131,10 +132,7 @@ def test_an_expired_key_is_refused(rotator, sdk, no_client_key_upstream):
     _, key = key_for(rotator, no_client_key_upstream, expires_at="2020-01-01T00:00:00Z")
     status, exc = sdk.refused(rotator, key)
     assert status == 401, exc
-    if sdk.name == "openai":
-        assert isinstance(exc, openai.AuthenticationError)
-    if sdk.name == "anthropic":
-        assert isinstance(exc, anthropic.AuthenticationError)
+    assert sdk.raised(exc, "AuthenticationError"), exc
 
 
 @pytest.mark.parametrize("sdk", SDKS, ids=lambda s: s.name)
