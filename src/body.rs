@@ -397,6 +397,27 @@ impl hyper::body::Body for Idle {
     }
 }
 
+/// A body written by another task, chunk by chunk, through a bounded channel (the writer
+/// waits while the client is slow, so memory stays bounded). An `Err` cuts the body short.
+pub fn channel(capacity: usize) -> (tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    (tx, ChannelBody(rx).boxed_unsync())
+}
+
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,6 +164,10 @@ pub struct Config {
     pub retry_body_limit: usize,
     /// Protects `/metrics`; when unset, an admin token is required instead.
     pub metrics_token: Option<Secret>,
+    /// Most re-validation probes at once (`REVALIDATE_CONCURRENCY`).
+    pub revalidate_concurrency: usize,
+    /// How often the re-validator looks for keys due (`REVALIDATE_TICK_SECONDS`).
+    pub revalidate_tick: Duration,
     /// How often per-key statistics are written to the database.
     pub stats_flush_interval: Duration,
     /// LLM error codes that mark the key invalid (`INVALID_KEY_PHRASES`).
@@ -420,6 +424,10 @@ impl Config {
             retry_body_limit: vars.parse("RETRY_BODY_LIMIT", 1 << 20, "a number of bytes")?,
             metrics_token: vars.get("METRICS_TOKEN").map(Secret::new),
             stats_flush_interval: vars.seconds("STATS_FLUSH_SECONDS", 5)?,
+            revalidate_concurrency: vars
+                .parse("REVALIDATE_CONCURRENCY", 4usize, "a number of probes")?
+                .clamp(1, 64),
+            revalidate_tick: vars.seconds("REVALIDATE_TICK_SECONDS", 10)?,
             invalid_key_phrases: match vars.get("INVALID_KEY_PHRASES") {
                 Some(list) => list
                     .split(',')

@@ -55,6 +55,7 @@ pub mod cors;
 pub mod deadline;
 pub mod error;
 pub mod headers;
+pub mod jobs;
 pub mod jwt;
 pub mod keys;
 pub mod log;
@@ -157,6 +158,7 @@ async fn run(
 ) {
     let background = cache::spawn_background(&state.cache, state.clone(), stop.subscribe());
     let flusher = tokio::spawn(stats::run(state.clone(), stop.subscribe()));
+    tokio::spawn(proxy::revalidate::run(state.clone(), stop.subscribe()));
     let mut stopped = stop.subscribe();
     let stopped = async move {
         tokio::select! {

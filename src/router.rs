@@ -44,6 +44,8 @@ pub enum AdminRoute<'a> {
     Requests,
     ClientKeys,
     ClientKey(&'a str),
+    ServiceKeysBulk(&'a str),
+    Job(&'a str),
 }
 
 /// Routes a raw request path (without the query string).
@@ -102,6 +104,8 @@ fn admin(rest: &str) -> Option<AdminRoute<'_>> {
         ("proxy-configs", Some(id), Some("keys"), Some("batch")) => {
             AdminRoute::ServiceKeysBatch(id)
         }
+        ("proxy-configs", Some(id), Some("keys"), Some("bulk")) => AdminRoute::ServiceKeysBulk(id),
+        ("jobs", Some(id), None, None) => AdminRoute::Job(id),
         ("keys", Some(id), None, None) => AdminRoute::Key(id),
         ("keys", Some(id), Some("reset"), None) => AdminRoute::KeyReset(id),
         ("keys", Some(id), Some("test"), None) => AdminRoute::KeyTest(id),

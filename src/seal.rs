@@ -80,6 +80,16 @@ pub fn wipe(bytes: &mut [u8]) {
     }
 }
 
+/// A plain key value held briefly, wiped when it goes.
+pub struct WipedString(pub String);
+
+impl Drop for WipedString {
+    fn drop(&mut self) {
+        // SAFETY: zero bytes keep the string valid UTF-8.
+        wipe(unsafe { self.0.as_bytes_mut() });
+    }
+}
+
 /// The associated data of a value in a row of service `service_id`.
 fn aad(service_id: i64) -> [u8; 16] {
     let mut a = *b"svc:\0\0\0\0\0\0\0\0\0\0\0\0";

@@ -95,6 +95,8 @@ pub struct ServiceSpec {
     /// How long an answer's body may go without a byte (zero: never cut); `None` for
     /// the configured default.
     pub idle_timeout: Option<std::time::Duration>,
+    /// How often invalid keys are probed in the background; `None`: never.
+    pub revalidate: Option<std::time::Duration>,
 }
 
 /// A field that is wrong, and why.
@@ -208,7 +210,36 @@ pub fn spec(f: &ServiceFields) -> Result<ServiceSpec, FieldError> {
         retry: retry(kind, f)?,
         probe_path: non_empty(&f.probe_path).map(|p| p.trim_start_matches('/').to_string()),
         idle_timeout: idle_timeout(f.idle_timeout)?,
+        revalidate: revalidate(kind, f)?,
     })
+}
+
+/// Fewest and most seconds between re-validations (a minute, a week).
+pub const REVALIDATE_RANGE: std::ops::RangeInclusive<i64> = 60..=604_800;
+
+fn revalidate(kind: Kind, f: &ServiceFields) -> Result<Option<std::time::Duration>, FieldError> {
+    let secs = match f.revalidate_interval {
+        None | Some(0) => return Ok(None),
+        Some(s) if REVALIDATE_RANGE.contains(&s) => s,
+        Some(_) => {
+            return Err(field_err(
+                "revalidate_interval",
+                format!(
+                    "revalidate_interval must be 0 (off) or {} to {} seconds",
+                    REVALIDATE_RANGE.start(),
+                    REVALIDATE_RANGE.end()
+                ),
+            ));
+        }
+    };
+    if kind == Kind::Generic && non_empty(&f.probe_path).is_none() {
+        return Err(field_err(
+            "revalidate_interval",
+            "revalidate_interval needs probe_path on a generic service: re-validation only calls \
+             a path you chose (free of charge), never the one clients use",
+        ));
+    }
+    Ok(Some(std::time::Duration::from_secs(secs as u64)))
 }
 
 /// Most seconds an `idle_timeout` may be (a day).

@@ -75,7 +75,7 @@ impl Snapshot {
                 .remove(&rec.id)
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|k| pool_key(k, &spec.placement, &runtimes))
+                .filter_map(|k| pool_key(k, &spec.placement, runtimes.get(&k.id)?))
                 .collect();
             keys.sort_by_key(|k| k.id);
             let conns = upstreams.pool(&spec.upstream);
@@ -106,6 +106,55 @@ impl Snapshot {
         &self.list
     }
 
+    /// This snapshot with one service's pool changed: the keys in `remove` gone, `add`
+    /// (enabled keys, with their runtimes) added, and which keys are usable worked out
+    /// again. Costs one pass over that service's keys, not a read of the store. `None`
+    /// when the service is not served (nothing to change).
+    pub fn patched(
+        &self,
+        service_id: i64,
+        remove: &std::collections::HashSet<i64>,
+        add: &[(&KeyRecord, Arc<KeyRuntime>)],
+        now_ms: u64,
+    ) -> Option<Snapshot> {
+        let old = self.list.iter().find(|s| s.id == service_id)?;
+        let added: std::collections::HashSet<i64> = add.iter().map(|(r, _)| r.id).collect();
+        let mut keys: Vec<PoolKey> = old
+            .pool
+            .keys()
+            .iter()
+            .filter(|k| !remove.contains(&k.id) && !added.contains(&k.id))
+            .cloned()
+            .collect();
+        keys.extend(
+            add.iter()
+                .filter(|(r, _)| r.is_active && !remove.contains(&r.id))
+                .filter_map(|(r, rt)| pool_key(r, &old.spec.placement, rt)),
+        );
+        keys.sort_by_key(|k| k.id);
+        let svc = Arc::new(Service {
+            id: old.id,
+            slug: old.slug.clone(),
+            spec: old.spec.clone(),
+            allow: old.allow.clone(),
+            pool: KeyPool::new(keys, now_ms),
+            cursor: old.cursor.clone(),
+            metrics: old.metrics.clone(),
+            conns: old.conns.clone(),
+        });
+        let mut snap = Snapshot::default();
+        for s in &self.list {
+            let s = if s.id == service_id {
+                svc.clone()
+            } else {
+                s.clone()
+            };
+            snap.by_slug.insert(s.slug.clone(), s.clone());
+            snap.list.push(s);
+        }
+        Some(snap)
+    }
+
     /// The service and pool position of an enabled key.
     pub fn find_key(&self, service_id: i64, key_id: i64) -> Option<(&Arc<Service>, usize)> {
         let svc = self.list.iter().find(|s| s.id == service_id)?;
@@ -114,11 +163,7 @@ impl Snapshot {
 }
 
 /// A key ready for the hot path; `None` (with a warning) when it cannot be sent.
-fn pool_key(
-    k: &KeyRecord,
-    placement: &Placement,
-    runtimes: &HashMap<i64, Arc<KeyRuntime>>,
-) -> Option<PoolKey> {
+fn pool_key(k: &KeyRecord, placement: &Placement, rt: &Arc<KeyRuntime>) -> Option<PoolKey> {
     if k.key_value.is_empty() {
         // It did not decrypt (store::keyring): marked invalid, and nothing to send.
         return None;
@@ -151,7 +196,7 @@ fn pool_key(
         id: k.id,
         secret: Arc::new(crate::keys::KeySecret::new(&k.key_value)),
         header,
-        rt: runtimes.get(&k.id)?.clone(),
+        rt: rt.clone(),
     })
 }
 

@@ -12,10 +12,22 @@ use crate::error::ApiError;
 use crate::keys::KeyRegistry;
 use crate::metrics::Metrics;
 use crate::snapshot::{Snapshot, SnapshotCell};
-use crate::store::Store;
+use crate::store::{KeyRecord, Store};
 use crate::timefmt::now_ms;
 use crate::upstream::Upstreams;
 use crate::usage::record::Usage;
+
+/// What an admin did to some keys of a service ([`AppState::keys_changed`]).
+pub enum KeyChange {
+    /// Added or enabled, as stored now.
+    Upserted(Vec<KeyRecord>),
+    /// Deleted.
+    Removed(Vec<i64>),
+    /// Disabled (still stored).
+    Disabled(Vec<i64>),
+    /// Invalid mark and cooldown cleared.
+    Reset(Vec<i64>),
+}
 
 /// Everything a request may need, built once at start.
 pub struct AppState {
@@ -31,6 +43,8 @@ pub struct AppState {
     /// Client access keys and their limits.
     pub clients: Clients,
     pub login_throttle: LoginThrottle,
+    /// Background jobs admins started (testing many keys).
+    pub jobs: crate::jobs::Jobs,
     /// Usage insight not yet written (rollups, request log); off: `None`.
     pub usage: Option<Arc<Usage>>,
     /// Serialises snapshot rebuilds so an older one never replaces a newer one.
@@ -62,6 +76,7 @@ impl AppState {
             registry: KeyRegistry::default(),
             metrics: Metrics::default(),
             login_throttle: LoginThrottle::default(),
+            jobs: Default::default(),
             reload_lock: tokio::sync::Mutex::new(()),
         });
         let undecryptable = state
@@ -107,6 +122,40 @@ impl AppState {
             return Some(Caller::Global);
         }
         self.clients.find(candidate).map(Caller::Client)
+    }
+
+    /// After an admin changed some keys of one service: the snapshot follows without
+    /// reading every key again (a 100,000-key pool is not re-read to add one), and other
+    /// instances are told to reload.
+    pub async fn keys_changed(&self, service_id: i64, change: KeyChange) -> Result<(), ApiError> {
+        {
+            let _guard = self.reload_lock.lock().await;
+            let (remove, records): (Vec<i64>, Vec<KeyRecord>) = match change {
+                KeyChange::Upserted(records) => (Vec::new(), records),
+                KeyChange::Removed(ids) => {
+                    self.registry.remove(&ids);
+                    (ids, Vec::new())
+                }
+                KeyChange::Disabled(ids) => (ids, Vec::new()),
+                KeyChange::Reset(ids) => {
+                    for rt in ids.iter().filter_map(|id| self.registry.get(*id)) {
+                        rt.reset();
+                    }
+                    (Vec::new(), Vec::new())
+                }
+            };
+            let add: Vec<_> = records
+                .iter()
+                .map(|r| (r, self.registry.insert(r)))
+                .collect();
+            let remove = remove.into_iter().collect();
+            let now = now_ms();
+            if let Some(snap) = self.snapshot.load().patched(service_id, &remove, &add, now) {
+                self.snapshot.store(snap);
+            }
+        }
+        self.cache.publish_change();
+        Ok(())
     }
 
     /// After an admin write: rebuild the snapshot and tell other instances.

@@ -1,7 +1,9 @@
-//! Keys of a service: list (masked, or revealed for export), add, batch import, clear,
-//! enable/disable, delete, reset health, test against the upstream.
+//! Keys of a service: list (paged, or the whole array streamed; masked, or revealed for
+//! export), add, batch import, clear, enable/disable and note, delete, reset health, test
+//! against the upstream. Bulk actions are in `bulk.rs`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -12,7 +14,8 @@ use crate::body::Body;
 use crate::error::{ApiError, json_response};
 use crate::keys::KeyState;
 use crate::keys::mask;
-use crate::state::AppState;
+use crate::state::{AppState, KeyChange};
+use crate::store::key_query::{self, Cursor, KeyFilter, PageQuery, Sort, StateFilter};
 use crate::store::{KeyRecord, MAX_KEY_LEN, StoreError};
 use crate::timefmt::{now_ms, rfc3339};
 
@@ -55,6 +58,7 @@ fn view(state: &AppState, mut k: KeyRecord, reveal: bool, now: u64) -> Value {
         "last_used_at": ms_to_rfc3339(k.stats.last_used_at),
         "last_status": k.stats.last_status,
         "last_error": k.stats.last_error,
+        "note": k.note,
     })
 }
 
@@ -82,25 +86,196 @@ fn key_store_error(e: StoreError) -> ApiError {
     }
 }
 
+/// The filter named by `state` and `q` in a query string.
+pub(super) fn filter_of(p: &HashMap<String, String>) -> Result<KeyFilter, ApiError> {
+    let state = match p.get("state").map(String::as_str).filter(|s| !s.is_empty()) {
+        None | Some("all") => None,
+        Some(s) => Some(StateFilter::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                format!("state must be active, cooling, invalid or disabled, not {s:?}"),
+            )
+        })?),
+    };
+    let q = p
+        .get("q")
+        .map(|q| q.trim().to_string())
+        .filter(|q| !q.is_empty());
+    Ok(KeyFilter { state, q })
+}
+
+/// What a page asks for, from the query string.
+fn page_query(service_id: i64, p: &HashMap<String, String>) -> Result<PageQuery, ApiError> {
+    let limit = match p.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=key_query::MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be 1 to {}", key_query::MAX_PAGE),
+                )
+            })?,
+    };
+    let sort = match p.get("sort").filter(|s| !s.is_empty()) {
+        None => Sort::default(),
+        Some(s) => Sort::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "sort",
+                "sort must be id, failures or last_used, with - for descending",
+            )
+        })?,
+    };
+    let after = match p.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            Cursor::parse(c)
+                .ok_or_else(|| ApiError::invalid("cursor", "cursor is not one this server gave"))?,
+        ),
+    };
+    Ok(PageQuery {
+        service_id,
+        filter: filter_of(p)?,
+        sort,
+        after,
+        limit,
+    })
+}
+
+/// Keys per page when `limit` is not given, and per chunk of a streamed list.
+const DEFAULT_PAGE: usize = 100;
+const STREAM_PAGE: usize = 500;
+
+/// `GET …/keys`: with `limit`, `cursor`, `state`, `q` or `sort`, one page
+/// (`{"keys", "next_cursor", "total"?}`, `total` with `total=1`); without, the original's
+/// whole array, written page by page as the client reads it.
 pub async fn list(
-    state: &AppState,
+    state: &Arc<AppState>,
     service_id: i64,
     reveal: bool,
+    query: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let keys = state
-        .store
-        .list_keys(service_id)
-        .await
-        .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?;
+    let p = super::usage::params(query)?;
     if reveal {
         crate::log::info!("keys of service id {service_id} revealed to the admin (export)");
     }
+    let paged = ["limit", "cursor", "state", "q", "sort"]
+        .iter()
+        .any(|k| p.contains_key(*k));
+    if !paged {
+        return stream_all(state, service_id, reveal).await;
+    }
+    let q = page_query(service_id, &p)?;
+    let total = match p.get("total").map(String::as_str) {
+        Some("1" | "true") => Some(
+            state
+                .store
+                .count_keys(service_id, q.filter.clone())
+                .await
+                .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?,
+        ),
+        _ => None,
+    };
+    let keys = state
+        .store
+        .page_keys(q.clone())
+        .await
+        .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?;
+    let next = (keys.len() == q.limit)
+        .then(|| keys.last().map(|k| cursor_after(q.sort, k)))
+        .flatten();
     let now = now_ms();
     let list: Vec<Value> = keys
         .into_iter()
         .map(|k| view(state, k, reveal, now))
         .collect();
-    Ok(json_response(StatusCode::OK, &list))
+    let mut out = json!({ "keys": list, "next_cursor": next });
+    if let Some(t) = total {
+        out["total"] = t.into();
+    }
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+fn cursor_after(sort: Sort, k: &KeyRecord) -> String {
+    Cursor {
+        value: sort.value_of(k),
+        id: k.id,
+    }
+    .encode()
+}
+
+/// The whole array, a page at a time: memory holds one page, whatever the pool's size.
+async fn stream_all(
+    state: &Arc<AppState>,
+    service_id: i64,
+    reveal: bool,
+) -> Result<Response<Body>, ApiError> {
+    let page = move |after| PageQuery {
+        service_id,
+        after,
+        limit: STREAM_PAGE,
+        ..PageQuery::default()
+    };
+    // The first page before the answer: a missing service is a 404, not a cut body.
+    let mut keys = state
+        .store
+        .page_keys(page(None))
+        .await
+        .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?;
+    let (tx, body) = crate::body::channel(2);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let last = keys.last().map(|k| k.id);
+            let mut buf = Vec::with_capacity(keys.len() * 420 + 2);
+            if first {
+                buf.push(b'[');
+            }
+            let now = now_ms();
+            for k in keys.drain(..) {
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut buf, &view(&state, k, reveal, now))
+                    .expect("JSON values serialise");
+            }
+            let Some(last) = last else {
+                buf.push(b']');
+                let _ = tx.send(Ok(buf.into())).await;
+                return;
+            };
+            if tx.send(Ok(buf.into())).await.is_err() {
+                return; // the client went away
+            }
+            let after = Some(Cursor {
+                value: last,
+                id: last,
+            });
+            keys = match state.store.page_keys(page(after)).await {
+                Ok(k) => k,
+                Err(e) => {
+                    crate::log::error!("listing the keys of service id {service_id} failed: {e}");
+                    let _ = tx.send(Err(e.to_string().into())).await;
+                    return;
+                }
+            };
+        }
+    });
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
 pub async fn add(
@@ -118,12 +293,23 @@ pub async fn add(
         return Err(ApiError::invalid("key_value", why));
     }
     let active = json.opt_bool("is_active")?.unwrap_or(true);
-    let rec = state
+    let note = note_of(&json)?.flatten();
+    let mut rec = state
         .store
         .add_key(service_id, value, active)
         .await
         .map_err(key_store_error)?;
-    state.changed().await?;
+    if note.is_some() {
+        state
+            .store
+            .set_key_note(rec.id, note.clone())
+            .await
+            .map_err(|e| store_error(e, KEY_NOT_FOUND))?;
+        rec.note = note;
+    }
+    state
+        .keys_changed(service_id, KeyChange::Upserted(vec![rec.clone()]))
+        .await?;
     Ok(json_response(
         StatusCode::CREATED,
         &view(state, rec, false, now_ms()),
@@ -204,30 +390,79 @@ pub async fn clear(state: &AppState, service_id: i64) -> Result<Response<Body>, 
     ))
 }
 
-pub async fn set_active(
+/// `note` in a body: `None` absent, `Some(None)` cleared (`null` or blank), else the text.
+fn note_of(json: &JsonBody) -> Result<Option<Option<String>>, ApiError> {
+    if !json.has("note") {
+        return Ok(None);
+    }
+    let note = json.opt_str("note")?.map(|n| n.trim().to_string());
+    if note
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > key_query::MAX_NOTE)
+    {
+        return Err(ApiError::invalid(
+            "note",
+            format!("note must be at most {} characters", key_query::MAX_NOTE),
+        ));
+    }
+    Ok(Some(note.filter(|n| !n.is_empty())))
+}
+
+/// `PATCH /admin/keys/:id`: `is_active` and/or `note`.
+pub async fn update(
     state: &AppState,
     key_id: i64,
     body: Incoming,
 ) -> Result<Response<Body>, ApiError> {
-    let active = JsonBody::read(body, state.config.body_read_timeout)
-        .await?
-        .req_bool("is_active")?;
-    state
-        .store
-        .set_key_active(key_id, active)
-        .await
-        .map_err(|e| store_error(e, KEY_NOT_FOUND))?;
-    state.changed().await?;
+    let json = JsonBody::read(body, state.config.body_read_timeout).await?;
+    if let Some(field) = json.unknown_field(&["is_active", "note"]) {
+        return Err(ApiError::invalid(
+            "body",
+            format!("unknown field {field:?}: a key takes is_active and note"),
+        ));
+    }
+    let active = json.opt_bool("is_active")?;
+    let note = note_of(&json)?;
+    if active.is_none() && note.is_none() {
+        return Err(ApiError::invalid(
+            "is_active",
+            "is_active is required (true or false)",
+        ));
+    }
+    if let Some(note) = note {
+        state
+            .store
+            .set_key_note(key_id, note)
+            .await
+            .map_err(|e| store_error(e, KEY_NOT_FOUND))?;
+    }
+    if let Some(active) = active {
+        state
+            .store
+            .set_key_active(key_id, active)
+            .await
+            .map_err(|e| store_error(e, KEY_NOT_FOUND))?;
+        let rec = get_key(state, key_id).await?;
+        let service_id = rec.proxy_config_id;
+        let change = match active {
+            true => KeyChange::Upserted(vec![rec]),
+            false => KeyChange::Disabled(vec![key_id]),
+        };
+        state.keys_changed(service_id, change).await?;
+    }
     Ok(message("API key status updated successfully"))
 }
 
 pub async fn delete(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiError> {
+    let service_id = get_key(state, key_id).await?.proxy_config_id;
     state
         .store
         .delete_key(key_id)
         .await
         .map_err(|e| store_error(e, KEY_NOT_FOUND))?;
-    state.changed().await?;
+    state
+        .keys_changed(service_id, KeyChange::Removed(vec![key_id]))
+        .await?;
     Ok(message("API key deleted successfully"))
 }
 
@@ -257,7 +492,9 @@ pub async fn reset(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiE
             service_id: rec.proxy_config_id,
             key_id,
         });
-    state.changed().await?;
+    state
+        .keys_changed(rec.proxy_config_id, KeyChange::Reset(vec![key_id]))
+        .await?;
     let rec = get_key(state, key_id).await?;
     Ok(json_response(
         StatusCode::OK,

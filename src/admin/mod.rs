@@ -2,6 +2,7 @@
 //! authentication (an HS256 token from `POST /admin/login`), validation, honest status
 //! codes and masked keys. Every write goes to the store, then rebuilds the snapshot.
 
+mod bulk;
 mod client_keys;
 mod json;
 mod keys;
@@ -69,6 +70,8 @@ enum Op {
     Requests,
     ClientKeys,
     ClientKey(i64),
+    ServiceKeysBulk(i64),
+    Job(u64),
 }
 
 fn parse_id(s: &str, message: &'static str) -> Result<i64, ApiError> {
@@ -95,6 +98,8 @@ fn op(route: AdminRoute<'_>) -> Result<Op, ApiError> {
         R::Requests => Op::Requests,
         R::ClientKeys => Op::ClientKeys,
         R::ClientKey(id) => Op::ClientKey(parse_id(id, "Invalid client key ID")?),
+        R::ServiceKeysBulk(id) => Op::ServiceKeysBulk(parse_id(id, "Invalid ID")?),
+        R::Job(id) => Op::Job(parse_id(id, "Invalid job ID")? as u64),
     })
 }
 
@@ -137,13 +142,18 @@ pub async fn handle(
         (Op::Service(_), _) => Err(method_not_allowed("GET, PUT, DELETE")),
         (Op::ServiceStatus(id), Method::PUT) => services::set_status(state, id, body).await,
         (Op::ServiceStatus(_), _) => Err(method_not_allowed("PUT")),
-        (Op::ServiceKeys(id), Method::GET) => keys::list(state, id, reveal).await,
+        (Op::ServiceKeys(id), Method::GET) => keys::list(state, id, reveal, query.as_deref()).await,
         (Op::ServiceKeys(id), Method::POST) => keys::add(state, id, body).await,
         (Op::ServiceKeys(id), Method::DELETE) => keys::clear(state, id).await,
         (Op::ServiceKeys(_), _) => Err(method_not_allowed("GET, POST, DELETE")),
         (Op::ServiceKeysBatch(id), Method::POST) => keys::batch(state, id, body).await,
         (Op::ServiceKeysBatch(_), _) => Err(method_not_allowed("POST")),
-        (Op::Key(id), Method::PATCH) => keys::set_active(state, id, body).await,
+        (Op::ServiceKeysBulk(id), Method::POST) => bulk::bulk(state, id, body).await,
+        (Op::ServiceKeysBulk(_), _) => Err(method_not_allowed("POST")),
+        (Op::Job(id), Method::GET) => bulk::job(state, id),
+        (Op::Job(id), Method::DELETE) => bulk::cancel(state, id),
+        (Op::Job(_), _) => Err(method_not_allowed("GET, DELETE")),
+        (Op::Key(id), Method::PATCH) => keys::update(state, id, body).await,
         (Op::Key(id), Method::DELETE) => keys::delete(state, id).await,
         (Op::Key(_), _) => Err(method_not_allowed("PATCH, DELETE")),
         (Op::KeyReset(id), Method::POST) => keys::reset(state, id).await,

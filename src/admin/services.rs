@@ -46,6 +46,10 @@ pub fn view(rec: &ServiceRecord) -> Value {
         .unwrap_or(i64::from(service::DEFAULT_MAX_RETRIES));
     o.insert("max_retries".into(), max_retries.into());
     o.insert("idle_timeout".into(), f.idle_timeout.into());
+    o.insert(
+        "revalidate_interval".into(),
+        f.revalidate_interval.filter(|s| *s > 0).into(),
+    );
     o.insert("key_count".into(), rec.key_count.into());
     o.insert("active_key_count".into(), rec.active_key_count.into());
     Value::Object(o)
@@ -75,6 +79,7 @@ fn fields(json: &JsonBody, current_active: bool) -> Result<ServiceFields, ApiErr
         retry_on: clean(json.opt_str("retry_on")?),
         probe_path: clean(json.opt_str("probe_path")?),
         idle_timeout: json.opt_i64("idle_timeout")?,
+        revalidate_interval: json.opt_i64("revalidate_interval")?,
     };
     if let Some(of) = f.output_format.as_deref().filter(|o| *o != "none") {
         return Err(ApiError::invalid(

@@ -22,7 +22,7 @@ const PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
 /// The query string as `name → value` (the last wins), percent-decoded.
-fn params(query: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn params(query: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -21,7 +21,7 @@ pub use runtime::{KeyRuntime, KeyState};
 use crate::store::KeyRecord;
 
 /// One admin-enabled key of a pool.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PoolKey {
     pub id: i64,
     pub secret: Arc<KeySecret>,
@@ -291,6 +291,25 @@ impl KeyRegistry {
             map.insert(r.id, rt);
         }
         map.clone()
+    }
+
+    /// The runtime of a key just added or enabled (kept when it has one), its health
+    /// synced from the store.
+    pub fn insert(&self, r: &KeyRecord) -> Arc<KeyRuntime> {
+        let mut map = lock(&self.runtimes);
+        let rt = map
+            .entry(r.id)
+            .or_insert_with(|| Arc::new(KeyRuntime::from_record(r)));
+        rt.sync_health(&r.health);
+        rt.clone()
+    }
+
+    /// Forgets deleted keys.
+    pub fn remove(&self, ids: &[i64]) {
+        let mut map = lock(&self.runtimes);
+        for id in ids {
+            map.remove(id);
+        }
     }
 
     /// The runtime of a key, if the key exists.

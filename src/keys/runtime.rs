@@ -105,6 +105,12 @@ impl KeyRuntime {
         (until > now_ms).then_some(until)
     }
 
+    /// When the key was marked invalid (Unix ms), if it is.
+    pub fn invalid_since(&self) -> Option<u64> {
+        let info = self.invalid_info.lock().unwrap_or_else(|p| p.into_inner());
+        info.as_ref().and_then(|(_, at)| u64::try_from(*at).ok())
+    }
+
     pub fn is_invalid(&self) -> bool {
         self.invalid.load(Relaxed)
     }

@@ -9,6 +9,7 @@ mod health;
 mod llm;
 pub mod probe;
 mod redact;
+pub mod revalidate;
 
 use std::borrow::Cow;
 use std::net::IpAddr;

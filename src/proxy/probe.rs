@@ -20,7 +20,7 @@ use crate::timefmt::now_ms;
 use crate::upstream::url;
 
 /// Longest a probe waits.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn probe_path(spec: &ServiceSpec) -> String {
     let rest = match spec.kind {
@@ -70,16 +70,16 @@ fn build(spec: &ServiceSpec, key: &str) -> Result<Request<body::Body>, String> {
 }
 
 /// What one probe call found.
-struct Probed {
-    status: Option<http::StatusCode>,
-    verdict: Option<Verdict>,
-    latency_ms: u64,
-    error: Option<String>,
+pub(super) struct Probed {
+    pub status: Option<http::StatusCode>,
+    pub verdict: Option<Verdict>,
+    pub latency_ms: u64,
+    pub error: Option<String>,
 }
 
 /// Calls the upstream with `secret` on the probe path and judges the answer; the whole
 /// call, body included, within `PROBE_TIMEOUT` (or `PROXY_TIMEOUT` when shorter).
-async fn call(
+pub(super) async fn call(
     pool: &std::sync::Arc<crate::upstream::Pool>,
     spec: &ServiceSpec,
     secret: &str,

@@ -180,6 +180,32 @@ pub fn to_store(
     }
 }
 
+/// Sealed keys stored before `key_tail` existed (their tail is filled at start).
+pub const TAILLESS: &str = "SELECT id, key_value, proxy_config_id FROM api_keys \
+    WHERE key_tail IS NULL AND key_value LIKE 'v1:%'";
+
+/// Plain keys stored before `key_tail` existed: their tail, by SQL.
+pub fn fill_plain_tails(d: Dialect) -> String {
+    let f = match d {
+        Dialect::Sqlite => "substr(key_value, -4)",
+        Dialect::Mysql => "RIGHT(key_value, 4)",
+    };
+    format!(
+        "UPDATE api_keys SET key_tail = {f} WHERE key_tail IS NULL AND key_value NOT LIKE 'v1:%'"
+    )
+}
+
+/// The tails of sealed keys without one: `(tail, id)` of those that open.
+pub fn tails(sealer: Option<&Sealer>, rows: Vec<(i64, String, i64)>) -> Vec<(String, i64)> {
+    let Some(s) = sealer else { return Vec::new() };
+    rows.into_iter()
+        .filter_map(|(id, value, service)| {
+            let plain = crate::seal::WipedString(s.open(&value, service).ok()?);
+            Some((super::key_query::tail(&plain.0), id))
+        })
+        .collect()
+}
+
 /// The lookups a stored duplicate of `value` may have (none without encryption).
 pub fn lookups(sealer: Option<&Sealer>, value: &str) -> Vec<String> {
     sealer.map(|s| s.lookups(value)).unwrap_or_default()
@@ -250,6 +276,7 @@ mod tests {
             proxy_config_id: service,
             health: Default::default(),
             stats: Default::default(),
+            note: None,
         };
         let mut keys = vec![record(&stored, 4), record(&stored, 5), record("plain", 4)];
         open_keys(Some(&s), &mut keys);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Secret, StoreConfig};
 
 pub mod client_keys;
+pub mod key_query;
 pub mod keyring;
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -25,6 +26,7 @@ pub mod sqlite;
 pub mod usage;
 
 use self::client_keys::{ClientKeyFields, ClientKeyRecord};
+use self::key_query::{BulkAction, KeyFilter, PageQuery, Selection};
 use self::usage::{Bucket, LogEntry, RequestQuery, Rollup, UsageQuery};
 
 /// A boxed future, so the trait can be used as `dyn Store`.
@@ -108,6 +110,9 @@ pub struct ServiceFields {
     /// unset: `UPSTREAM_IDLE_TIMEOUT`).
     #[serde(default)]
     pub idle_timeout: Option<i64>,
+    /// Seconds between background re-validations of its invalid keys (unset or 0: off).
+    #[serde(default)]
+    pub revalidate_interval: Option<i64>,
 }
 
 /// Health of a key that survives restarts.
@@ -155,6 +160,9 @@ pub struct KeyRecord {
     pub health: KeyHealth,
     #[serde(flatten)]
     pub stats: KeyStats,
+    /// The admin's note on the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A key's plain value is wiped from memory when its record goes.
@@ -254,6 +262,26 @@ pub trait Store: Send + Sync + 'static {
     fn delete_service(&self, id: i64) -> BoxFuture<'_, StoreResult<()>>;
     /// The keys of a service, in id order. `NotFound` when the service does not exist.
     fn list_keys(&self, service_id: i64) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>>;
+    /// One page of a service's keys ([`key_query`]). `NotFound` (service).
+    fn page_keys(&self, q: PageQuery) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>>;
+    /// How many of a service's keys `filter` matches. `NotFound` (service).
+    fn count_keys(&self, service_id: i64, filter: KeyFilter) -> BoxFuture<'_, StoreResult<u64>>;
+    /// The ids a selection names among a service's keys, in id order. `NotFound` (service).
+    fn select_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>>;
+    /// Applies `action` to the selected keys in one transaction (all or none); returns
+    /// their ids. `NotFound` (service).
+    fn bulk_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+        action: BulkAction,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>>;
+    /// Sets (or, with `None`, clears) a key's note. `NotFound`.
+    fn set_key_note(&self, key_id: i64, note: Option<String>) -> BoxFuture<'_, StoreResult<()>>;
     /// One key.
     fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>>;
     /// Adds one key. `NotFound` (service), `Conflict("key_value")` (already in this service).

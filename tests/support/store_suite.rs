@@ -296,6 +296,246 @@ where
     import_is_idempotent(&*fresh().await, &*fresh().await).await;
     usage_round_trip(&*fresh().await).await;
     client_keys_round_trip(&*fresh().await).await;
+    pages_and_bulk_actions(&*fresh().await).await;
+}
+
+/// Pages (filters, search by tail, note and whole key, sorts, cursors), counts,
+/// selections and bulk actions, each all or nothing; notes and tails survive a round trip.
+pub async fn pages_and_bulk_actions(store: &dyn Store) {
+    use api_key_rotator::store::key_query::*;
+    let s = store.create_service(generic("pages")).await.unwrap();
+    let other = store.create_service(llm("pages-other")).await.unwrap();
+    let values: Vec<String> = (0..30).map(|i| format!("sk-page-{i:02}-T{i:03}")).collect();
+    store.add_keys(s.id, values.clone()).await.unwrap();
+    store
+        .add_keys(other.id, vec!["sk-page-00-T000".into()])
+        .await
+        .unwrap();
+    let all = store.list_keys(s.id).await.unwrap();
+    let ids: Vec<i64> = all.iter().map(|k| k.id).collect();
+    let page = |filter: KeyFilter, sort: Sort, after: Option<Cursor>, limit: usize| PageQuery {
+        service_id: s.id,
+        filter,
+        sort,
+        after,
+        limit,
+    };
+    let got = |keys: Vec<api_key_rotator::store::KeyRecord>| {
+        keys.iter().map(|k| k.id).collect::<Vec<_>>()
+    };
+    let first = store
+        .page_keys(page(KeyFilter::default(), Sort::default(), None, 10))
+        .await
+        .unwrap();
+    assert_eq!(got(first.clone()), ids[..10]);
+    assert_eq!(first[0].key_value, values[0], "values come back plain");
+    let after = Cursor {
+        value: ids[9],
+        id: ids[9],
+    };
+    let second = store
+        .page_keys(page(KeyFilter::default(), Sort::default(), Some(after), 10))
+        .await
+        .unwrap();
+    assert_eq!(got(second), ids[10..20]);
+    let desc = Sort {
+        by: SortBy::Id,
+        desc: true,
+    };
+    assert_eq!(
+        got(store
+            .page_keys(page(KeyFilter::default(), desc, None, 2))
+            .await
+            .unwrap()),
+        [ids[29], ids[28]]
+    );
+
+    store
+        .set_key_note(ids[5], Some("Team Alpha".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_key(ids[5])
+            .await
+            .unwrap()
+            .unwrap()
+            .note
+            .as_deref(),
+        Some("Team Alpha")
+    );
+    assert_eq!(
+        store.set_key_note(9999, None).await,
+        Err(StoreError::NotFound)
+    );
+    let q = |text: &str| KeyFilter {
+        state: None,
+        q: Some(text.into()),
+    };
+    for (text, want) in [
+        ("team alpha", vec![ids[5]]),
+        ("T012", vec![ids[12]]),
+        ("012", vec![ids[12]]),
+        ("sk-page-07-T007", vec![ids[7]]),
+        ("page-07", vec![]),
+        ("%", vec![]),
+        ("_", vec![]),
+    ] {
+        assert_eq!(
+            got(store
+                .page_keys(page(q(text), Sort::default(), None, 50))
+                .await
+                .unwrap()),
+            want,
+            "q={text}"
+        );
+    }
+    assert_eq!(
+        store.count_keys(s.id, q("1")).await.unwrap(),
+        3,
+        "T001, T011, T021"
+    );
+
+    let health = KeyHealth {
+        invalid_reason: Some("401".into()),
+        invalid_at: Some(1),
+        cooldown_until: None,
+    };
+    store.set_key_health(ids[1], health).await.unwrap();
+    let cooling = KeyHealth {
+        cooldown_until: Some(i64::MAX / 2),
+        ..Default::default()
+    };
+    store.set_key_health(ids[2], cooling).await.unwrap();
+    store.set_key_active(ids[3], false).await.unwrap();
+    let state = |st| KeyFilter {
+        state: Some(st),
+        q: None,
+    };
+    assert_eq!(
+        store
+            .select_keys(s.id, Selection::Filter(state(StateFilter::Invalid)))
+            .await
+            .unwrap(),
+        [ids[1]]
+    );
+    assert_eq!(
+        store
+            .select_keys(s.id, Selection::Filter(state(StateFilter::Cooling)))
+            .await
+            .unwrap(),
+        [ids[2]]
+    );
+    assert_eq!(
+        store
+            .select_keys(s.id, Selection::Filter(state(StateFilter::Disabled)))
+            .await
+            .unwrap(),
+        [ids[3]]
+    );
+    assert_eq!(
+        store
+            .count_keys(s.id, state(StateFilter::Active))
+            .await
+            .unwrap(),
+        27
+    );
+    let failures = Sort {
+        by: SortBy::Failures,
+        desc: true,
+    };
+    assert_eq!(
+        store
+            .page_keys(page(KeyFilter::default(), failures, None, 30))
+            .await
+            .unwrap()
+            .len(),
+        30
+    );
+
+    // Ids of another service are not touched.
+    let foreign = store.list_keys(other.id).await.unwrap()[0].id;
+    let sel = Selection::Ids(vec![ids[0], ids[1], foreign, 9999]);
+    assert_eq!(
+        store
+            .bulk_keys(s.id, sel, BulkAction::Disable)
+            .await
+            .unwrap(),
+        [ids[0], ids[1]]
+    );
+    assert!(store.get_key(foreign).await.unwrap().unwrap().is_active);
+    let reset = store
+        .bulk_keys(
+            s.id,
+            Selection::Filter(state(StateFilter::Invalid)),
+            BulkAction::Reset,
+        )
+        .await
+        .unwrap();
+    assert!(
+        reset.is_empty(),
+        "disabled keys are not in the invalid filter"
+    );
+    let back = store
+        .bulk_keys(
+            s.id,
+            Selection::Filter(state(StateFilter::Disabled)),
+            BulkAction::Enable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(back, [ids[0], ids[1], ids[3]]);
+    let reset = store
+        .bulk_keys(
+            s.id,
+            Selection::Filter(KeyFilter::default()),
+            BulkAction::Reset,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reset.len(), 30);
+    assert!(
+        store
+            .get_key(ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .health
+            .invalid_reason
+            .is_none()
+    );
+    let gone = store
+        .bulk_keys(s.id, Selection::Filter(q("9")), BulkAction::Delete)
+        .await
+        .unwrap();
+    assert_eq!(gone, [ids[9], ids[19], ids[29]]);
+    assert_eq!(
+        store.count_keys(s.id, KeyFilter::default()).await.unwrap(),
+        27
+    );
+    assert_eq!(
+        store
+            .count_keys(other.id, KeyFilter::default())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .bulk_keys(9999, Selection::Ids(vec![1]), BulkAction::Delete)
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store
+            .page_keys(PageQuery {
+                service_id: 9999,
+                limit: 1,
+                ..Default::default()
+            })
+            .await,
+        Err(StoreError::NotFound)
+    );
 }
 
 /// Client keys: every field read back (nulls and lists included), a taken hash refused,

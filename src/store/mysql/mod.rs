@@ -24,6 +24,7 @@ use mysql_async::{Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts};
 use mysql_async::{Transaction, TxOpts};
 
 mod client_keys;
+mod key_pages;
 mod rows;
 mod schema;
 mod usage;
@@ -38,6 +39,7 @@ use crate::config::MysqlConfig;
 use crate::config::Secret;
 use crate::seal::Sealer;
 use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
+use crate::store::key_query::{self, BulkAction, KeyFilter, PageQuery, Selection};
 use crate::store::keyring::{self, AtRest};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 use std::sync::Arc;
@@ -143,7 +145,29 @@ impl MysqlStore {
                 .map_err(|e| e.to_string())?;
             store.sealer = keyring::decide(&now, key, previous)?.0;
         }
+        store.fill_tails().await.map_err(|e| e.to_string())?;
         Ok(store)
+    }
+
+    /// Gives sealed keys stored before `key_tail` existed their tail (searched by `q`; the
+    /// migration fills plain ones).
+    async fn fill_tails(&self) -> StoreResult<()> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                let rows: Vec<(i64, String, i64)> =
+                    tx.exec(keyring::TAILLESS, ()).await.map_err(backend)?;
+                let tails = keyring::tails(sealer.as_deref(), rows);
+                for chunk in tails.chunks(key_query::CHUNK) {
+                    let rows = chunk.iter().map(|(t, id)| Params::from((t.as_str(), *id)));
+                    tx.exec_batch("UPDATE api_keys SET key_tail = ? WHERE id = ?", rows)
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Runs `f` in a transaction: committed when it returns `Ok`, rolled back otherwise.
@@ -293,6 +317,62 @@ impl Store for MysqlStore {
         })
     }
 
+    fn page_keys(&self, q: PageQuery) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| Box::pin(async move { key_pages::page(tx, sealer.as_deref(), &q).await }))
+    }
+
+    fn count_keys(&self, service_id: i64, filter: KeyFilter) -> BoxFuture<'_, StoreResult<u64>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(
+                async move { key_pages::count(tx, sealer.as_deref(), service_id, &filter).await },
+            )
+        })
+    }
+
+    fn select_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                key_pages::select(tx, sealer.as_deref(), service_id, &selection).await
+            })
+        })
+    }
+
+    fn bulk_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+        action: BulkAction,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>> {
+        let sealer = self.sealer.clone();
+        self.tx(move |tx| {
+            Box::pin(async move {
+                key_pages::bulk(tx, sealer.as_deref(), service_id, &selection, action).await
+            })
+        })
+    }
+
+    fn set_key_note(&self, key_id: i64, note: Option<String>) -> BoxFuture<'_, StoreResult<()>> {
+        self.tx(move |tx| {
+            Box::pin(async move {
+                require_key(tx, key_id).await?;
+                exec(
+                    tx,
+                    "UPDATE api_keys SET note = ? WHERE id = ?",
+                    Params::from((note, key_id)),
+                )
+                .await
+                .map(drop)
+            })
+        })
+    }
+
     fn get_key(&self, key_id: i64) -> BoxFuture<'_, StoreResult<Option<KeyRecord>>> {
         let sealer = self.sealer.clone();
         self.tx(move |tx| {
@@ -326,7 +406,8 @@ impl Store for MysqlStore {
                 {
                     return Err(StoreError::Conflict("key_value"));
                 }
-                let id = insert_key(tx, service_id, &stored, active).await?;
+                let tail = key_query::tail(&value);
+                let id = insert_key(tx, service_id, &stored, &tail, active).await?;
                 let mut keys: Vec<KeyRecord> = key_by_id(tx, id).await?.into_iter().collect();
                 keyring::open_keys(sealer.as_deref(), &mut keys);
                 keys.pop().ok_or(StoreError::NotFound)
@@ -370,10 +451,11 @@ impl Store for MysqlStore {
                             .1
                             .as_ref()
                             .is_some_and(|l| !seen_lookups.insert(l.clone()));
+                    let tail = key_query::tail(&value);
                     if !seen.insert(value) || dup_lookup {
                         out.skipped_count += 1;
                     } else {
-                        new.push(row);
+                        new.push((row, tail));
                     }
                 }
                 insert_keys(tx, service_id, &new).await?;
@@ -667,7 +749,8 @@ async fn import_dump(
             }
             None => {
                 out.keys_created += 1;
-                insert_key(tx, service_id, &stored, k.is_active).await?
+                let tail = key_query::tail(&k.key_value);
+                insert_key(tx, service_id, &stored, &tail, k.is_active).await?
             }
         };
         write_key_state(tx, id, k).await?;

@@ -15,11 +15,12 @@ pub(super) const SERVICE_COLS: &str = "id, name, slug, config_type, is_active, a
      probe_path, idle_timeout, DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ'), \
      DATE_FORMAT(updated_at, '%Y-%m-%dT%H:%i:%sZ'), \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id), \
-     (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active)";
+     (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active), \
+     revalidate_interval";
 
 pub(super) const KEY_COLS: &str = "id, key_value, is_active, proxy_config_id, invalid_reason, invalid_at, \
      cooldown_until, request_count, success_count, failure_count, consecutive_failures, \
-     last_used_at, last_status, last_error";
+     last_used_at, last_status, last_error, note";
 
 /// Rows per multi-row `INSERT` of a batch import.
 pub(super) const INSERT_CHUNK: usize = 500;
@@ -56,6 +57,7 @@ pub(super) fn service_from_row(mut row: Row) -> StoreResult<ServiceRecord> {
             retry_on: col(r, 13)?,
             probe_path: col(r, 14)?,
             idle_timeout: col(r, 15)?,
+            revalidate_interval: col(r, 20)?,
         },
         created_at: col(r, 16)?,
         updated_at: col(r, 17)?,
@@ -85,6 +87,7 @@ pub(super) fn key_from_row(mut row: Row) -> StoreResult<KeyRecord> {
             last_status: col(r, 12)?,
             last_error: col(r, 13)?,
         },
+        note: col(r, 14)?,
     })
 }
 
@@ -212,6 +215,7 @@ pub(super) fn field_values(f: &ServiceFields) -> Vec<Value> {
         f.retry_on.clone().into(),
         f.probe_path.clone().into(),
         f.idle_timeout.into(),
+        f.revalidate_interval.into(),
     ]
 }
 
@@ -223,8 +227,8 @@ pub(super) async fn insert_service(tx: &mut Tx, f: &ServiceFields) -> StoreResul
         tx,
         "INSERT INTO proxy_configs (name, slug, config_type, is_active, api_key_location, \
          api_key_name, method, target_url, target_base_url, api_format, output_format, \
-         max_retries, retry_on, probe_path, idle_timeout, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         max_retries, retry_on, probe_path, idle_timeout, revalidate_interval, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         Params::Positional(values),
     )
     .await?;
@@ -239,7 +243,8 @@ pub(super) async fn update_service_row(tx: &mut Tx, id: i64, f: &ServiceFields) 
         "UPDATE proxy_configs SET name = ?, slug = ?, config_type = ?, is_active = ?, \
          api_key_location = ?, api_key_name = ?, method = ?, target_url = ?, \
          target_base_url = ?, api_format = ?, output_format = ?, max_retries = ?, \
-         retry_on = ?, probe_path = ?, idle_timeout = ?, updated_at = ? WHERE id = ?",
+         retry_on = ?, probe_path = ?, idle_timeout = ?, revalidate_interval = ?, \
+         updated_at = ? WHERE id = ?",
         Params::Positional(values),
     )
     .await?;
@@ -257,13 +262,14 @@ pub(super) async fn insert_key(
     tx: &mut Tx,
     service_id: i64,
     (value, lookup): &(String, Option<String>),
+    tail: &str,
     active: bool,
 ) -> StoreResult<i64> {
     exec(
         tx,
-        "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
-         VALUES (?, ?, ?, ?, ?)",
-        Params::from((value, lookup, active, service_id, now_datetime())),
+        "INSERT INTO api_keys (key_value, key_lookup, key_tail, is_active, proxy_config_id, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        Params::from((value, lookup, tail, active, service_id, now_datetime())),
     )
     .await?;
     last_id(tx)
@@ -274,21 +280,22 @@ pub(super) async fn insert_key(
 pub(super) async fn insert_keys(
     tx: &mut Tx,
     service_id: i64,
-    values: &[(String, Option<String>)],
+    values: &[((String, Option<String>), String)],
 ) -> StoreResult<()> {
     let now = now_datetime();
     for chunk in values.chunks(INSERT_CHUNK) {
-        let rows = vec!["(?, ?, 1, ?, ?)"; chunk.len()].join(", ");
+        let rows = vec!["(?, ?, ?, 1, ?, ?)"; chunk.len()].join(", ");
         let sql = format!(
-            "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
-             VALUES {rows}"
+            "INSERT INTO api_keys (key_value, key_lookup, key_tail, is_active, proxy_config_id, \
+             created_at) VALUES {rows}"
         );
         let params = chunk
             .iter()
-            .flat_map(|(v, lookup)| {
+            .flat_map(|((v, lookup), tail)| {
                 [
                     v.as_str().into(),
                     lookup.clone().into(),
+                    tail.as_str().into(),
                     service_id.into(),
                     now.as_str().into(),
                 ]
@@ -312,14 +319,15 @@ pub(super) async fn write_key_state(tx: &mut Tx, id: i64, k: &KeyRecord) -> Stor
         k.stats.last_used_at.into(),
         k.stats.last_status.into(),
         k.stats.last_error.clone().into(),
+        k.note.clone().into(),
         id.into(),
     ];
     exec(
         tx,
         "UPDATE api_keys SET is_active = ?, invalid_reason = ?, invalid_at = ?, \
          cooldown_until = ?, request_count = ?, success_count = ?, failure_count = ?, \
-         consecutive_failures = ?, last_used_at = ?, last_status = ?, last_error = ? \
-         WHERE id = ?",
+         consecutive_failures = ?, last_used_at = ?, last_status = ?, last_error = ?, \
+         note = ? WHERE id = ?",
         Params::Positional(values),
     )
     .await?;

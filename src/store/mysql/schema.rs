@@ -35,6 +35,13 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("api_keys", "last_status", "int DEFAULT NULL"),
     ("api_keys", "last_error", "text"),
     ("api_keys", "key_lookup", "char(64) DEFAULT NULL"),
+    (
+        "api_keys",
+        "key_tail",
+        "varchar(8) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin DEFAULT NULL",
+    ),
+    ("api_keys", "note", "varchar(255) DEFAULT NULL"),
+    ("proxy_configs", "revalidate_interval", "int DEFAULT NULL"),
 ];
 
 /// Columns of the original that must be at least this wide (characters), and their
@@ -169,6 +176,9 @@ async fn migrate(conn: &mut Conn, reset: bool) -> StoreResult<()> {
             alter(conn, table, &format!("ADD INDEX `{name}` ({columns})")).await?;
         }
     }
+    conn.query_drop(crate::store::keyring::fill_plain_tails(Dialect::Mysql))
+        .await
+        .map_err(backend)?;
     remove_orphans(conn).await
 }
 

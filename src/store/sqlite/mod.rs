@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 mod client_keys;
+mod key_pages;
 mod rows;
 mod schema;
 mod usage;
@@ -24,6 +25,7 @@ use super::{
 use crate::config::Secret;
 use crate::seal::Sealer;
 use crate::store::client_keys::{ClientKeyFields, ClientKeyRecord};
+use crate::store::key_query::{self, BulkAction, KeyFilter, PageQuery, Selection};
 use crate::store::keyring::{self, AtRest};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 
@@ -101,7 +103,32 @@ impl SqliteStore {
             .await
             .map_err(|e| e.to_string())?;
         store.sealer = sealer;
+        store.fill_tails().await.map_err(|e| e.to_string())?;
         Ok(store)
+    }
+
+    /// Gives sealed keys stored before `key_tail` existed their tail (searched by `q`; the
+    /// migration fills plain ones).
+    async fn fill_tails(&self) -> StoreResult<()> {
+        let sealer = self.sealer.clone();
+        self.write(move |tx| {
+            let rows: Vec<(i64, String, i64)> = tx
+                .prepare(keyring::TAILLESS)
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
+                .map_err(backend)?;
+            for (tail, id) in keyring::tails(sealer.as_deref(), rows) {
+                tx.execute(
+                    "UPDATE api_keys SET key_tail = ?1 WHERE id = ?2",
+                    params![tail, id],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -270,6 +297,47 @@ impl Store for SqliteStore {
             let mut keys = query_keys(c, "WHERE proxy_config_id = ?1", &[&service_id])?;
             keyring::open_keys(sealer.as_deref(), &mut keys);
             Ok(keys)
+        })
+    }
+
+    fn page_keys(&self, q: PageQuery) -> BoxFuture<'_, StoreResult<Vec<KeyRecord>>> {
+        let sealer = self.sealer.clone();
+        self.run(move |c| key_pages::page(c, sealer.as_deref(), &q))
+    }
+
+    fn count_keys(&self, service_id: i64, filter: KeyFilter) -> BoxFuture<'_, StoreResult<u64>> {
+        let sealer = self.sealer.clone();
+        self.run(move |c| key_pages::count(c, sealer.as_deref(), service_id, &filter))
+    }
+
+    fn select_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>> {
+        let sealer = self.sealer.clone();
+        self.run(move |c| key_pages::select(c, sealer.as_deref(), service_id, &selection))
+    }
+
+    fn bulk_keys(
+        &self,
+        service_id: i64,
+        selection: Selection,
+        action: BulkAction,
+    ) -> BoxFuture<'_, StoreResult<Vec<i64>>> {
+        let sealer = self.sealer.clone();
+        self.write(move |tx| key_pages::bulk(tx, sealer.as_deref(), service_id, &selection, action))
+    }
+
+    fn set_key_note(&self, key_id: i64, note: Option<String>) -> BoxFuture<'_, StoreResult<()>> {
+        self.write(move |tx| {
+            changed_or_missing(
+                tx.execute(
+                    "UPDATE api_keys SET note = ?2 WHERE id = ?1",
+                    params![key_id, note],
+                )
+                .map_err(backend)?,
+            )
         })
     }
 
@@ -523,7 +591,7 @@ fn insert_new(
         return Ok(None);
     }
     let stored = keyring::to_store(sealer, value, service_id)?;
-    insert_key(tx, service_id, &stored, active).map(Some)
+    insert_key(tx, service_id, &stored, &key_query::tail(value), active).map(Some)
 }
 
 /// What the database holds of encryption.
@@ -597,7 +665,13 @@ fn import_dump(
             }
             None => {
                 out.keys_created += 1;
-                insert_key(tx, service_id, &stored, k.is_active)?
+                insert_key(
+                    tx,
+                    service_id,
+                    &stored,
+                    &key_query::tail(&k.key_value),
+                    k.is_active,
+                )?
             }
         };
         write_key_state(tx, id, k)?;

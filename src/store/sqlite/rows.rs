@@ -12,11 +12,12 @@ pub(super) const SERVICE_COLS: &str = "id, name, slug, config_type, is_active, a
      method, target_url, target_base_url, api_format, output_format, max_retries, retry_on, \
      probe_path, idle_timeout, created_at, updated_at, \
      (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id), \
-     (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active)";
+     (SELECT COUNT(*) FROM api_keys k WHERE k.proxy_config_id = proxy_configs.id AND k.is_active), \
+     revalidate_interval";
 
 pub(super) const KEY_COLS: &str = "id, key_value, is_active, proxy_config_id, invalid_reason, invalid_at, \
      cooldown_until, request_count, success_count, failure_count, consecutive_failures, \
-     last_used_at, last_status, last_error";
+     last_used_at, last_status, last_error, note";
 
 /// Booleans written by GORM are 1/0 (or "true"/"false" text in odd files).
 pub(super) fn get_bool(row: &Row<'_>, idx: usize) -> rusqlite::Result<bool> {
@@ -61,6 +62,7 @@ pub(super) fn service_from_row(row: &Row<'_>) -> rusqlite::Result<ServiceRecord>
             retry_on: row.get(13)?,
             probe_path: row.get(14)?,
             idle_timeout: row.get(15)?,
+            revalidate_interval: row.get(20)?,
         },
         created_at: get_time(row, 16)?,
         updated_at: get_time(row, 17)?,
@@ -89,6 +91,7 @@ pub(super) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
             last_status: row.get(12)?,
             last_error: row.get(13)?,
         },
+        note: row.get(14)?,
     })
 }
 
@@ -194,6 +197,7 @@ pub(super) fn service_values(f: &ServiceFields) -> Vec<&dyn rusqlite::ToSql> {
         &f.retry_on,
         &f.probe_path,
         &f.idle_timeout,
+        &f.revalidate_interval,
     ]
 }
 
@@ -204,8 +208,9 @@ pub(super) fn insert_service(tx: &Transaction<'_>, f: &ServiceFields) -> StoreRe
     tx.execute(
         "INSERT INTO proxy_configs (name, slug, config_type, is_active, api_key_location, \
          api_key_name, method, target_url, target_base_url, api_format, output_format, \
-         max_retries, retry_on, probe_path, idle_timeout, created_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?16)",
+         max_retries, retry_on, probe_path, idle_timeout, revalidate_interval, created_at, \
+         updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)",
         values.as_slice(),
     )
     .map_err(backend)?;
@@ -225,7 +230,8 @@ pub(super) fn update_service_row(
         "UPDATE proxy_configs SET name = ?1, slug = ?2, config_type = ?3, is_active = ?4, \
          api_key_location = ?5, api_key_name = ?6, method = ?7, target_url = ?8, \
          target_base_url = ?9, api_format = ?10, output_format = ?11, max_retries = ?12, \
-         retry_on = ?13, probe_path = ?14, idle_timeout = ?15, updated_at = ?16 WHERE id = ?17",
+         retry_on = ?13, probe_path = ?14, idle_timeout = ?15, revalidate_interval = ?16, \
+         updated_at = ?17 WHERE id = ?18",
         values.as_slice(),
     )
     .map_err(backend)?;
@@ -237,13 +243,14 @@ pub(super) fn insert_key(
     tx: &Transaction<'_>,
     service_id: i64,
     (value, lookup): &(String, Option<String>),
+    tail: &str,
     active: bool,
 ) -> StoreResult<i64> {
     tx.prepare_cached(
-        "INSERT INTO api_keys (key_value, key_lookup, is_active, proxy_config_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO api_keys (key_value, key_lookup, key_tail, is_active, proxy_config_id, \
+         created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
-    .and_then(|mut s| s.execute(params![value, lookup, active, service_id, now_text()]))
+    .and_then(|mut s| s.execute(params![value, lookup, tail, active, service_id, now_text()]))
     .map_err(backend)?;
     Ok(tx.last_insert_rowid())
 }
@@ -252,8 +259,8 @@ pub(super) fn write_key_state(tx: &Transaction<'_>, id: i64, k: &KeyRecord) -> S
     tx.execute(
         "UPDATE api_keys SET is_active = ?2, invalid_reason = ?3, invalid_at = ?4, \
          cooldown_until = ?5, request_count = ?6, success_count = ?7, failure_count = ?8, \
-         consecutive_failures = ?9, last_used_at = ?10, last_status = ?11, last_error = ?12 \
-         WHERE id = ?1",
+         consecutive_failures = ?9, last_used_at = ?10, last_status = ?11, last_error = ?12, \
+         note = ?13 WHERE id = ?1",
         params![
             id,
             k.is_active,
@@ -266,7 +273,8 @@ pub(super) fn write_key_state(tx: &Transaction<'_>, id: i64, k: &KeyRecord) -> S
             k.stats.consecutive_failures,
             k.stats.last_used_at,
             k.stats.last_status,
-            k.stats.last_error
+            k.stats.last_error,
+            k.note
         ],
     )
     .map_err(backend)?;

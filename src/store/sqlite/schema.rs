@@ -32,11 +32,15 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("api_keys", "last_status", "integer"),
     ("api_keys", "last_error", "text"),
     ("api_keys", "key_lookup", "text"),
+    ("api_keys", "key_tail", "text"),
+    ("api_keys", "note", "text"),
+    ("proxy_configs", "revalidate_interval", "integer"),
 ];
 
 /// Indexes we add.
 const ADDED_INDEXES: &str = "CREATE INDEX IF NOT EXISTS idx_api_keys_config_value ON api_keys(proxy_config_id, key_value); \
-     CREATE INDEX IF NOT EXISTS idx_api_keys_config_lookup ON api_keys(proxy_config_id, key_lookup);";
+     CREATE INDEX IF NOT EXISTS idx_api_keys_config_lookup ON api_keys(proxy_config_id, key_lookup); \
+     CREATE INDEX IF NOT EXISTS idx_api_keys_config_id ON api_keys(proxy_config_id, id);";
 
 pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
     let tx = conn
@@ -58,6 +62,11 @@ pub(super) fn migrate(conn: &mut Connection, reset: bool) -> StoreResult<()> {
         }
     }
     tx.execute_batch(ADDED_INDEXES).map_err(backend)?;
+    tx.execute(
+        &crate::store::keyring::fill_plain_tails(Dialect::Sqlite),
+        [],
+    )
+    .map_err(backend)?;
     for table in usage_sql::create_tables(Dialect::Sqlite) {
         tx.execute_batch(&table).map_err(backend)?;
     }
