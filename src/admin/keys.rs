@@ -351,6 +351,22 @@ pub async fn batch(
             dup_in_batch += 1;
         }
     }
+    let newest = |sort| PageQuery {
+        service_id,
+        sort,
+        limit: 1,
+        ..PageQuery::default()
+    };
+    let last_before = state
+        .store
+        .page_keys(newest(Sort { by: key_query::SortBy::Id, desc: true }))
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
+            other => store_error(other, SERVICE_NOT_FOUND),
+        })?
+        .first()
+        .map_or(0, |k| k.id);
     let mut outcome = state
         .store
         .add_keys(service_id, valid)
@@ -363,7 +379,10 @@ pub async fn batch(
     outcome.failed_count = failed.len() as u64;
     outcome.failed_keys = failed;
     if outcome.success_count > 0 {
-        state.changed().await?;
+        let added = added_since(state, service_id, last_before).await?;
+        state
+            .keys_changed(service_id, KeyChange::Upserted(added))
+            .await?;
     }
     crate::log::info!(
         "batch import into service id {service_id}: {} added, {} skipped, {} failed",
@@ -372,6 +391,33 @@ pub async fn batch(
         outcome.failed_count
     );
     Ok(json_response(StatusCode::OK, &outcome))
+}
+
+/// The service's keys with an id above `after` (those a batch just added).
+async fn added_since(
+    state: &AppState,
+    service_id: i64,
+    after: i64,
+) -> Result<Vec<KeyRecord>, ApiError> {
+    let mut out = Vec::new();
+    let mut cursor = Cursor { value: after, id: after };
+    loop {
+        let page = state
+            .store
+            .page_keys(PageQuery {
+                service_id,
+                after: Some(cursor),
+                limit: key_query::MAX_PAGE,
+                ..PageQuery::default()
+            })
+            .await
+            .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?;
+        let Some(last) = page.last().map(|k| k.id) else {
+            return Ok(out);
+        };
+        cursor = Cursor { value: last, id: last };
+        out.extend(page);
+    }
 }
 
 pub async fn clear(state: &AppState, service_id: i64) -> Result<Response<Body>, ApiError> {

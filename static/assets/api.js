@@ -96,6 +96,13 @@ export const api = {
 
   listKeys: (id, { reveal = false } = {}) =>
     request('GET', `${services}/${id}/keys${reveal ? '?reveal=true' : ''}`),
+  // One page: {keys, next_cursor, total?}; query = {limit, cursor, state, q, sort, total}.
+  pageKeys: (id, query) => {
+    const params = new URLSearchParams(Object.entries(query).filter(([, v]) => v !== undefined && v !== null && v !== ''));
+    return request('GET', `${services}/${id}/keys?${params}`);
+  },
+  bulkKeys: (id, body) => request('POST', `${services}/${id}/keys/bulk`, { body }),
+  getJob: (jobId) => request('GET', `/admin/jobs/${jobId}`),
   addKey: (id, keyValue) =>
     request('POST', `${services}/${id}/keys`, { body: { key_value: keyValue, is_active: true } }),
   importKeys: (id, list) => request('POST', `${services}/${id}/keys/batch`, { body: { keys: list } }),

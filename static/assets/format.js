@@ -2,7 +2,38 @@
 
 /** Splits pasted or uploaded text into keys: one per line, trimmed, blank lines dropped. */
 export function parseKeys(text) {
-  return text.split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+  const trimmed = text.trim();
+  if (trimmed.startsWith('[') || trimmed.startsWith('{')) {
+    try {
+      return keysOfJson(JSON.parse(trimmed));
+    } catch {
+      // not JSON after all: one key per line
+    }
+  }
+  const lines = text.split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+  return lines.some((line) => line.includes(',')) ? keysOfCsv(lines) : lines;
+}
+
+const KEY_COLUMNS = ['key', 'key_value', 'api_key', 'apikey'];
+
+// A list of keys, of {key_value|key|api_key} objects, or an export ({keys: [...]}).
+function keysOfJson(value) {
+  const list = Array.isArray(value) ? value : (value.keys ?? []);
+  return list
+    .map((item) => (typeof item === 'string' ? item : KEY_COLUMNS.map((c) => item?.[c]).find((v) => typeof v === 'string')))
+    .filter((v) => typeof v === 'string')
+    .map((v) => v.trim())
+    .filter(Boolean);
+}
+
+// The column named key, key_value or api_key when the first row names it; else the first.
+function keysOfCsv(lines) {
+  const cells = (line) => line.split(',').map((c) => c.trim().replace(/^"(.*)"$/, '$1'));
+  const header = cells(lines[0]).map((c) => c.toLowerCase());
+  const named = header.findIndex((c) => KEY_COLUMNS.includes(c));
+  const rows = named >= 0 ? lines.slice(1) : lines;
+  const column = Math.max(named, 0);
+  return rows.map((line) => cells(line)[column] ?? '').filter(Boolean);
 }
 
 /** Splits `items` into arrays of at most `size` items. */

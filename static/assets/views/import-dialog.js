@@ -48,7 +48,7 @@ function summaryView(total) {
 /** Opens the import dialog for `service`; `onDone` runs after an import (to reload the list). */
 export function openImportDialog(service, onDone) {
   const textarea = h('textarea', { name: 'keys', rows: '10', class: 'mono', spellcheck: 'false', testid: 'import-textarea', autocomplete: 'off', placeholder: 'sk-...\nsk-...' });
-  const file = h('input', { name: 'file', type: 'file', accept: '.txt,text/plain', testid: 'import-file', class: 'file-input' });
+  const file = h('input', { name: 'file', type: 'file', accept: '.txt,.csv,.json,text/plain,text/csv,application/json', testid: 'import-file', class: 'file-input' });
   const count = h('p', { class: 'hint', testid: 'import-count', 'aria-live': 'polite' });
   const progress = h('progress', { class: 'progress', testid: 'import-progress', max: '1', value: '0', hidden: true });
   const progressText = h('p', { class: 'hint', testid: 'import-progress-text', hidden: true });

@@ -46,32 +46,32 @@ function testResultText(result) {
   return parts.join(' · ');
 }
 
-/** Draws the table into `container`; `ctx` = {keys, page, testResults, reload, setPage}. */
+/** Draws one page into `container`; `ctx` = {keys, filtered, range, selected, onSelect,
+ * onSelectPage, testResults, reload, prev, next}. */
 export function renderKeyTable(container, ctx) {
   const { keys } = ctx;
   if (!keys.length) {
     replace(container, h('div', { class: 'empty' }, h('p', { testid: 'keys-empty', text: () => t(ctx.filtered ? 'keys.noneMatch' : 'keys.empty') })));
     return;
   }
-  const pages = Math.ceil(keys.length / PAGE_SIZE);
-  const page = Math.min(ctx.page, pages - 1);
-  const visible = keys.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+  const all = keys.every((k) => ctx.selected.has(k.id));
+  const pageBox = h('input', { type: 'checkbox', testid: 'keys-select-page', checked: all, 'aria-label': () => t('bulk.selectPage') });
+  pageBox.addEventListener('change', () => ctx.onSelectPage(pageBox.checked));
   const cols = ['key', 'state', 'usage', 'lastUsed', 'enabled', 'actions'];
+  const { range } = ctx;
   replace(container,
     h('div', { class: 'table-wrap' },
       h('table', { class: 'table responsive-table keys-table', testid: 'keys-table' },
-        h('thead', {}, h('tr', {}, cols.map((col) => h('th', { scope: 'col', text: () => t(`keys.col.${col}`) })))),
-        h('tbody', {}, visible.map((key) => keyRow(key, ctx))))),
-    pages > 1 ? pager(page, pages, keys.length, ctx) : null);
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col', class: 'select-col' }, pageBox), cols.map((col) => h('th', { scope: 'col', text: () => t(`keys.col.${col}`) })))),
+        h('tbody', {}, keys.map((key) => keyRow(key, ctx))))),
+    range.hasPrev || range.hasNext ? pager(range, ctx) : null);
 }
 
-function pager(page, pages, total, ctx) {
-  const first = page * PAGE_SIZE + 1;
-  const last = Math.min(total, (page + 1) * PAGE_SIZE);
+function pager(range, ctx) {
   return h('nav', { class: 'pager', 'aria-label': () => t('keys.pages') },
-    h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-prev', disabled: page === 0, text: () => t('common.previous'), onclick: () => ctx.setPage(page - 1) }),
-    h('span', { class: 'muted', testid: 'keys-range', text: () => t('keys.range', { first, last, total }) }),
-    h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-next', disabled: page >= pages - 1, text: () => t('common.next'), onclick: () => ctx.setPage(page + 1) }));
+    h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-prev', disabled: !range.hasPrev, text: () => t('common.previous'), onclick: ctx.prev }),
+    h('span', { class: 'muted', testid: 'keys-range', text: () => t('keys.range', { first: range.first, last: range.last, total: range.total }) }),
+    h('button', { type: 'button', class: 'btn btn-sm', testid: 'keys-next', disabled: !range.hasNext, text: () => t('common.next'), onclick: ctx.next }));
 }
 
 function keyRow(key, ctx) {
@@ -94,11 +94,15 @@ function keyRow(key, ctx) {
   const action = (labelKey, testid, onclick, extra = {}) =>
     h('button', { type: 'button', class: 'btn btn-sm', testid, text: () => t(labelKey), ...extra, onclick: (e) => onclick(e.currentTarget) });
 
+  const box = h('input', { type: 'checkbox', testid: 'key-select', checked: ctx.selected.has(key.id), 'aria-label': () => t('bulk.selectKey', { key: key.key_value }) });
+  box.addEventListener('change', () => ctx.onSelect(key.id, box.checked));
   return h('tr', { testid: 'key-row', 'data-key-id': String(key.id), 'data-state': state },
+    h('td', { class: 'select-col' }, box),
     h('td', { 'data-label': () => t('keys.col.key') },
       h('div', { class: 'stack' },
         h('code', { class: 'key-value', testid: 'key-value', text: key.key_value }),
-        h('span', { class: 'muted key-id', text: `#${key.id}` }))),
+        h('span', { class: 'muted key-id', text: `#${key.id}` }),
+        key.note ? h('span', { class: 'muted key-note', testid: 'key-note', text: key.note }) : null)),
     h('td', { 'data-label': () => t('keys.col.state') }, h('div', { class: 'stack' }, stateCell(key))),
     h('td', { 'data-label': () => t('keys.col.usage') }, usageCell(key)),
     h('td', { 'data-label': () => t('keys.col.lastUsed') }, lastUsedCell(key)),

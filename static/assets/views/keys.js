@@ -2,9 +2,9 @@
 import { h, refreshBindings, replace } from '../dom.js';
 import { formatNumber, t } from '../i18n.js';
 import { api } from '../api.js';
-import { exportFileName, keyState } from '../format.js';
+import { exportFileName } from '../format.js';
 import { busy, clearErrorsOnInput, clearFieldErrors, confirmDialog, downloadText, errorText, field, openDialog, reportError, select, setFieldError, toast } from '../ui.js';
-import { renderKeyTable } from './key-table.js';
+import { PAGE_SIZE, renderKeyTable } from './key-table.js';
 import { openImportDialog } from './import-dialog.js';
 
 const FILTERS = ['all', 'active', 'cooling', 'invalid', 'disabled'];
@@ -39,8 +39,9 @@ function addKeyForm(serviceId, reload) {
   return form;
 }
 
-function openExportDialog(service, keys) {
-  const activeCount = keys.filter((k) => k.is_active !== false).length;
+function openExportDialog(service) {
+  const keys = { length: service.key_count ?? 0 };
+  const activeCount = service.active_key_count ?? 0;
   const choice = (value, labelKey, n) => h('label', { class: 'choice choice-inline' },
     h('input', { type: 'radio', name: 'export-scope', value, checked: value === 'all', testid: `export-${value}` }),
     h('span', { text: () => t(labelKey, { n }) }));
@@ -90,60 +91,145 @@ async function clearAll(service, count, reload) {
   }
 }
 
-function countStates(keys) {
-  const counts = Object.fromEntries(FILTERS.map((f) => [f, 0]));
-  for (const key of keys) counts[keyState(key)] += 1;
-  counts.all = keys.length;
-  return counts;
-}
-
 /** Renders the key manager of service `id` into `main`. */
 export function renderKeys(main, { id }) {
-  const state = { service: null, keys: [], counts: countStates([]), page: 0, filter: 'all', testResults: new Map() };
+  // One page at a time from the server: `cursors[i]` is where page i starts.
+  const state = { service: null, keys: [], cursors: [''], next: null, total: 0, filter: 'all', q: '', selected: new Set(), allMatching: false, testResults: new Map() };
+  const summary = () => (state.service ? t('keys.summary', { slug: state.service.slug, n: state.service.key_count ?? 0, active: state.service.active_key_count ?? 0 }) : '');
   const heading = h('h1', { tabindex: '-1', testid: 'keys-title', text: () => (state.service ? t('keys.title', { name: state.service.name }) : t('keys.titleLoading')) });
-  const subtitle = h('p', { class: 'muted', testid: 'keys-summary', text: () => (state.service ? t('keys.summary', { slug: state.service.slug, n: state.counts.all, active: state.counts.active }) : '') });
+  const subtitle = h('p', { class: 'muted', testid: 'keys-summary', text: summary });
   const head = h('div', { class: 'page-head' }, h('div', {}, heading, subtitle));
   const list = h('div', { class: 'panel', 'aria-busy': 'true' }, h('p', { class: 'muted', text: () => t('common.loading') }));
   const toolbar = h('div', { class: 'toolbar' });
+  const bulkBar = h('div', { class: 'bulk-bar', testid: 'bulk-bar', hidden: true, role: 'region', 'aria-label': () => t('bulk.title') });
   main.replaceChildren(h('section', { class: 'page', testid: 'keys-page' },
     h('a', { class: 'back-link', href: '#/services', text: () => t('common.backToServices') }),
     head,
     toolbar,
+    bulkBar,
     list));
 
   const filterSelect = select({ name: 'key-filter', testid: 'key-filter', 'aria-label': () => t('keys.filter') },
-    FILTERS.map((f) => [f, () => `${t(`keys.filter.${f}`)} (${formatNumber(state.counts[f])})`]));
-  filterSelect.addEventListener('change', () => {
-    state.filter = filterSelect.value;
-    state.page = 0;
-    draw();
+    FILTERS.map((f) => [f, () => t(`keys.filter.${f}`)]));
+  const search = h('input', { type: 'search', name: 'key-search', testid: 'key-search', class: 'mono', autocomplete: 'off', spellcheck: 'false', placeholder: () => t('keys.searchPlaceholder'), 'aria-label': () => t('keys.search') });
+  const restart = () => {
+    state.cursors = [''];
+    state.selected.clear();
+    state.allMatching = false;
+    load();
+  };
+  filterSelect.addEventListener('change', () => { state.filter = filterSelect.value; restart(); });
+  let typing;
+  search.addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { state.q = search.value.trim(); restart(); }, 250);
   });
 
+  const query = () => ({ state: state.filter === 'all' ? '' : state.filter, q: state.q });
+
+  function drawBulkBar() {
+    const n = state.allMatching ? state.total : state.selected.size;
+    bulkBar.hidden = n === 0;
+    if (!n) return;
+    const action = (name, cls = 'btn btn-sm') => h('button', { type: 'button', class: cls, testid: `bulk-${name}`, text: () => t(`bulk.${name}`), onclick: (e) => runBulk(name, e.currentTarget) });
+    const pageFull = state.keys.length && state.keys.every((k) => state.selected.has(k.id));
+    replace(bulkBar,
+      h('span', { testid: 'bulk-count', text: () => t(state.allMatching ? 'bulk.allMatching' : 'bulk.selected', { n }) }),
+      pageFull && !state.allMatching && state.total > state.keys.length
+        ? h('button', { type: 'button', class: 'btn btn-sm btn-link', testid: 'bulk-select-all-matching', text: () => t('bulk.selectAllMatching', { n: state.total }), onclick: () => { state.allMatching = true; drawBulkBar(); } })
+        : null,
+      h('div', { class: 'button-row' }, action('test'), action('reset'), action('enable'), action('disable'), action('delete', 'btn btn-sm btn-danger-quiet'),
+        h('button', { type: 'button', class: 'btn btn-sm', testid: 'bulk-clear', text: () => t('bulk.clear'), onclick: () => { state.selected.clear(); state.allMatching = false; draw(); } })));
+  }
+
+  async function runBulk(name, button) {
+    const selection = state.allMatching ? { filter: query() } : { ids: [...state.selected] };
+    await busy(button, async () => {
+      try {
+        const { matched } = await api.bulkKeys(id, { action: name, ...selection, dry_run: true });
+        const confirmed = await confirmDialog({
+          title: t('bulk.confirmTitle'),
+          message: t(`bulk.confirm.${name}`, { n: matched }),
+          confirmLabel: t(`bulk.${name}`),
+          danger: name === 'delete',
+        });
+        if (!confirmed) return;
+        const reply = await api.bulkKeys(id, { action: name, ...selection });
+        if (reply.job) {
+          await followJob(reply.job);
+        } else {
+          toast(t('bulk.done', { n: reply.affected }), 'success');
+        }
+        state.selected.clear();
+        state.allMatching = false;
+        await reload();
+      } catch (err) {
+        reportError(err, 'bulk.failed');
+      }
+    });
+  }
+
+  async function followJob(job) {
+    const bar = h('progress', { class: 'progress', testid: 'bulk-progress', max: String(Math.max(job.total, 1)), value: '0' });
+    const text = h('p', { class: 'hint', testid: 'bulk-progress-text', role: 'status' });
+    replace(bulkBar, bar, text);
+    bulkBar.hidden = false;
+    for (;;) {
+      bar.value = job.done;
+      text.textContent = t('bulk.testProgress', { done: job.done, total: job.total, ok: job.ok, failed: job.failed });
+      if (job.state !== 'running') break;
+      await new Promise((r) => setTimeout(r, 400));
+      job = await api.getJob(job.id);
+    }
+    toast(t('bulk.testDone', { ok: job.ok, failed: job.failed }), job.failed ? 'error' : 'success');
+  }
+
   function draw() {
-    state.counts = countStates(state.keys);
     refreshBindings(head);
-    refreshBindings(filterSelect);
-    const shown = state.filter === 'all' ? state.keys : state.keys.filter((k) => keyState(k) === state.filter);
-    toolbar.querySelector('[data-testid=clear-keys]').disabled = !state.keys.length;
-    toolbar.querySelector('[data-testid=open-export]').disabled = !state.keys.length;
+    const page = state.cursors.length - 1;
+    toolbar.querySelector('[data-testid=clear-keys]').disabled = !(state.service?.key_count);
+    toolbar.querySelector('[data-testid=open-export]').disabled = !(state.service?.key_count);
     renderKeyTable(list, {
-      keys: shown,
-      filtered: state.filter !== 'all',
-      page: state.page,
+      keys: state.keys,
+      filtered: state.filter !== 'all' || state.q !== '',
+      range: {
+        first: formatNumber(page * PAGE_SIZE + 1),
+        last: formatNumber(page * PAGE_SIZE + state.keys.length),
+        total: formatNumber(state.total),
+        hasPrev: page > 0,
+        hasNext: Boolean(state.next),
+      },
+      selected: state.selected,
+      onSelect: (keyId, on) => { if (on) state.selected.add(keyId); else { state.selected.delete(keyId); state.allMatching = false; } draw(); },
+      onSelectPage: (on) => { for (const k of state.keys) { if (on) state.selected.add(k.id); else state.selected.delete(k.id); } if (!on) state.allMatching = false; draw(); },
+      prev: () => { state.cursors.pop(); load(); },
+      next: () => { state.cursors.push(state.next); load(); },
       testResults: state.testResults,
       reload,
-      setPage: (page) => { state.page = page; draw(); },
     });
+    drawBulkBar();
+  }
+
+  // The current page (and the count of what the filter matches).
+  async function load() {
+    const cursor = state.cursors[state.cursors.length - 1];
+    const reply = await api.pageKeys(id, { limit: PAGE_SIZE, cursor, total: 1, ...query() });
+    if (!reply.keys.length && state.cursors.length > 1) {
+      state.cursors.pop(); // the last page emptied: show the one before
+      return load();
+    }
+    state.keys = reply.keys;
+    state.next = reply.next_cursor;
+    state.total = reply.total ?? 0;
+    draw();
   }
 
   async function reload() {
     try {
-      const [service, keys] = await Promise.all([api.getService(id), api.listKeys(id)]);
-      state.service = service;
-      state.keys = keys ?? [];
+      state.service = await api.getService(id);
       list.removeAttribute('aria-busy');
       if (!toolbar.childElementCount) buildToolbar();
-      draw();
+      await load();
     } catch (err) {
       list.removeAttribute('aria-busy');
       replace(list, h('p', { class: 'alert alert-error', text: () => t('keys.loadFailed') }));
@@ -159,10 +245,10 @@ export function renderKeys(main, { id }) {
       h('div', { class: 'toolbar-row' },
         h('div', { class: 'button-row' },
           button('keys.import', 'open-import', () => openImportDialog(state.service, reload)),
-          button('keys.export', 'open-export', () => openExportDialog(state.service, state.keys)),
+          button('keys.export', 'open-export', () => openExportDialog(state.service)),
           button('keys.refresh', 'refresh-keys', (e) => busy(e.currentTarget, reload)),
-          button('keys.clearAll', 'clear-keys', () => clearAll(state.service, state.keys.length, reload), 'btn btn-danger-quiet')),
-        filterSelect));
+          button('keys.clearAll', 'clear-keys', () => clearAll(state.service, state.service.key_count, reload), 'btn btn-danger-quiet')),
+        h('div', { class: 'button-row' }, search, filterSelect)));
   }
 
   reload();

@@ -126,7 +126,7 @@ describe('key manager', () => {
     await assertText(keyRow(page, 0).getByTestId('key-state'), 'Disabled');
     await assertContains(page.getByTestId('keys-summary'), '1,207 keys, 1,206 active');
     await page.getByTestId('key-filter').selectOption('disabled');
-    assert.equal(await page.getByTestId('key-row').count(), 1);
+    await page.waitForFunction(() => document.querySelectorAll('[data-testid="key-row"]').length === 1);
     await page.getByTestId('key-filter').selectOption('all');
 
     await page.goto('/#/services');
