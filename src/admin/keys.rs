@@ -359,7 +359,10 @@ pub async fn batch(
     };
     let last_before = state
         .store
-        .page_keys(newest(Sort { by: key_query::SortBy::Id, desc: true }))
+        .page_keys(newest(Sort {
+            by: key_query::SortBy::Id,
+            desc: true,
+        }))
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
@@ -400,7 +403,10 @@ async fn added_since(
     after: i64,
 ) -> Result<Vec<KeyRecord>, ApiError> {
     let mut out = Vec::new();
-    let mut cursor = Cursor { value: after, id: after };
+    let mut cursor = Cursor {
+        value: after,
+        id: after,
+    };
     loop {
         let page = state
             .store
@@ -415,7 +421,10 @@ async fn added_since(
         let Some(last) = page.last().map(|k| k.id) else {
             return Ok(out);
         };
-        cursor = Cursor { value: last, id: last };
+        cursor = Cursor {
+            value: last,
+            id: last,
+        };
         out.extend(page);
     }
 }
