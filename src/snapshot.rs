@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
-use http::HeaderValue;
-
 use crate::keys::{KeyPool, KeyRegistry, KeyRuntime, PoolKey};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::service::{self, Placement, ServiceSpec};
@@ -168,34 +166,21 @@ fn pool_key(k: &KeyRecord, placement: &Placement, rt: &Arc<KeyRuntime>) -> Optio
         // It did not decrypt (store::keyring): marked invalid, and nothing to send.
         return None;
     }
-    let header = match placement {
-        Placement::Header { bearer, .. } => {
-            // Built in place, and wiped when the last header sharing it goes.
-            let prefix: &[u8] = if *bearer { b"Bearer " } else { b"" };
-            let mut text = Vec::with_capacity(prefix.len() + k.key_value.len());
-            text.extend_from_slice(prefix);
-            text.extend_from_slice(k.key_value.as_bytes());
-            let shared = bytes::Bytes::from_owner(crate::keys::WipedBytes(text.into()));
-            match HeaderValue::from_maybe_shared(shared) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    Some(v)
-                }
-                Err(_) => {
-                    crate::log::warn!(
-                        "key id {} cannot be sent in a header (invalid characters); skipped",
-                        k.id
-                    );
-                    return None;
-                }
-            }
-        }
-        _ => None,
+    let (prefix, header): (&'static [u8], bool) = match placement {
+        Placement::Header { bearer: true, .. } => (b"Bearer ", true),
+        Placement::Header { bearer: false, .. } => (b"", true),
+        _ => (b"", false),
+    };
+    let Some(secret) = crate::keys::KeySecret::build(prefix, &k.key_value, header) else {
+        crate::log::warn!(
+            "key id {} has characters no request can carry (control characters); skipped",
+            k.id
+        );
+        return None;
     };
     Some(PoolKey {
         id: k.id,
-        secret: Arc::new(crate::keys::KeySecret::new(&k.key_value)),
-        header,
+        secret,
         rt: rt.clone(),
     })
 }

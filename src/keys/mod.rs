@@ -24,40 +24,65 @@ use crate::store::KeyRecord;
 #[derive(Debug, Clone)]
 pub struct PoolKey {
     pub id: i64,
-    pub secret: Arc<KeySecret>,
-    /// The ready-made header value (with `Bearer ` when the service wants it), marked
-    /// sensitive; `None` when the key goes in the query.
-    pub header: Option<http::HeaderValue>,
+    pub secret: KeySecret,
     pub rt: Arc<KeyRuntime>,
 }
 
-/// A key's plain value, wiped from memory when its last holder (a snapshot, a request,
-/// the request log) lets it go. Never printed.
-pub struct KeySecret(Box<str>);
+/// A key's plain value and, for services that send it in a header, the ready-made header
+/// value (with `Bearer ` when the service wants it, marked sensitive): one buffer, shared
+/// by the snapshot, requests and the request log, and wiped when the last of them lets it
+/// go. One allocation per key, which matters in a pool of 100,000. Never printed.
+#[derive(Clone)]
+pub struct KeySecret {
+    /// `prefix + key`.
+    value: http::HeaderValue,
+    /// Length of the prefix.
+    skip: u8,
+    /// Whether `value` is the header the key goes in.
+    header: bool,
+}
 
 impl KeySecret {
+    /// `prefix + value` in one wiped buffer; `None` when it cannot be a header value
+    /// (control characters).
+    pub fn build(prefix: &'static [u8], value: &str, header: bool) -> Option<KeySecret> {
+        let mut text = Vec::with_capacity(prefix.len() + value.len());
+        text.extend_from_slice(prefix);
+        text.extend_from_slice(value.as_bytes());
+        let shared = bytes::Bytes::from_owner(WipedBytes(text.into()));
+        let mut value = http::HeaderValue::from_maybe_shared(shared).ok()?;
+        value.set_sensitive(true);
+        Some(KeySecret {
+            value,
+            skip: prefix.len() as u8,
+            header,
+        })
+    }
+
+    /// A key that does not go in a header (tests, probes).
     pub fn new(value: &str) -> KeySecret {
-        KeySecret(value.into())
+        KeySecret::build(b"", value, false).expect("a printable key")
+    }
+
+    /// The header value to send, when the key goes in a header.
+    #[inline]
+    pub fn header(&self) -> Option<&http::HeaderValue> {
+        self.header.then_some(&self.value)
     }
 }
 
 impl std::ops::Deref for KeySecret {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        let bytes = &self.value.as_bytes()[usize::from(self.skip)..];
+        // SAFETY: built from a `&str` after an ASCII prefix (`build`).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 
 impl std::fmt::Debug for KeySecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("***")
-    }
-}
-
-impl Drop for KeySecret {
-    fn drop(&mut self) {
-        // SAFETY: zero bytes keep the string valid UTF-8.
-        crate::seal::wipe(unsafe { self.0.as_bytes_mut() });
     }
 }
 
@@ -336,8 +361,7 @@ mod tests {
         let keys = (1..=n)
             .map(|id| PoolKey {
                 id,
-                secret: Arc::new(KeySecret::new(&format!("k{id}"))),
-                header: None,
+                secret: KeySecret::new(&format!("k{id}")),
                 rt: Arc::new(KeyRuntime::new(id)),
             })
             .collect();

@@ -13,6 +13,13 @@ use crate::store::{KeyHealth, KeyRecord, StatsUpdate};
 /// Longest `last_error` kept.
 const MAX_ERROR_LEN: usize = 200;
 
+/// A key's texts, when it has any.
+#[derive(Debug, Default, Clone)]
+struct Texts {
+    invalid: Option<(String, i64)>,
+    last_error: Option<String>,
+}
+
 /// Health and counters of one key.
 #[derive(Debug, Default)]
 pub struct KeyRuntime {
@@ -22,7 +29,9 @@ pub struct KeyRuntime {
     /// How many 429s in a row; drives the escalating default cooldown.
     strikes: AtomicU32,
     invalid: AtomicBool,
-    invalid_info: Mutex<Option<(String, i64)>>,
+    /// Why and since when it is invalid, and the last error: boxed, so a healthy key
+    /// (most of a large pool) holds one pointer for them.
+    texts: Mutex<Option<Box<Texts>>>,
     // Counters not yet written to the store.
     pending_requests: AtomicI64,
     pending_successes: AtomicI64,
@@ -30,7 +39,6 @@ pub struct KeyRuntime {
     consecutive_failures: AtomicI64,
     last_used_at: AtomicU64,
     last_status: AtomicU32,
-    last_error: Mutex<Option<String>>,
     dirty: AtomicBool,
     /// Set while a probe confirms a suspect key (one probe at a time).
     probing: AtomicBool,
@@ -57,6 +65,22 @@ impl KeyState {
 }
 
 impl KeyRuntime {
+    /// Changes the texts (boxed on first use, freed when both are empty).
+    fn set_texts(&self, f: impl FnOnce(&mut Texts)) {
+        let mut slot = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        let t = slot.get_or_insert_with(Box::default);
+        f(t);
+        if t.invalid.is_none() && t.last_error.is_none() {
+            *slot = None;
+        }
+    }
+
+    /// A copy of the texts.
+    fn texts(&self) -> Texts {
+        let slot = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_deref().cloned().unwrap_or_default()
+    }
+
     /// A fresh runtime for a key with no history.
     pub fn new(id: i64) -> KeyRuntime {
         KeyRuntime {
@@ -79,13 +103,12 @@ impl KeyRuntime {
     pub fn sync_health(&self, h: &KeyHealth) {
         match (&h.invalid_reason, h.invalid_at) {
             (Some(reason), at) => {
-                *self.invalid_info.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((reason.clone(), at.unwrap_or(0)));
+                self.set_texts(|t| t.invalid = Some((reason.clone(), at.unwrap_or(0))));
                 self.invalid.store(true, Relaxed);
             }
             (None, _) => {
                 self.invalid.store(false, Relaxed);
-                *self.invalid_info.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.set_texts(|t| t.invalid = None);
             }
         }
         if let Some(until) = h.cooldown_until.and_then(|u| u64::try_from(u).ok()) {
@@ -107,8 +130,9 @@ impl KeyRuntime {
 
     /// When the key was marked invalid (Unix ms), if it is.
     pub fn invalid_since(&self) -> Option<u64> {
-        let info = self.invalid_info.lock().unwrap_or_else(|p| p.into_inner());
-        info.as_ref().and_then(|(_, at)| u64::try_from(*at).ok())
+        self.texts()
+            .invalid
+            .and_then(|(_, at)| u64::try_from(at).ok())
     }
 
     pub fn is_invalid(&self) -> bool {
@@ -128,11 +152,7 @@ impl KeyRuntime {
 
     /// Health to persist.
     pub fn health(&self, now_ms: u64) -> KeyHealth {
-        let info = self
-            .invalid_info
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let info = self.texts().invalid;
         KeyHealth {
             invalid_reason: info.as_ref().map(|(r, _)| r.clone()),
             invalid_at: info.map(|(_, at)| at),
@@ -154,8 +174,7 @@ impl KeyRuntime {
 
     /// Marks the key invalid with a reason (no secret in it).
     pub fn invalidate(&self, reason: &str, now_ms: u64) {
-        *self.invalid_info.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((reason.to_string(), now_ms as i64));
+        self.set_texts(|t| t.invalid = Some((reason.to_string(), now_ms as i64)));
         self.invalid.store(true, Relaxed);
         self.dirty.store(true, Relaxed);
     }
@@ -180,7 +199,7 @@ impl KeyRuntime {
     /// Clears cooldown, invalid mark and failure streaks (the admin's "reset").
     pub fn reset(&self) {
         self.invalid.store(false, Relaxed);
-        *self.invalid_info.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_texts(|t| t.invalid = None);
         self.cooldown_until.store(0, Relaxed);
         self.strikes.store(0, Relaxed);
         self.consecutive_failures.store(0, Relaxed);
@@ -210,7 +229,7 @@ impl KeyRuntime {
                     }
                     e.truncate(cut);
                 }
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                self.set_texts(|t| t.last_error = Some(e));
             }
         }
         self.dirty.store(true, Relaxed);
@@ -231,11 +250,7 @@ impl KeyRuntime {
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             last_used_at: (last_used != 0).then_some(last_used as i64),
             last_status: (status != 0).then_some(i64::from(status)),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: self.texts().last_error,
             cooldown_until: self.cooling_until(now_ms).map(|u| u as i64),
         })
     }
@@ -260,12 +275,7 @@ impl KeyRuntime {
             let status = self.last_status.load(Relaxed);
             k.stats.last_status = (status != 0).then_some(i64::from(status));
         }
-        if let Some(e) = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(e) = self.texts().last_error {
             k.stats.last_error = Some(e);
         }
         k.health = self.health(now_ms);

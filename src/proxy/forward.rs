@@ -190,7 +190,7 @@ async fn send(
         // attempt, and the key is written over any header of the same name.
         let body = out.body.take();
         let target = out.target(svc, &key.secret)?;
-        let key_header = match (&svc.spec.placement, key.header.as_ref()) {
+        let key_header = match (&svc.spec.placement, key.secret.header()) {
             (Placement::Header { name, .. }, Some(value)) => Some((name, value)),
             _ => None,
         };

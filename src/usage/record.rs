@@ -43,7 +43,7 @@ pub struct Trace {
     attempts: [(i64, u16); MAX_ATTEMPTS],
     attempt_count: usize,
     /// The key of the last attempt: its id and secret (for its mask, made at flush).
-    pub key: Option<(i64, Arc<crate::keys::KeySecret>)>,
+    pub key: Option<(i64, crate::keys::KeySecret)>,
     /// Time to the final answer's head.
     pub latency: Option<Duration>,
     pub bytes_in: u64,
@@ -88,7 +88,7 @@ impl Trace {
     }
 
     /// Notes an attempt with key `key_id`; `status` 0 when it got no answer.
-    pub fn attempt(&mut self, key_id: i64, secret: &Arc<crate::keys::KeySecret>, status: u16) {
+    pub fn attempt(&mut self, key_id: i64, secret: &crate::keys::KeySecret, status: u16) {
         if self.attempt_count < MAX_ATTEMPTS {
             self.attempts[self.attempt_count] = (key_id, status);
             self.attempt_count += 1;
