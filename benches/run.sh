@@ -6,6 +6,8 @@
 #   benches/run.sh profile [rest|llm] [N]
 #                                   instructions per proxied request under callgrind
 #                                   (N sequential requests on one connection)
+#   benches/run.sh pool             the large-pool phase alone (100,000 keys against 3),
+#                                   with BENCH_ARGS (e.g. "--reps 6 --seconds 8")
 #   benches/run.sh profile rest|llm load [S]
 #                                   the same under load (wrk -c64 for S seconds), for
 #                                   ours and for nginx, each alone under callgrind
@@ -41,6 +43,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 MODE=run
 if [[ "${1:-}" == "profile" ]]; then
     MODE=profile
+    shift
+elif [[ "${1:-}" == "pool" ]]; then
+    MODE=pool
     shift
 fi
 
@@ -112,13 +117,15 @@ release() {
     PGO=${BENCH_PGO:-1} scripts/pgo.sh --or-plain --kind-file "$kind" "$@" || return 1
     cp "$CARGO_TARGET_DIR/release/api-key-rotator" "$BIN/api-key-rotator-$name"
 }
-if [[ $MODE == run && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
+if [[ $MODE != profile && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
     release lightweight || die "the lightweight release build failed"
     # Redis rotation is half of what the enterprise run measures: trained too when Redis answers.
     if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
         export PGO_TRAIN_ENV="REDIS_URL=redis://127.0.0.1:6379/13"
     fi
-    if ! release enterprise --features enterprise; then
+    if [[ $MODE == pool ]]; then
+        : # the lightweight build is all the pool phase needs
+    elif ! release enterprise --features enterprise; then
         say "the enterprise build failed: its numbers will be reported as pending"
         rm -f "$BIN/api-key-rotator-enterprise"
     fi
@@ -293,6 +300,20 @@ if [[ $MODE == profile ]]; then
         top "$WORK/nginx.self" 25
     } >"$OUT"
     say "instructions per $ROUTE request under load: ours $OURS, nginx $NGX, ours / nginx $RATIO (report: $OUT)"
+    exit 0
+fi
+
+# --- pool: the large-pool phase alone ----------------------------------------------
+if [[ $MODE == pool ]]; then
+    mkdir -p "$RESULTS"
+    OUT=$RESULTS/$(date -u +%Y-%m-%dT%H%MZ)-pool
+    say "measuring a pool of 100,000 keys against 3 keys"
+    # shellcheck disable=SC2086
+    "$HARNESS" pool --light "$BIN/api-key-rotator-lightweight" --work "$WORK" --build "$BUILD_KIND" \
+        "$@" ${BENCH_ARGS:-} >"$OUT.json" 2> >(tee "$OUT.log" >&2)
+    sed -n '/^### /,$p' "$OUT.log" >"$OUT.md"
+    rm -f "$OUT.log"
+    say "results in $OUT.json and $OUT.md"
     exit 0
 fi
 

@@ -157,6 +157,8 @@ impl AppState {
                 self.snapshot.store(snap);
             }
         }
+        // The pool just replaced (100,000 entries, say) is free now.
+        release_freed_memory();
         self.cache.publish_change();
         Ok(())
     }

@@ -21,9 +21,17 @@ const LOG_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// Writes pending counters and usage now (the request log `with_log`). Returns how many
 /// keys were written.
 pub async fn flush(state: &AppState, with_log: bool) -> usize {
+    let started = Instant::now();
     flush_usage(state, with_log).await;
+    let usage_done = started.elapsed();
     flush_client_keys(state).await;
-    flush_keys(state).await
+    let keys = flush_keys(state).await;
+    crate::log::debug!(
+        "statistics written: usage in {} ms, {keys} keys in {} ms",
+        usage_done.as_millis(),
+        (started.elapsed() - usage_done).as_millis()
+    );
+    keys
 }
 
 /// Writes when client keys were last used, and shares the tokens they used here with the
@@ -74,20 +82,32 @@ pub async fn flush_usage(state: &AppState, with_log: bool) {
     }
 }
 
+/// The counters of every key used since the last flush, in id order (the rows' order:
+/// a write of 100,000 then touches each page once). Gathered on the blocking pool, so a
+/// large pool's scan never holds up a shard.
 async fn flush_keys(state: &AppState) -> usize {
     let now = now_ms();
-    let pending: Vec<_> = state
-        .registry
-        .all()
-        .into_iter()
-        .filter_map(|rt| rt.take_update(now).map(|u| (rt, u)))
-        .collect();
+    let runtimes = state.registry.all();
+    let Ok(pending) = tokio::task::spawn_blocking(move || {
+        let mut pending: Vec<_> = runtimes
+            .into_iter()
+            .filter_map(|rt| rt.take_update(now).map(|u| (rt, u)))
+            .collect();
+        pending.sort_unstable_by_key(|(_, u)| u.key_id);
+        let updates: Vec<_> = pending.iter().map(|(_, u)| u.clone()).collect();
+        (pending, updates)
+    })
+    .await
+    else {
+        return 0;
+    };
+    let (pending, updates) = pending;
     if pending.is_empty() {
         return 0;
     }
-    let updates = pending.iter().map(|(_, u)| u.clone()).collect();
+    let n = pending.len();
     match state.store.save_stats(updates).await {
-        Ok(()) => pending.len(),
+        Ok(()) => n,
         Err(e) => {
             crate::log::warn!("could not save key statistics (will retry): {e}");
             for (rt, u) in &pending {
@@ -100,20 +120,54 @@ async fn flush_keys(state: &AppState) -> usize {
 
 /// Flushes periodically until `stop` changes, then flushes a last time.
 pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(state.config.stats_flush_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut log_written = Instant::now();
+    let mut wait = state.config.stats_flush_interval;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = tokio::time::sleep(wait) => {
                 let with_log = log_written.elapsed() >= LOG_WRITE_INTERVAL;
                 if with_log {
                     log_written = Instant::now();
                 }
+                let started = Instant::now();
                 flush(&state, with_log).await;
+                wait = next_wait(state.config.stats_flush_interval, started.elapsed());
             }
             _ = stop.changed() => break,
         }
     }
     flush(&state, true).await;
+}
+
+/// Most of the time writing statistics may take: with a pool of 100,000 keys all in use,
+/// one write is about a second, and writing it every 5 s cost a tenth of the throughput.
+const MAX_WRITE_SHARE: u32 = 50;
+/// Longest wait between writes, whatever they cost.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The wait before the next write: `interval`, or longer when the last write took more
+/// than 1/[`MAX_WRITE_SHARE`] of it (then at most [`MAX_WAIT`]). Counters are written
+/// whole at shutdown either way.
+fn next_wait(interval: Duration, took: Duration) -> Duration {
+    interval.max((took * MAX_WRITE_SHARE).min(MAX_WAIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_writes_space_out_the_next_ones() {
+        let five = Duration::from_secs(5);
+        assert_eq!(next_wait(five, Duration::from_millis(3)), five);
+        assert_eq!(
+            next_wait(five, Duration::from_millis(400)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(next_wait(five, Duration::from_secs(3)), MAX_WAIT);
+        assert_eq!(
+            next_wait(Duration::from_secs(90), Duration::from_secs(3)),
+            Duration::from_secs(90)
+        );
+    }
 }

@@ -16,6 +16,7 @@
 //! Method and results: docs/BENCHMARKS.md. Raw results: benches/results/.
 
 mod client;
+mod large_pool;
 mod litellm;
 mod openloop;
 mod procs;
@@ -158,7 +159,7 @@ fn main() {
             );
             println!("{}", w.requests);
         }
-        Some(cmd @ ("run" | "memory")) => {
+        Some(cmd @ ("run" | "memory" | "pool")) => {
             let quick = args.iter().any(|a| a == "--quick");
             let opts = Opts {
                 light: get("--light").map(PathBuf::from).expect("--light BIN"),
@@ -189,6 +190,8 @@ fn main() {
             };
             if cmd == "memory" {
                 memory_only(&opts);
+            } else if cmd == "pool" {
+                pool_only(&opts);
             } else {
                 run(&opts);
             }
@@ -506,6 +509,9 @@ fn run(o: &Opts) {
 
     // 8: what a client key with a per-minute limit costs against a global proxy key.
     raw["client_keys"] = client_key_phase(o, &work, &ours, &direct, pin.client.as_deref());
+
+    // 9: a pool of 100,000 keys: admin latency, memory, throughput against 3 keys.
+    raw["large_pool"] = large_pool::phase(o, &work, up_port, &ours, &direct, pin.client.as_deref());
 
     // 5: LiteLLM, on /llm, against ours.
     raw["litellm"] = match &o.litellm {
@@ -918,6 +924,43 @@ fn time_to_first_request(opts: &ProxyOpts<'_>, work: &Path) -> Value {
 }
 
 /// The memory measurement alone, against a fresh proxy (for work on memory use).
+/// The large-pool phase alone (`benches/run.sh pool`), against a 3-key proxy.
+fn pool_only(o: &Opts) {
+    let work = procs::work_dir(&o.work);
+    let up_port = procs::free_port();
+    let upstream = targets::spawn_upstream(&work, up_port, None);
+    let direct = Target {
+        name: "direct".into(),
+        kind: Kind::Direct,
+        addr: addr(up_port),
+        pid: upstream.pid,
+    };
+    let port = procs::free_port();
+    let opts = ProxyOpts {
+        name: "ours",
+        bin: &o.light,
+        port,
+        log_level: "warn",
+        env: vec![],
+        db: work.join("small.db"),
+        cpus: None,
+        workers: o.workers,
+    };
+    let p = targets::spawn_proxy(&opts, &work);
+    targets::rt()
+        .block_on(targets::setup(addr(port), up_port))
+        .unwrap_or_else(|e| panic!("setup: {e}"));
+    let small = Target {
+        name: "ours".into(),
+        kind: Kind::Ours,
+        addr: addr(port),
+        pid: p.pid,
+    };
+    let raw = json!({ "large_pool": large_pool::phase(o, &work, up_port, &small, &direct, None) });
+    println!("{}", serde_json::to_string(&raw).expect("json"));
+    eprintln!("{}", report::large_pool_md(&raw));
+}
+
 fn memory_only(o: &Opts) {
     let work = procs::work_dir(&o.work);
     let up_port = procs::free_port();

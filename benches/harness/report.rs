@@ -426,6 +426,7 @@ pub fn markdown(raw: &Value) -> String {
     litellm(&mut o, raw);
     tracking(&mut o, raw);
     client_keys(&mut o, raw);
+    o.push_str(&large_pool_md(raw));
 
     // Targets.
     let _ = writeln!(o, "\n### Targets\n");
@@ -587,6 +588,78 @@ fn client_keys(o: &mut String, raw: &Value) {
         pm(&k),
         k.median / g.median
     );
+}
+
+/// A pool of 100,000 keys against issue 26's targets.
+pub fn large_pool_md(raw: &Value) -> String {
+    let mut o = String::new();
+    let p = &raw["large_pool"];
+    if p["status"] != "measured" {
+        let _ = writeln!(
+            o,
+            "\nLarge pool: not measured ({}).",
+            p["reason"].as_str().unwrap_or("?")
+        );
+        return o;
+    }
+    let rps = |which: &str| {
+        Spread::of(&pick(
+            &p["throughput"],
+            |r| r["pool"] == which,
+            |r| f(&r["rps"]),
+        ))
+    };
+    let (pool, small) = (rps("pool"), rps("small"));
+    let l = &p["listing"];
+    let kb = |v: &Value| f(v);
+    let stream = kb(&l["rss_after_whole_list_kb"]) - kb(&l["rss_before_kb"]);
+    let paged = kb(&l["rss_after_pages_kb"]) - kb(&l["rss_before_kb"]);
+    let ms = |k: &str| {
+        format!(
+            "{:.1} ms (max {:.1})",
+            f(&p["admin"][k]["p50_ms"]),
+            f(&p["admin"][k]["max_ms"])
+        )
+    };
+    let _ = writeln!(o, "\n### A pool of {} keys (SQLite)\n", p["keys"]);
+    let _ = writeln!(o, "| measurement | result | target |");
+    let _ = writeln!(o, "|---|---:|---|");
+    let _ = writeln!(
+        o,
+        "| one page of 100 keys, p50 | {} | ≤ 20 ms |",
+        ms("page_of_100")
+    );
+    let _ = writeln!(
+        o,
+        "| add one key, snapshot included, p50 | {} | ≤ 20 ms |",
+        ms("add_one")
+    );
+    let _ = writeln!(
+        o,
+        "| delete one key, snapshot included, p50 | {} | ≤ 20 ms |",
+        ms("delete_one")
+    );
+    let _ = writeln!(
+        o,
+        "| RSS added: whole list streamed ({} MB of JSON) | {:+.1} MB | ≤ 10 MB |",
+        (f(&l["whole_list_bytes"]) / 1e6).round(),
+        stream / 1024.0
+    );
+    let _ = writeln!(
+        o,
+        "| RSS added: then every page of 1,000 | {:+.1} MB | ≤ 10 MB |",
+        paged / 1024.0
+    );
+    let _ = writeln!(o, "| idle RSS | {} | ≤ 40 MB |", mb(f(&p["idle_rss_kb"])));
+    let _ = writeln!(
+        o,
+        "| /proxy req/s: {} keys ÷ 3 keys | {} ÷ {} = **{:.2}×** | ≥ 0.97× |",
+        p["keys"],
+        pm(&pool),
+        pm(&small),
+        pool.median / small.median
+    );
+    o
 }
 
 fn litellm(o: &mut String, raw: &Value) {

@@ -416,6 +416,17 @@ impl Pending {
                 }
             }
         }
+        // In the table's key order: a write of 100,000 rows then touches each page once
+        // instead of jumping around (several times faster in SQLite).
+        rollups.sort_unstable_by(|a, b| {
+            (a.hour, a.service_id, a.key_id, &a.model, a.client_key_id).cmp(&(
+                b.hour,
+                b.service_id,
+                b.key_id,
+                &b.model,
+                b.client_key_id,
+            ))
+        });
         let mut entries = self.unwritten;
         let mut fresh: Vec<Finished> = self.log.into_iter().flatten().collect();
         // In the order the requests came (the monotonic clock: finer than the wall's ms).

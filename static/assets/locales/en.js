@@ -119,6 +119,8 @@ export default {
   'form.retryOn': 'Retry on statuses',
   'form.retryOnHint': 'Comma-separated HTTP statuses that make the proxy try another key. Empty: the default for the type.',
   'form.probePath': 'Test path',
+  'form.revalidate': 'Re-test invalid keys every (seconds)',
+  'form.revalidateHint': 'Empty or 0: never. 60 to 604800. Invalid keys are probed in the background on the test path (LLM: the free model list), with back-off; a key that answers well comes back.',
   'form.probePathHint': 'Path under the target URL that “Test” calls with a key (GET). Empty: the target URL itself.',
   'form.required': 'This field is required.',
   'form.create': 'Create service',

@@ -119,6 +119,8 @@ export default {
   'form.retryOn': '重试的状态码',
   'form.retryOnHint': '以逗号分隔的 HTTP 状态码，遇到时代理会换一个密钥重试。留空则使用该类型的默认值。',
   'form.probePath': '测试路径',
+  'form.revalidate': '每隔多少秒重新测试失效密钥',
+  'form.revalidateHint': '留空或 0：从不。60 到 604800。后台在测试路径上探测失效密钥（LLM：免费的模型列表），带退避；回应正常的密钥会恢复使用。',
   'form.probePathHint': '“测试”时用密钥请求（GET）的路径，位于目标地址之下。留空则请求目标地址本身。',
   'form.required': '此项为必填项。',
   'form.create': '创建服务',

@@ -56,6 +56,8 @@ function buildControls(service) {
     max_retries: input('max_retries', { type: 'number', min: '0', max: '10', step: '1', inputmode: 'numeric', value: String(service.max_retries ?? (service.id ? '' : DEFAULT_RETRIES)) }),
     retry_on: input('retry_on', { value: service.retry_on ?? '', class: 'mono', placeholder: '429, 500, 502, 503', spellcheck: 'false' }),
     probe_path: input('probe_path', { value: llm ? '' : service.probe_path ?? '', class: 'mono', placeholder: 'v1/status', spellcheck: 'false' }),
+    revalidate_interval: input('revalidate_interval', { type: 'number', min: '0', max: '604800', step: '60', inputmode: 'numeric', value: service.revalidate_interval ? String(service.revalidate_interval) : '', placeholder: '3600' }),
+    idle_timeout: service.idle_timeout ?? null,
     initial: { method: service.method ?? 'GET', format, location: service.api_key_location ?? (service.id ? '' : 'header') },
   };
 }
@@ -63,7 +65,7 @@ function buildControls(service) {
 /** Whether an edited service has advanced settings that differ from the defaults. */
 function hasAdvancedSettings(service) {
   if (service.id === undefined) return false;
-  return Boolean(service.retry_on || service.probe_path)
+  return Boolean(service.retry_on || service.probe_path || service.revalidate_interval)
     || (service.max_retries !== undefined && service.max_retries !== DEFAULT_RETRIES);
 }
 
@@ -72,6 +74,7 @@ function payload(c, type) {
   const llm = type === 'LLM';
   const text = (el) => el.value.trim();
   const retries = text(c.max_retries);
+  const revalidate = text(c.revalidate_interval);
   return {
     name: text(c.name),
     slug: text(c.slug),
@@ -86,6 +89,8 @@ function payload(c, type) {
     max_retries: retries === '' ? null : Number(retries),
     retry_on: text(c.retry_on) || null,
     probe_path: llm ? null : text(c.probe_path) || null,
+    revalidate_interval: revalidate === '' ? null : Number(revalidate),
+    idle_timeout: c.idle_timeout,
   };
 }
 
@@ -183,7 +188,8 @@ function buildForm(service, editing) {
       h('div', { class: 'form-grid' },
         field({ label: () => t('form.maxRetries'), control: c.max_retries, hint: () => t('form.maxRetriesHint') }),
         field({ label: () => t('form.retryOn'), control: c.retry_on, hint: () => t('form.retryOnHint') }),
-        probePart)),
+        probePart,
+        field({ label: () => t('form.revalidate'), control: c.revalidate_interval, hint: () => t('form.revalidateHint') }))),
     h('div', { class: 'form-actions' },
       h('a', { class: 'btn', href: '#/services', testid: 'form-cancel', text: () => t('common.cancel') }),
       submit));
