@@ -7,7 +7,7 @@ IMAGE   ?= api-key-rotator
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 .PHONY: help run build build-enterprise-bin test test-sdk test-e2e test-enterprise test-images test-all \
-        lint fmt bench dist info build-lightweight build-enterprise build-all \
+        lint fmt fuzz soak bench dist info build-lightweight build-enterprise build-all \
         test-lightweight publish-lightweight publish-enterprise publish-all clean
 
 help:
@@ -17,6 +17,8 @@ help:
 	@echo "make test-e2e         the admin page in headless Chromium"
 	@echo "make test-enterprise  MySQL store and Redis rotation against the local MariaDB and Redis"
 	@echo "make bench            benchmarks against nginx and direct (docs/BENCHMARKS.md)"
+	@echo "make fuzz             every fuzz target for FUZZ_SECONDS (60) each (docs/FUZZING.md)"
+	@echo "make soak             30 minutes of traffic with faults (SOAK_ENTERPRISE=1: MariaDB, Redis restarted)"
 	@echo "make dist             both release binaries (profile-guided: scripts/pgo.sh), checked and measured"
 	@echo "make test-images      both images (from make dist's static binaries) run as users run them; needs docker.io"
 
@@ -53,6 +55,13 @@ test-enterprise:
 test-lightweight: test
 
 test-all: test test-enterprise test-sdk test-e2e
+
+fuzz:
+	scripts/fuzz.sh
+
+soak:
+	if [ "$(SOAK_ENTERPRISE)" = 1 ]; then $(CARGO) build --release --features enterprise; else $(CARGO) build --release; fi
+	python3 scripts/soak.py
 
 bench:
 	benches/run.sh

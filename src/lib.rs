@@ -55,6 +55,13 @@ pub mod cors;
 pub mod deadline;
 pub mod error;
 pub mod headers;
+/// Entry points for the fuzz targets (`fuzz/`): parsers that are private otherwise. Not an
+/// API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::admin::JsonBody;
+    pub use crate::proxy::llm::{BodyKey, find_api_key, find_member, strip_api_keys};
+}
 pub mod jobs;
 pub mod jwt;
 pub mod keys;

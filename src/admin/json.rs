@@ -49,13 +49,18 @@ impl JsonBody {
                 format!("request body could not be read: {e}"),
             ),
         })?;
+        JsonBody::parse(&bytes)
+    }
+
+    /// Parses bytes that must be a JSON object (400 otherwise).
+    pub fn parse(bytes: &[u8]) -> Result<JsonBody, ApiError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::admin(
                 http::StatusCode::BAD_REQUEST,
                 "request body is empty; expected a JSON object",
             ));
         }
-        match serde_json::from_slice::<Value>(&bytes) {
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => Ok(JsonBody(map)),
             Ok(_) => Err(ApiError::admin(
                 http::StatusCode::BAD_REQUEST,

@@ -401,7 +401,10 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_len..];
     }
-    (total.is_finite() && total >= 0.0).then(|| Duration::from_secs_f64(total))
+    // A provider's absurd number (found by fuzzing: `5555…50s` panicked here) waits the
+    // longest; the caller caps it.
+    (total.is_finite() && total >= 0.0)
+        .then(|| Duration::try_from_secs_f64(total).unwrap_or(Duration::MAX))
 }
 
 /// A set of HTTP statuses (for "retry on").
@@ -613,6 +616,12 @@ mod tests {
     fn retry_after_seconds_and_date() {
         let d = cooldown_from_headers(&headers(&[("retry-after", "17")]), NOW);
         assert_eq!(d, Some(Duration::from_secs(17)));
+        // Fuzzing found: a duration too large for `Duration` panicked.
+        let huge = format!("{}0s", "5".repeat(63));
+        assert_eq!(parse_go_duration(&huge), Some(Duration::MAX));
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset-requests", huge.parse().unwrap());
+        assert_eq!(cooldown_from_headers(&h, NOW), Some(MAX_COOLDOWN));
         let d = cooldown_from_headers(
             &headers(&[("retry-after", "Sun, 06 Nov 1994 08:50:37 GMT")]),
             NOW,

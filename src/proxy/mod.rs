@@ -6,7 +6,8 @@
 
 pub mod forward;
 mod health;
-mod llm;
+#[doc(hidden)]
+pub mod llm;
 pub mod probe;
 mod redact;
 pub mod revalidate;
