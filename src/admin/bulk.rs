@@ -153,18 +153,7 @@ async fn start_test(
     service_id: i64,
     ids: Vec<i64>,
 ) -> Result<Arc<Job>, ApiError> {
-    let service = state
-        .store
-        .get_service(service_id)
-        .await
-        .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?
-        .ok_or_else(|| ApiError::not_found(SERVICE_NOT_FOUND))?;
-    let spec = crate::service::spec(&service.fields).map_err(|e| {
-        ApiError::admin(
-            StatusCode::CONFLICT,
-            format!("the service cannot be used: {}", e.message),
-        )
-    })?;
+    let (service, spec) = super::keys::testable_service(state, service_id).await?;
     let job = state.jobs.start("test", service_id, ids.len() as u64);
     let (state, run) = (state.clone(), job.clone());
     let (service, spec) = (Arc::new(service), Arc::new(spec));

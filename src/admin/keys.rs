@@ -557,12 +557,14 @@ pub async fn reset(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiE
     ))
 }
 
-/// Calls the upstream with this key (a cheap request) and records what it says.
-pub async fn test(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiError> {
-    let key = get_key(state, key_id).await?;
+/// A service and its spec, for testing its keys (409 when it cannot be used).
+pub(super) async fn testable_service(
+    state: &AppState,
+    service_id: i64,
+) -> Result<(crate::store::ServiceRecord, crate::service::ServiceSpec), ApiError> {
     let service = state
         .store
-        .get_service(key.proxy_config_id)
+        .get_service(service_id)
         .await
         .map_err(|e| store_error(e, SERVICE_NOT_FOUND))?
         .ok_or_else(|| ApiError::not_found(SERVICE_NOT_FOUND))?;
@@ -572,6 +574,13 @@ pub async fn test(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiEr
             format!("the service cannot be used: {}", e.message),
         )
     })?;
+    Ok((service, spec))
+}
+
+/// Calls the upstream with this key (a cheap request) and records what it says.
+pub async fn test(state: &AppState, key_id: i64) -> Result<Response<Body>, ApiError> {
+    let key = get_key(state, key_id).await?;
+    let (service, spec) = testable_service(state, key.proxy_config_id).await?;
     let result = crate::proxy::probe::probe_key(state, &service, &spec, &key).await;
     Ok(json_response(StatusCode::OK, &result))
 }

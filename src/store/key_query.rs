@@ -289,20 +289,18 @@ pub fn page(
     )
 }
 
-/// How many keys `filter` matches.
-pub fn count(
-    d: Dialect,
-    service_id: i64,
-    filter: &KeyFilter,
-    lookups: &[String],
-    now_ms: i64,
-) -> (String, Vec<Arg>) {
-    let (cond, args) = condition(d, service_id, filter, lookups, now_ms);
-    (format!("SELECT COUNT(*) FROM api_keys WHERE {cond}"), args)
+/// What a selection query answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Answer {
+    /// How many keys match.
+    Count,
+    /// Their ids, in id order.
+    Ids,
 }
 
-/// The ids `filter` matches, in id order.
-pub fn ids(
+/// The keys `filter` matches: counted or listed.
+pub fn matching(
+    answer: Answer,
     d: Dialect,
     service_id: i64,
     filter: &KeyFilter,
@@ -310,10 +308,11 @@ pub fn ids(
     now_ms: i64,
 ) -> (String, Vec<Arg>) {
     let (cond, args) = condition(d, service_id, filter, lookups, now_ms);
-    (
-        format!("SELECT id FROM api_keys WHERE {cond} ORDER BY id"),
-        args,
-    )
+    let text = match answer {
+        Answer::Count => format!("SELECT COUNT(*) FROM api_keys WHERE {cond}"),
+        Answer::Ids => format!("SELECT id FROM api_keys WHERE {cond} ORDER BY id"),
+    };
+    (text, args)
 }
 
 /// Of a chunk of ids, those in the service.

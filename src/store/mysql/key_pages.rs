@@ -48,7 +48,8 @@ pub(super) async fn count(
     f: &KeyFilter,
 ) -> StoreResult<u64> {
     require_service(tx, service_id).await?;
-    let (text, args) = kq::count(
+    let (text, args) = kq::matching(
+        kq::Answer::Count,
         Dialect::Mysql,
         service_id,
         f,
@@ -68,7 +69,8 @@ pub(super) async fn select(
     require_service(tx, service_id).await?;
     match sel {
         Selection::Filter(f) => {
-            let (text, args) = kq::ids(
+            let (text, args) = kq::matching(
+                kq::Answer::Ids,
                 Dialect::Mysql,
                 service_id,
                 f,

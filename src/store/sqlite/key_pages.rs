@@ -56,7 +56,8 @@ pub(super) fn count(
     f: &KeyFilter,
 ) -> StoreResult<u64> {
     require_service(c, service_id)?;
-    let (text, args) = kq::count(
+    let (text, args) = kq::matching(
+        kq::Answer::Count,
         Dialect::Sqlite,
         service_id,
         f,
@@ -84,7 +85,8 @@ pub(super) fn select(
         rows.collect::<Result<Vec<i64>, _>>().map_err(backend)
     };
     match sel {
-        Selection::Filter(f) => query(kq::ids(
+        Selection::Filter(f) => query(kq::matching(
+            kq::Answer::Ids,
             Dialect::Sqlite,
             service_id,
             f,
