@@ -132,6 +132,7 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
                 let started = Instant::now();
                 flush(&state, with_log).await;
                 wait = next_wait(state.config.stats_flush_interval, started.elapsed());
+                let _ = tokio::task::spawn_blocking(crate::state::release_freed_memory).await;
             }
             _ = stop.changed() => break,
         }
