@@ -8,6 +8,8 @@ and 401 on a share of requests. Admin writes run throughout (keys added, deleted
 disabled, reset; client keys made and revoked). In the enterprise build (SOAK_ENTERPRISE=1,
 MariaDB and Redis on 127.0.0.1) Redis and MariaDB are restarted in the middle.
 
+SOAK_ENV="NAME=value,…" passes more settings to the proxy.
+
 Per minute: RSS, open descriptors, requests served, answers by class. Passes when RSS and
 descriptors of the last 10 minutes stay within 5 % of minute 5, every 5xx is explained by a
 fault the upstream injected (or by a database restart), and every admin write that was
@@ -303,6 +305,8 @@ def main():
     env = {"PATH": os.environ["PATH"], "ADMIN_PASSWORD": ADMIN_PASSWORD, "JWT_SECRET": "soak-jwt-secret-0123456789abcdef0123",
            "GLOBAL_PROXY_KEYS": PROXY_KEY, "BACKEND_PORT": str(port), "BIND_ADDRESS": "127.0.0.1",
            "DATABASE_PATH": f"{work}/soak.db", "LOG_LEVEL": "warn", "PROXY_TIMEOUT": "5", "UPSTREAM_IDLE_TIMEOUT": "3"}
+    # SOAK_ENV="NAME=value,NAME=value": more settings for the proxy (to isolate a cause).
+    env.update(kv.split("=", 1) for kv in os.environ.get("SOAK_ENV", "").split(",") if "=" in kv)
     if ENTERPRISE:
         env.update({"DATABASE_URL": "mysql://root@127.0.0.1:3306/rotator_soak", "REDIS_URL": "redis://127.0.0.1:6379/12",
                     "RESET_DB_TABLES": "true"})
