@@ -178,7 +178,12 @@ pub struct ProxyMade(pub Cow<'static, str>);
 /// A JSON response with the admin API's headers.
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let bytes = serde_json::to_vec(value).expect("JSON values serialise");
-    let mut resp = Response::new(body::full(bytes));
+    json_body_response(status, body::full(bytes))
+}
+
+/// A JSON answer whose body is written elsewhere (streamed).
+pub fn json_body_response(status: StatusCode, body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

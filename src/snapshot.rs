@@ -87,10 +87,15 @@ impl Snapshot {
                 metrics: metrics.service(&rec.fields.slug),
                 conns,
             });
-            snap.by_slug.insert(svc.slug.clone(), svc.clone());
-            snap.list.push(svc);
+            snap.push(svc);
         }
         snap
+    }
+
+    /// Adds a service (in id order).
+    fn push(&mut self, svc: Arc<Service>) {
+        self.by_slug.insert(svc.slug.clone(), svc.clone());
+        self.list.push(svc);
     }
 
     /// The active service with this slug.
@@ -132,23 +137,21 @@ impl Snapshot {
         keys.sort_by_key(|k| k.id);
         let svc = Arc::new(Service {
             id: old.id,
+            pool: KeyPool::new(keys, now_ms),
             slug: old.slug.clone(),
             spec: old.spec.clone(),
             allow: old.allow.clone(),
-            pool: KeyPool::new(keys, now_ms),
             cursor: old.cursor.clone(),
             metrics: old.metrics.clone(),
             conns: old.conns.clone(),
         });
         let mut snap = Snapshot::default();
         for s in &self.list {
-            let s = if s.id == service_id {
+            snap.push(if s.id == service_id {
                 svc.clone()
             } else {
                 s.clone()
-            };
-            snap.by_slug.insert(s.slug.clone(), s.clone());
-            snap.list.push(s);
+            });
         }
         Some(snap)
     }

@@ -924,55 +924,21 @@ fn time_to_first_request(opts: &ProxyOpts<'_>, work: &Path) -> Value {
 }
 
 /// The memory measurement alone, against a fresh proxy (for work on memory use).
-/// The large-pool phase alone (`benches/run.sh pool`), against a 3-key proxy.
-fn pool_only(o: &Opts) {
+/// For the phases run alone: the upstream and one set-up proxy (3 keys per service) in a
+/// fresh work dir. Returns the work dir, the upstream's port, the upstream and proxy
+/// processes, the proxy as a target and its admin token.
+fn lone_proxy(o: &Opts, name: &str) -> (PathBuf, u16, Proc, Proc, Target, String) {
     let work = procs::work_dir(&o.work);
     let up_port = procs::free_port();
     let upstream = targets::spawn_upstream(&work, up_port, None);
-    let direct = Target {
-        name: "direct".into(),
-        kind: Kind::Direct,
-        addr: addr(up_port),
-        pid: upstream.pid,
-    };
     let port = procs::free_port();
     let opts = ProxyOpts {
-        name: "ours",
+        name,
         bin: &o.light,
         port,
         log_level: "warn",
         env: vec![],
-        db: work.join("small.db"),
-        cpus: None,
-        workers: o.workers,
-    };
-    let p = targets::spawn_proxy(&opts, &work);
-    targets::rt()
-        .block_on(targets::setup(addr(port), up_port))
-        .unwrap_or_else(|e| panic!("setup: {e}"));
-    let small = Target {
-        name: "ours".into(),
-        kind: Kind::Ours,
-        addr: addr(port),
-        pid: p.pid,
-    };
-    let raw = json!({ "large_pool": large_pool::phase(o, &work, up_port, &small, &direct, None) });
-    println!("{}", serde_json::to_string(&raw).expect("json"));
-    eprintln!("{}", report::large_pool_md(&raw));
-}
-
-fn memory_only(o: &Opts) {
-    let work = procs::work_dir(&o.work);
-    let up_port = procs::free_port();
-    let _upstream = targets::spawn_upstream(&work, up_port, None);
-    let port = procs::free_port();
-    let opts = ProxyOpts {
-        name: "ours-mem",
-        bin: &o.light,
-        port,
-        log_level: "warn",
-        env: vec![],
-        db: work.join("memory.db"),
+        db: work.join(format!("{name}.db")),
         cpus: None,
         workers: o.workers,
     };
@@ -986,6 +952,25 @@ fn memory_only(o: &Opts) {
         addr: addr(port),
         pid: p.pid,
     };
+    (work, up_port, upstream, p, t, token)
+}
+
+/// The large-pool phase alone (`benches/run.sh pool`), against a 3-key proxy.
+fn pool_only(o: &Opts) {
+    let (work, up_port, upstream, _proxy, small, _) = lone_proxy(o, "ours");
+    let direct = Target {
+        name: "direct".into(),
+        kind: Kind::Direct,
+        addr: addr(up_port),
+        pid: upstream.pid,
+    };
+    let raw = json!({ "large_pool": large_pool::phase(o, &work, up_port, &small, &direct, None) });
+    println!("{}", serde_json::to_string(&raw).expect("json"));
+    eprintln!("{}", report::large_pool_md(&raw));
+}
+
+fn memory_only(o: &Opts) {
+    let (_work, _, _upstream, _proxy, t, token) = lone_proxy(o, "ours-mem");
     let r = hold_streams(o, &t, Some(&token));
     println!("{}", serde_json::to_string(&r).expect("json"));
 }

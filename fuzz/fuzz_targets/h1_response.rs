@@ -29,6 +29,21 @@ fn upstream(data: &[u8]) -> DuplexStream {
     client
 }
 
+/// The status and the whole body (or that it failed).
+async fn seen<B>(resp: http::Response<B>) -> (u16, Result<Bytes, ()>)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(drop);
+    (status, body)
+}
+
 async fn ours(data: &[u8]) -> Seen {
     let headers = HeaderMap::new();
     let head = RequestRef {
@@ -48,14 +63,7 @@ async fn ours(data: &[u8]) -> Seen {
     )
     .await
     .ok()?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(drop);
-    Some((status, body))
+    Some(seen(resp).await)
 }
 
 async fn hyper(data: &[u8]) -> Seen {
@@ -67,14 +75,7 @@ async fn hyper(data: &[u8]) -> Seen {
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .map_err(drop);
-    Some((status, body))
+    Some(seen(resp).await)
 }
 
 fuzz_target!(|data: &[u8]| {

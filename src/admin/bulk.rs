@@ -10,6 +10,7 @@ use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::keys::SERVICE_NOT_FOUND;
 use super::{JsonBody, store_error};
 use crate::body::Body;
 use crate::error::{ApiError, json_response};
@@ -17,7 +18,6 @@ use crate::jobs::Job;
 use crate::state::{AppState, KeyChange};
 use crate::store::key_query::{BulkAction, Selection};
 
-const SERVICE_NOT_FOUND: &str = "Config not found";
 /// Keys tested at once by a test job.
 const TEST_CONCURRENCY: usize = 8;
 

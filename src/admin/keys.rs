@@ -19,7 +19,7 @@ use crate::store::key_query::{self, Cursor, KeyFilter, PageQuery, Sort, StateFil
 use crate::store::{KeyRecord, MAX_KEY_LEN, StoreError};
 use crate::timefmt::{now_ms, rfc3339};
 
-const SERVICE_NOT_FOUND: &str = "Config not found";
+pub(super) const SERVICE_NOT_FOUND: &str = "Config not found";
 const KEY_NOT_FOUND: &str = "API key not found";
 
 fn ms_to_rfc3339(ms: Option<i64>) -> Value {
@@ -74,6 +74,14 @@ fn invalid_key(value: &str) -> Option<String> {
         Some("key_value must be printable ASCII".into())
     } else {
         None
+    }
+}
+
+/// The batch and clear routes name a missing service as the original did.
+fn batch_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
+        other => store_error(other, SERVICE_NOT_FOUND),
     }
 }
 
@@ -251,10 +259,7 @@ async fn stream_all(
             if tx.send(Ok(buf.into())).await.is_err() {
                 return; // the client went away
             }
-            let after = Some(Cursor {
-                value: last,
-                id: last,
-            });
+            let after = Some(Cursor::after_id(last));
             keys = match state.store.page_keys(page(after)).await {
                 Ok(k) => k,
                 Err(e) => {
@@ -265,17 +270,7 @@ async fn stream_all(
             };
         }
     });
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    Ok(resp)
+    Ok(crate::error::json_body_response(StatusCode::OK, body))
 }
 
 pub async fn add(
@@ -351,33 +346,27 @@ pub async fn batch(
             dup_in_batch += 1;
         }
     }
-    let newest = |sort| PageQuery {
+    let newest = PageQuery {
         service_id,
-        sort,
+        sort: Sort {
+            by: key_query::SortBy::Id,
+            desc: true,
+        },
         limit: 1,
         ..PageQuery::default()
     };
     let last_before = state
         .store
-        .page_keys(newest(Sort {
-            by: key_query::SortBy::Id,
-            desc: true,
-        }))
+        .page_keys(newest)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
-            other => store_error(other, SERVICE_NOT_FOUND),
-        })?
+        .map_err(batch_error)?
         .first()
         .map_or(0, |k| k.id);
     let mut outcome = state
         .store
         .add_keys(service_id, valid)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
-            other => store_error(other, SERVICE_NOT_FOUND),
-        })?;
+        .map_err(batch_error)?;
     outcome.skipped_count += dup_in_batch;
     outcome.failed_count = failed.len() as u64;
     outcome.failed_keys = failed;
@@ -403,10 +392,7 @@ async fn added_since(
     after: i64,
 ) -> Result<Vec<KeyRecord>, ApiError> {
     let mut out = Vec::new();
-    let mut cursor = Cursor {
-        value: after,
-        id: after,
-    };
+    let mut cursor = Cursor::after_id(after);
     loop {
         let page = state
             .store
@@ -421,10 +407,7 @@ async fn added_since(
         let Some(last) = page.last().map(|k| k.id) else {
             return Ok(out);
         };
-        cursor = Cursor {
-            value: last,
-            id: last,
-        };
+        cursor = Cursor::after_id(last);
         out.extend(page);
     }
 }
@@ -434,10 +417,7 @@ pub async fn clear(state: &AppState, service_id: i64) -> Result<Response<Body>, 
         .store
         .clear_keys(service_id)
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found("ProxyConfig not found"),
-            other => store_error(other, SERVICE_NOT_FOUND),
-        })?;
+        .map_err(batch_error)?;
     state.changed().await?;
     Ok(json_response(
         StatusCode::OK,

@@ -68,17 +68,29 @@ impl KeyRuntime {
     /// Changes the texts (boxed on first use, freed when both are empty).
     fn set_texts(&self, f: impl FnOnce(&mut Texts)) {
         let mut slot = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        let t = slot.get_or_insert_with(Box::default);
-        f(t);
-        if t.invalid.is_none() && t.last_error.is_none() {
-            *slot = None;
+        let empty = |t: &Texts| t.invalid.is_none() && t.last_error.is_none();
+        match slot.as_deref_mut() {
+            Some(t) => {
+                f(t);
+                if empty(t) {
+                    *slot = None;
+                }
+            }
+            None => {
+                // Clearing what is not there (every reload, for every healthy key) allocates nothing.
+                let mut t = Texts::default();
+                f(&mut t);
+                if !empty(&t) {
+                    *slot = Some(Box::new(t));
+                }
+            }
         }
     }
 
-    /// A copy of the texts.
-    fn texts(&self) -> Texts {
+    /// Reads the texts.
+    fn texts<R>(&self, f: impl FnOnce(&Texts) -> R) -> R {
         let slot = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_deref().cloned().unwrap_or_default()
+        f(slot.as_deref().unwrap_or(&Texts::default()))
     }
 
     /// A fresh runtime for a key with no history.
@@ -130,9 +142,11 @@ impl KeyRuntime {
 
     /// When the key was marked invalid (Unix ms), if it is.
     pub fn invalid_since(&self) -> Option<u64> {
-        self.texts()
-            .invalid
-            .and_then(|(_, at)| u64::try_from(at).ok())
+        self.texts(|t| {
+            t.invalid
+                .as_ref()
+                .and_then(|(_, at)| u64::try_from(*at).ok())
+        })
     }
 
     pub fn is_invalid(&self) -> bool {
@@ -152,7 +166,7 @@ impl KeyRuntime {
 
     /// Health to persist.
     pub fn health(&self, now_ms: u64) -> KeyHealth {
-        let info = self.texts().invalid;
+        let info = self.texts(|t| t.invalid.clone());
         KeyHealth {
             invalid_reason: info.as_ref().map(|(r, _)| r.clone()),
             invalid_at: info.map(|(_, at)| at),
@@ -250,7 +264,7 @@ impl KeyRuntime {
             consecutive_failures: self.consecutive_failures.load(Relaxed),
             last_used_at: (last_used != 0).then_some(last_used as i64),
             last_status: (status != 0).then_some(i64::from(status)),
-            last_error: self.texts().last_error,
+            last_error: self.texts(|t| t.last_error.clone()),
             cooldown_until: self.cooling_until(now_ms).map(|u| u as i64),
         })
     }
@@ -275,7 +289,7 @@ impl KeyRuntime {
             let status = self.last_status.load(Relaxed);
             k.stats.last_status = (status != 0).then_some(i64::from(status));
         }
-        if let Some(e) = self.texts().last_error {
+        if let Some(e) = self.texts(|t| t.last_error.clone()) {
             k.stats.last_error = Some(e);
         }
         k.health = self.health(now_ms);

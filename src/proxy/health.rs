@@ -71,13 +71,7 @@ pub fn apply(
         }
         Verdict::Invalid(reason) => {
             key.rt.record(now, code, false, Some(reason));
-            key.rt.invalidate(reason, now);
-            svc.pool.refresh(idx, now);
-            crate::log::warn!(
-                "service '{}': key id {} marked invalid ({reason})",
-                svc.slug,
-                key.id
-            );
+            invalidate(svc, idx, reason, now);
             persist_invalid(state, svc.id, key);
         }
     }
@@ -111,16 +105,37 @@ fn cool_down(
     });
 }
 
+/// Marks a served key invalid here: out of rotation at once.
+pub(super) fn invalidate(svc: &Service, idx: usize, reason: &str, now: u64) {
+    let key = &svc.pool.keys()[idx];
+    key.rt.invalidate(reason, now);
+    svc.pool.refresh(idx, now);
+    crate::log::warn!(
+        "service '{}': key id {} marked invalid ({reason})",
+        svc.slug,
+        key.id
+    );
+}
+
 /// Writes an invalid mark to the store (off the request path), then tells other instances.
 pub fn persist_invalid(state: &AppState, service_id: i64, key: &PoolKey) {
     let health = key.rt.health(now_ms());
     let store = state.store.clone();
     let cache = state.cache.clone();
     let key_id = key.id;
-    tokio::spawn(async move {
-        match store.set_key_health(key_id, health).await {
-            Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
-            Err(e) => crate::log::error!("could not save the invalid mark of key id {key_id}: {e}"),
-        }
-    });
+    tokio::spawn(async move { save_invalid(&*store, &cache, service_id, key_id, health).await });
+}
+
+/// Saves an invalid mark, then announces it (other instances read it from the store).
+pub async fn save_invalid(
+    store: &dyn crate::store::Store,
+    cache: &crate::cache::Cache,
+    service_id: i64,
+    key_id: i64,
+    health: crate::store::KeyHealth,
+) {
+    match store.set_key_health(key_id, health).await {
+        Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
+        Err(e) => crate::log::error!("could not save the invalid mark of key id {key_id}: {e}"),
+    }
 }

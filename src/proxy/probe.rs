@@ -186,36 +186,11 @@ pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
         match p.verdict {
             Some(Verdict::Suspect(reason) | Verdict::Invalid(reason)) => {
                 let reason = format!("{reason} (to the probe path too)");
-                key.rt.invalidate(&reason, now);
-                svc.pool.refresh(idx, now);
-                crate::log::warn!(
-                    "service '{}': key id {} marked invalid ({reason})",
-                    svc.slug,
-                    key.id
-                );
-                let health = key.rt.health(now);
-                let (service_id, key_id) = (svc.id, key.id);
-                match store.set_key_health(key_id, health).await {
-                    Ok(()) => cache.publish_key_event(KeyEvent::Invalid { service_id, key_id }),
-                    Err(e) => {
-                        crate::log::error!(
-                            "could not save the invalid mark of key id {key_id}: {e}"
-                        )
-                    }
-                }
+                mark_invalid(&*store, &cache, &svc, idx, &reason, now).await;
             }
             Some(Verdict::Success) => {
                 key.rt.clear_cooldown();
-                svc.pool.refresh(idx, now);
-                crate::log::info!(
-                    "service '{}': key id {} answered the probe path well: back in rotation",
-                    svc.slug,
-                    key.id
-                );
-                cache.publish_key_event(KeyEvent::Reset {
-                    service_id: svc.id,
-                    key_id: key.id,
-                });
+                back_in_rotation(&cache, &svc, idx, now);
             }
             // Down, rate limited, or a probe path that does not fit: the cooldown runs on.
             _ => crate::log::debug!(
@@ -225,6 +200,37 @@ pub fn confirm(state: &AppState, svc: Arc<Service>, idx: usize) {
                 p.error
             ),
         }
+    });
+}
+
+/// A probe found the key refused: marked invalid here, saved, then announced to other
+/// instances (which read the mark from the store).
+pub(super) async fn mark_invalid(
+    store: &dyn crate::store::Store,
+    cache: &crate::cache::Cache,
+    svc: &Service,
+    idx: usize,
+    reason: &str,
+    now: u64,
+) {
+    let key = &svc.pool.keys()[idx];
+    health::invalidate(svc, idx, reason, now);
+    health::save_invalid(store, cache, svc.id, key.id, key.rt.health(now)).await;
+}
+
+/// A probe found the key good (its runtime already cleared): usable again here, and
+/// announced to other instances.
+pub(super) fn back_in_rotation(cache: &crate::cache::Cache, svc: &Service, idx: usize, now: u64) {
+    let key = &svc.pool.keys()[idx];
+    svc.pool.refresh(idx, now);
+    crate::log::info!(
+        "service '{}': key id {} answered the probe path well: back in rotation",
+        svc.slug,
+        key.id
+    );
+    cache.publish_key_event(KeyEvent::Reset {
+        service_id: svc.id,
+        key_id: key.id,
     });
 }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::probe;
-use crate::cache::KeyEvent;
 use crate::keys::policy::Verdict;
 use crate::snapshot::Service;
 use crate::state::AppState;
@@ -135,30 +134,17 @@ async fn probe_one(state: &AppState, svc: &Arc<Service>, idx: usize) -> bool {
         Some(Verdict::Success) => {
             let was_invalid = key.rt.is_invalid();
             key.rt.reset();
-            svc.pool.refresh(idx, now);
             if was_invalid {
                 if let Err(e) = state.store.set_key_health(key.id, Default::default()).await {
                     crate::log::error!("could not save that key id {} is valid again: {e}", key.id);
                 }
             }
-            state.cache.publish_key_event(KeyEvent::Reset {
-                service_id: svc.id,
-                key_id: key.id,
-            });
-            crate::log::info!(
-                "service '{}': key id {} answered the probe path well: back in rotation",
-                svc.slug,
-                key.id
-            );
+            probe::back_in_rotation(&state.cache, svc, idx, now);
             true
         }
         Some(Verdict::Invalid(reason) | Verdict::Suspect(reason)) if !key.rt.is_invalid() => {
             let reason = format!("{reason} (re-validation probe)");
-            key.rt.invalidate(&reason, now);
-            svc.pool.refresh(idx, now);
-            if let Err(e) = state.store.set_key_health(key.id, key.rt.health(now)).await {
-                crate::log::error!("could not save the invalid mark of key id {}: {e}", key.id);
-            }
+            probe::mark_invalid(&*state.store, &state.cache, svc, idx, &reason, now).await;
             false
         }
         _ => {

@@ -96,6 +96,11 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// After key `id`, in id order.
+    pub fn after_id(id: i64) -> Cursor {
+        Cursor { value: id, id }
+    }
+
     pub fn encode(self) -> String {
         format!("{}_{}", self.value, self.id)
     }
@@ -165,7 +170,7 @@ impl BulkAction {
 }
 
 /// `?, ?, …` (`n` of them).
-pub fn placeholders(n: usize) -> String {
+fn placeholders(n: usize) -> String {
     let mut s = String::with_capacity(n * 3);
     for i in 0..n {
         if i > 0 {
@@ -197,7 +202,7 @@ fn like_anywhere(q: &str) -> String {
 
 /// The condition of `filter` on a service's keys, and its arguments. `lookups` are the
 /// keyed hashes of `q` as a whole key (encrypted stores); `now_ms` decides cooling.
-pub fn condition(
+fn condition(
     d: Dialect,
     service_id: i64,
     filter: &KeyFilter,

@@ -211,6 +211,14 @@ pub fn lookups(sealer: Option<&Sealer>, value: &str) -> Vec<String> {
     sealer.map(|s| s.lookups(value)).unwrap_or_default()
 }
 
+/// The lookups of a search `q` taken as a whole key (none without one, or without
+/// encryption).
+pub fn search_lookups(sealer: Option<&Sealer>, f: &super::key_query::KeyFilter) -> Vec<String> {
+    f.q.as_deref()
+        .map(|q| lookups(sealer, q))
+        .unwrap_or_default()
+}
+
 /// Opens every sealed value of `keys` in place. A value that does not open leaves its
 /// key without a value, marked invalid ([`CANNOT_DECRYPT`]): never sent, never shown.
 pub fn open_keys(sealer: Option<&Sealer>, keys: &mut [KeyRecord]) {

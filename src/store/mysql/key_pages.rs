@@ -13,12 +13,6 @@ use crate::store::usage::Dialect;
 use crate::store::{KeyRecord, StoreResult};
 use crate::timefmt::now_ms;
 
-fn lookups(sealer: Option<&Sealer>, f: &KeyFilter) -> Vec<String> {
-    f.q.as_deref()
-        .map(|q| keyring::lookups(sealer, q))
-        .unwrap_or_default()
-}
-
 pub(super) async fn page(
     tx: &mut Tx,
     sealer: Option<&Sealer>,
@@ -29,7 +23,7 @@ pub(super) async fn page(
         Dialect::Mysql,
         KEY_COLS,
         q,
-        &lookups(sealer, &q.filter),
+        &keyring::search_lookups(sealer, &q.filter),
         now_ms() as i64,
     );
     let rows: Vec<Row> = tx.exec(text, params(args)).await.map_err(backend)?;
@@ -53,7 +47,7 @@ pub(super) async fn count(
         Dialect::Mysql,
         service_id,
         f,
-        &lookups(sealer, f),
+        &keyring::search_lookups(sealer, f),
         now_ms() as i64,
     );
     let n: Option<i64> = tx.exec_first(text, params(args)).await.map_err(backend)?;
@@ -74,7 +68,7 @@ pub(super) async fn select(
                 Dialect::Mysql,
                 service_id,
                 f,
-                &lookups(sealer, f),
+                &keyring::search_lookups(sealer, f),
                 now_ms() as i64,
             );
             tx.exec(text, params(args)).await.map_err(backend)

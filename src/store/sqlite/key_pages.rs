@@ -20,12 +20,6 @@ fn require_service(c: &Connection, id: i64) -> StoreResult<()> {
     }
 }
 
-fn lookups(sealer: Option<&Sealer>, f: &KeyFilter) -> Vec<String> {
-    f.q.as_deref()
-        .map(|q| keyring::lookups(sealer, q))
-        .unwrap_or_default()
-}
-
 pub(super) fn page(
     c: &Connection,
     sealer: Option<&Sealer>,
@@ -36,7 +30,7 @@ pub(super) fn page(
         Dialect::Sqlite,
         KEY_COLS,
         q,
-        &lookups(sealer, &q.filter),
+        &keyring::search_lookups(sealer, &q.filter),
         now_ms() as i64,
     );
     let mut stmt = c.prepare_cached(&text).map_err(backend)?;
@@ -61,7 +55,7 @@ pub(super) fn count(
         Dialect::Sqlite,
         service_id,
         f,
-        &lookups(sealer, f),
+        &keyring::search_lookups(sealer, f),
         now_ms() as i64,
     );
     c.prepare_cached(&text)
@@ -90,7 +84,7 @@ pub(super) fn select(
             Dialect::Sqlite,
             service_id,
             f,
-            &lookups(sealer, f),
+            &keyring::search_lookups(sealer, f),
             now_ms() as i64,
         )),
         Selection::Ids(ids) => {
