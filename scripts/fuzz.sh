@@ -8,6 +8,9 @@
 #
 #   FUZZ_SECONDS=60      seconds per target
 #   FUZZ_TARGETS="a b"   only these targets
+#   FUZZ_SEED=1          libFuzzer's random seed (default: a new one each run). CI sets
+#                        one, so its run repeats one that passed here and fails only on
+#                        a change to the code, never on the luck of the draw.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${FUZZ_SECONDS:-60}
@@ -18,13 +21,15 @@ cargo fuzz build
 TARGETS=${FUZZ_TARGETS:-$(cargo fuzz list)}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rotator-fuzz.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+SEED_ARGS=()
+[[ -n ${FUZZ_SEED:-} ]] && SEED_ARGS=(-seed="$FUZZ_SEED")
 failed=()
 for t in $TARGETS; do
     printf '\n== fuzz %s for %ss\n' "$t" "$SECONDS_EACH"
     mkdir -p "$WORK/$t"
     # New inputs go to the scratch corpus; the committed seeds are only read.
     if ! cargo fuzz run "$t" "$WORK/$t" "seeds/$t" -- \
-        -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1; then
+        -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${SEED_ARGS[@]}"; then
         failed+=("$t")
     fi
 done

@@ -63,31 +63,53 @@ pub fn rfc3339_millis(ms: u64) -> String {
 
 /// Parses `YYYY-MM-DD[T ]HH:MM:SS[.frac][Z|±HH:MM]` into Unix seconds (UTC when no zone).
 /// Accepts what GORM wrote into the original's SQLite files as well as RFC 3339.
+/// Anything else, including out-of-range fields and non-ASCII bytes, is `None`.
 pub fn parse_datetime(s: &str) -> Option<u64> {
-    let b = s.trim().as_bytes();
+    let s = s.trim();
+    let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b' ') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| std::str::from_utf8(&b[r]).ok()?.parse::<i64>().ok();
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| digits(&b[r]);
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s.trim()[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+    let mut rest = &b[19..];
+    if let Some(r) = rest.strip_prefix(b".") {
+        let frac = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        rest = &r[frac..];
     }
-    let offset = match rest.trim() {
-        "" | "Z" | "z" => 0,
-        z if z.len() == 6 && (z.starts_with('+') || z.starts_with('-')) => {
-            let hh: i64 = z[1..3].parse().ok()?;
-            let mm: i64 = z[4..6].parse().ok()?;
-            let sign = if z.starts_with('-') { -1 } else { 1 };
-            sign * (hh * 3600 + mm * 60)
+    let offset = match rest.trim_ascii() {
+        b"" | b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), hh @ .., b':', m1, m2] if hh.len() == 2 => {
+            let secs = digits(hh)? * 3600 + digits(&[*m1, *m2])? * 60;
+            if *sign == b'-' { -secs } else { secs }
         }
         _ => return None,
     };
-    let days = days_from_civil(y, mo as u32, d as u32);
-    let t = days * 86_400 + h * 3600 + mi * 60 + se - offset;
+    let t = unix_seconds(y, mo, d, h, mi, se)? - offset;
     u64::try_from(t).ok()
+}
+
+/// An unsigned decimal of ASCII digits only (no sign, no spaces), at most 18 of them.
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || b.len() > 18 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
+}
+
+/// Unix seconds for a calendar date and time of day, when every field is in range.
+fn unix_seconds(y: i64, mo: i64, d: i64, h: i64, mi: i64, se: i64) -> Option<i64> {
+    let in_range = (0..=9999).contains(&y)
+        && (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && (0..=23).contains(&h)
+        && (0..=59).contains(&mi)
+        && (0..=60).contains(&se);
+    in_range.then(|| days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se)
 }
 
 /// Parses an IMF-fixdate such as `Sun, 06 Nov 1994 08:49:37 GMT` into Unix seconds.
@@ -99,15 +121,14 @@ pub fn parse_http_date(s: &str) -> Option<u64> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let d: u32 = parts[1].parse().ok()?;
-    let m = MONTHS.iter().position(|x| *x == parts[2])? as u32 + 1;
-    let y: i64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4].split(':').filter_map(|p| p.parse().ok()).collect();
-    if hms.len() != 3 || !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(y, m, d)).ok()?;
-    Some(days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+    let d = digits(parts[1].as_bytes())?;
+    let m = MONTHS.iter().position(|x| *x == parts[2])? as i64 + 1;
+    let y = digits(parts[3].as_bytes())?;
+    let hms: Vec<&str> = parts[4].split(':').collect();
+    let [h, mi, se] = hms[..] else { return None };
+    let field = |v: &str| digits(v.as_bytes());
+    let t = unix_seconds(y, m, d, field(h)?, field(mi)?, field(se)?)?;
+    u64::try_from(t).ok()
 }
 
 /// Formats Unix seconds as an IMF-fixdate.
@@ -150,6 +171,36 @@ mod tests {
         );
         assert_eq!(parse_datetime("1994-11-06 08:49:37"), Some(784_111_777));
         assert_eq!(parse_datetime("yesterday"), None);
+    }
+
+    #[test]
+    fn odd_dates_are_refused_without_a_panic() {
+        // A multi-byte character where the zone's digits belong used to panic (slicing
+        // inside a character), and fields out of range overflowed.
+        for bad in [
+            "2026-01-01T00:00:00+0\u{e9}00",
+            "2026-01-01T00:00:00+00:\u{e9}",
+            "2026-13-01T00:00:00Z",
+            "2026-00-01T00:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026--1-01T00:00:00Z",
+            "+026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00+1:000",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+        assert_eq!(parse_datetime("1970-01-01T01:00:00+01:00"), Some(0));
+        for bad in [
+            "Sun, 06 Nov 99999999999999999 08:49:37 GMT",
+            "Sun, 06 Nov 1994 99999999999999999:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 06 Nov 1994 08:49:37:00 GMT",
+            "Sun, -6 Nov 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 
     #[test]
