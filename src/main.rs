@@ -34,6 +34,7 @@ serve needs ADMIN_PASSWORD, JWT_SECRET and GLOBAL_PROXY_KEYS; export and import 
 database settings (DATABASE_PATH, or DATABASE_URL / DB_*). See README.md for every variable.";
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     cap_mysql_buffers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str);
@@ -327,6 +328,24 @@ async fn import(path: String) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&format!("import failed (nothing was changed): {e}")),
+    }
+}
+
+/// glibc gives each thread that meets a busy arena a new one, up to eight per core, and
+/// memory freed in one arena is not reused by the others: under the soak test's mixed
+/// traffic the RSS of a 2-core run grew to 3x the memory in use (20 -> 56 MB in
+/// 8 minutes). One arena per core held it at 18-30 MB. `MALLOC_ARENA_MAX` (or
+/// `GLIBC_TUNABLES`) still wins when set.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && std::env::var_os("GLIBC_TUNABLES").is_none()
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 64) as libc::c_int);
+        }
     }
 }
 

@@ -17,7 +17,8 @@ use crate::upstream::{Pool, Upstreams};
 #[derive(Debug)]
 pub struct Service {
     pub id: i64,
-    pub slug: Box<str>,
+    /// Shared with the request log's traces (never the service: see `Trace::service`).
+    pub slug: Arc<str>,
     pub spec: ServiceSpec,
     /// `Allow` for a 405, when the service restricts methods.
     pub allow: Option<String>,
@@ -94,7 +95,7 @@ impl Snapshot {
 
     /// Adds a service (in id order).
     fn push(&mut self, svc: Arc<Service>) {
-        self.by_slug.insert(svc.slug.clone(), svc.clone());
+        self.by_slug.insert(Box::from(&*svc.slug), svc.clone());
         self.list.push(svc);
     }
 

@@ -31,7 +31,7 @@ use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
 use crate::state::AppState;
 use crate::upstream::url;
-use crate::usage::Trace;
+use crate::usage::{Trace, Traced};
 
 /// Which proxy route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,7 +245,10 @@ fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing
     let Some(t) = trace.as_deref_mut() else {
         return;
     };
-    t.service = Some(svc.clone());
+    t.service = Some(Traced {
+        id: svc.id,
+        slug: svc.slug.clone(),
+    });
     out.request_id = Some(t.request_id.clone());
     t.bytes_in = match &out.body {
         OutBody::Replayable(b) => b.len() as u64,

@@ -14,7 +14,7 @@ pub mod record;
 pub mod scan;
 pub mod tap;
 
-pub use record::{Recorder, Trace};
+pub use record::{Recorder, Trace, Traced};
 pub use tap::Tokens;
 
 pub use crate::store::usage::{Bucket, Counts, LogEntry, RequestQuery, Rollup, UsageQuery};

@@ -16,7 +16,6 @@ use super::tap::{Tap, Tokens};
 use super::{Counts, LogEntry, Outcome, Rollup};
 use crate::body::{self, Body, End, Watch};
 use crate::service::ApiFormat;
-use crate::snapshot::Service;
 
 /// The most attempts a request makes (1 + the largest `max_retries`).
 pub const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
@@ -34,8 +33,11 @@ pub struct Trace {
     /// reusing that buffer (a new one per request: a third of the throughput).
     pub path: Box<str>,
     pub client: IpAddr,
-    /// Set once the request reached a service; only such requests are recorded.
-    pub service: Option<Arc<Service>>,
+    /// Set once the request reached a service; only such requests are recorded. Its id
+    /// and slug only: a trace waits up to half a minute in the request log, and holding
+    /// the service kept every snapshot of its key pool made meanwhile (the soak test's
+    /// admin writes made one every half second: tens of MB).
+    pub service: Option<Traced>,
     /// The LLM dialect, for reading usage.
     pub format: Option<ApiFormat>,
     /// The model the request named (body or path).
@@ -174,6 +176,12 @@ impl Watch for Recorder {
             trace: self.trace,
         });
     }
+}
+
+/// The service a traced request reached.
+pub struct Traced {
+    pub id: i64,
+    pub slug: Arc<str>,
 }
 
 /// A request whose answer ended.
