@@ -135,7 +135,7 @@ fn request_model(format: ApiFormat, rest: &str, body: &OutBody) -> Option<String
     static MODEL: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"\"model\""));
     MODEL.find(bytes)?;
-    find_member(bytes, "model").map(|m| m.value)
+    find_member(bytes, "model").and_then(|m| m.value)
 }
 
 /// The upstream path after the base: for OpenAI-compatible services a `v1/` the SDK adds
@@ -176,10 +176,11 @@ fn credentials<'a>(
         .filter(|c| !c.is_empty())
 }
 
-/// A top-level `"api_key": "<string>"` member of a JSON object body.
+/// A top-level member of a JSON object body, found by name.
 #[derive(Debug, PartialEq)]
 pub struct BodyKey {
-    pub value: String,
+    /// Its value when it is a string; `None` for any other value.
+    pub value: Option<String>,
     /// Byte range to cut (the member and one adjacent comma).
     cut: (usize, usize),
 }
@@ -197,7 +198,10 @@ impl BodyKey {
 
 /// Every top-level `api_key` member removed: its value and the body without it. Members
 /// named with escapes (`"api\u005fkey"`) count too, as any JSON reader sees them; several
-/// members with different values are refused (readers differ on which one wins).
+/// members with different values are refused (readers differ on which one wins), and so
+/// is a string beside a member of another type (found by fuzzing: `"api_key":"pk",
+/// "api_key":7` let the proxy read `pk` while the upstream's reader kept the 7). A body
+/// whose `api_key` members are none of them strings holds no key: it is left untouched.
 pub fn strip_api_keys(json: &[u8]) -> Result<Option<(String, bytes::Bytes)>, &'static str> {
     let Some(first) = find_api_key(json) else {
         return Ok(None);
@@ -205,17 +209,22 @@ pub fn strip_api_keys(json: &[u8]) -> Result<Option<(String, bytes::Bytes)>, &'s
     let mut body = first.remove_from(json);
     for _ in 0..32 {
         let Some(next) = find_api_key(&body) else {
-            return Ok(Some((first.value, body)));
+            return Ok(first.value.map(|key| (key, body)));
         };
         if next.value != first.value {
-            return Err("the JSON body has several api_key members with different values");
+            return Err(match (&first.value, &next.value) {
+                (Some(_), Some(_)) => {
+                    "the JSON body has several api_key members with different values"
+                }
+                _ => "the JSON body has api_key members of different types",
+            });
         }
         body = next.remove_from(&body);
     }
     Err("the JSON body has too many api_key members")
 }
 
-/// Finds the first top-level `api_key` string member, scanning the JSON without
+/// Finds the first top-level `api_key` member, scanning the JSON without
 /// rebuilding it.
 pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
     // The quick test every request pays for: a vectorised search on the bytes (std's
@@ -232,9 +241,9 @@ pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
     find_member(json, "api_key")
 }
 
-/// The first top-level string member `name` of a JSON object, and the bytes to cut to
-/// remove it. `None` when the body is not an object, the member is absent or not a
-/// string, or the JSON breaks off before it.
+/// The first top-level member `name` of a JSON object (its value when a string), and the
+/// bytes to cut to remove it. `None` when the body is not an object, the member is
+/// absent, or the JSON breaks off before it.
 pub fn find_member(json: &[u8], name: &str) -> Option<BodyKey> {
     let mut i = skip_ws(json, 0);
     if json.get(i) != Some(&b'{') {
@@ -267,7 +276,7 @@ pub fn find_member(json: &[u8], name: &str) -> Option<BodyKey> {
         };
         let next = *json.get(after)?;
         if is_named {
-            let value = serde_json::from_slice::<String>(&json[value_start..value_end]).ok()?;
+            let value = serde_json::from_slice::<String>(&json[value_start..value_end]).ok();
             let cut = match (next, json[sep]) {
                 (b',', _) => (sep + 1, after + 1),
                 (_, b',') => (sep, value_end),
@@ -350,10 +359,9 @@ mod tests {
     use super::*;
 
     fn cut(json: &str) -> Option<(String, String)> {
-        find_api_key(json.as_bytes()).map(|k| {
-            let rest = String::from_utf8(k.remove_from(json.as_bytes()).to_vec()).unwrap();
-            (k.value, rest)
-        })
+        let k = find_api_key(json.as_bytes())?;
+        let rest = String::from_utf8(k.remove_from(json.as_bytes()).to_vec()).unwrap();
+        Some((k.value?, rest))
     }
 
     #[test]
@@ -384,6 +392,11 @@ mod tests {
             Ok(Some(("pk".into(), r#"{"n":1}"#.into())))
         );
         assert!(strip(r#"{"api_key":"pk","api_key":"other"}"#).is_err());
+        // Found by fuzzing: a string beside another type is refused, whichever comes first;
+        // members that are none of them strings leave the body untouched.
+        assert!(strip(r#"{"api_key":"pk","api_key":7777777}"#).is_err());
+        assert!(strip(r#"{"api_key":7,"api_key":"pk"}"#).is_err());
+        assert_eq!(strip(r#"{"api_key":7,"api_key":null,"m":1}"#), Ok(None));
         // A name with escapes is the same name to any JSON reader.
         assert_eq!(
             strip(r#"{"api\u005fkey":"pk","m":1}"#),
@@ -396,6 +409,7 @@ mod tests {
     fn ignores_nested_non_string_and_malformed() {
         assert_eq!(cut(r#"{"messages":[{"api_key":"x"}]}"#), None);
         assert_eq!(cut(r#"{"api_key":42}"#), None);
+        assert_eq!(find_api_key(br#"{"api_key":42}"#).map(|k| k.value), Some(None));
         assert_eq!(cut(r#"{"api_key":"x""#), None);
         assert_eq!(cut(r#"["api_key"]"#), None);
         assert_eq!(cut("not json \"api_key\""), None);
