@@ -34,7 +34,7 @@ serve needs ADMIN_PASSWORD, JWT_SECRET and GLOBAL_PROXY_KEYS; export and import 
 database settings (DATABASE_PATH, or DATABASE_URL / DB_*). See README.md for every variable.";
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     cap_mysql_buffers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str);
@@ -331,20 +331,32 @@ async fn import(path: String) -> ExitCode {
     }
 }
 
-/// glibc gives each thread that meets a busy arena a new one, up to eight per core, and
-/// memory freed in one arena is not reused by the others: under the soak test's mixed
-/// traffic the RSS of a 2-core run grew to 3x the memory in use (20 -> 56 MB in
-/// 8 minutes). One arena per core held it at 18-30 MB. `MALLOC_ARENA_MAX` (or
-/// `GLIBC_TUNABLES`) still wins when set.
-fn limit_malloc_arenas() {
+/// Two glibc allocator settings, for a flat RSS under steady traffic (the soak test):
+/// - glibc gives each thread that meets a busy arena a new one, up to eight per core, and
+///   memory freed in one arena is not reused by the others: the RSS of a 2-core run grew
+///   to 3x the memory in use (20 -> 56 MB in 8 minutes). One arena per core held it at
+///   18-30 MB.
+/// - a large block (a statistics write's rows) is mapped on its own and given back when
+///   freed, but freeing one raises glibc's threshold for that to the block's size, so the
+///   next ones came from the heap and stayed in the RSS. The threshold is kept at 256 KiB.
+///
+/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` still win when set.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-        && std::env::var_os("GLIBC_TUNABLES").is_none()
     {
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        if !unset("GLIBC_TUNABLES") {
+            return;
+        }
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 64) as libc::c_int);
+            if unset("MALLOC_ARENA_MAX") {
+                libc::mallopt(libc::M_ARENA_MAX, cores.clamp(2, 64) as libc::c_int);
+            }
+            if unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+            }
         }
     }
 }

@@ -409,7 +409,10 @@ mod tests {
     fn ignores_nested_non_string_and_malformed() {
         assert_eq!(cut(r#"{"messages":[{"api_key":"x"}]}"#), None);
         assert_eq!(cut(r#"{"api_key":42}"#), None);
-        assert_eq!(find_api_key(br#"{"api_key":42}"#).map(|k| k.value), Some(None));
+        assert_eq!(
+            find_api_key(br#"{"api_key":42}"#).map(|k| k.value),
+            Some(None)
+        );
         assert_eq!(cut(r#"{"api_key":"x""#), None);
         assert_eq!(cut(r#"["api_key"]"#), None);
         assert_eq!(cut("not json \"api_key\""), None);

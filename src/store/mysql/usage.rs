@@ -3,7 +3,7 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Row, Value};
 
-use super::{Tx, backend};
+use super::{Tx, backend, exec_rows};
 use crate::store::usage::{self as sql, Arg, Dialect};
 use crate::store::usage::{Bucket, LogEntry, RequestQuery, UsageQuery};
 use crate::store::{StoreResult, UsageBatch};
@@ -22,18 +22,12 @@ pub(super) fn params(args: Vec<Arg>) -> Params {
 
 /// Adds the rollups, appends the entries, trims the log and old hours.
 pub(super) async fn save(tx: &mut Tx, batch: std::sync::Arc<UsageBatch>) -> StoreResult<()> {
-    if !batch.rollups.is_empty() {
-        let rows = batch.rollups.iter().map(|r| params(sql::rollup_args(r)));
-        tx.exec_batch(sql::upsert_rollup(Dialect::Mysql), rows)
-            .await
-            .map_err(backend)?;
-    }
-    if !batch.entries.is_empty() {
-        let rows = batch.entries.iter().map(|e| params(sql::entry_args(e)));
-        tx.exec_batch(sql::INSERT_ENTRY, rows)
-            .await
-            .map_err(backend)?;
-    }
+    let upsert = sql::upsert_rollup(Dialect::Mysql);
+    exec_rows(tx, &upsert, &batch.rollups, |r| params(sql::rollup_args(r))).await?;
+    exec_rows(tx, sql::INSERT_ENTRY, &batch.entries, |e| {
+        params(sql::entry_args(e))
+    })
+    .await?;
     let max: Option<i64> = tx
         .exec_first(sql::MAX_ENTRY_ID, Params::Empty)
         .await

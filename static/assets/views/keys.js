@@ -210,10 +210,15 @@ export function renderKeys(main, { id }) {
     drawBulkBar();
   }
 
-  // The current page (and the count of what the filter matches).
+  // The current page (and the count of what the filter matches). Only the last load
+  // asked for is drawn: a filter changed while a search was still on its way made the
+  // slower, older answer replace the newer one.
+  let loads = 0;
   async function load() {
+    const mine = ++loads;
     const cursor = state.cursors[state.cursors.length - 1];
     const reply = await api.pageKeys(id, { limit: PAGE_SIZE, cursor, total: 1, ...query() });
+    if (mine !== loads) return;
     if (!reply.keys.length && state.cursors.length > 1) {
       state.cursors.pop(); // the last page emptied: show the one before
       return load();
