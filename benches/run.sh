@@ -8,6 +8,8 @@
 #                                   (N sequential requests on one connection)
 #   benches/run.sh pool             the large-pool phase alone (100,000 keys against 3),
 #                                   with BENCH_ARGS (e.g. "--reps 6 --seconds 8")
+#   benches/run.sh tracking         the usage-tracking phase alone (on against off, /llm),
+#                                   with BENCH_ARGS
 #   benches/run.sh profile rest|llm load [S]
 #                                   the same under load (wrk -c64 for S seconds), for
 #                                   ours and for nginx, each alone under callgrind
@@ -29,6 +31,8 @@
 #   BENCH_PGO=0          plain release builds instead of profile-guided ones (scripts/pgo.sh,
 #                        what `make dist` and the images ship); the results record which
 #   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes
+#   BENCH_PROXY_ENV      "NAME=value,…": more settings for every proxy the harness starts
+#                        (e.g. an allocator setting, for an A/B)
 #   BENCH_CLIENT_KEY=1   `profile` sends a client key with a per-minute limit instead of a
 #                        global proxy key
 #
@@ -44,8 +48,8 @@ MODE=run
 if [[ "${1:-}" == "profile" ]]; then
     MODE=profile
     shift
-elif [[ "${1:-}" == "pool" ]]; then
-    MODE=pool
+elif [[ "${1:-}" == "pool" || "${1:-}" == "tracking" ]]; then
+    MODE=$1
     shift
 fi
 
@@ -123,8 +127,8 @@ if [[ $MODE != profile && "${BENCH_SKIP_BUILD:-}" != 1 ]]; then
     if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
         export PGO_TRAIN_ENV="REDIS_URL=redis://127.0.0.1:6379/13"
     fi
-    if [[ $MODE == pool ]]; then
-        : # the lightweight build is all the pool phase needs
+    if [[ $MODE == pool || $MODE == tracking ]]; then
+        : # the lightweight build is all these phases need
     elif ! release enterprise --features enterprise; then
         say "the enterprise build failed: its numbers will be reported as pending"
         rm -f "$BIN/api-key-rotator-enterprise"
@@ -303,13 +307,17 @@ if [[ $MODE == profile ]]; then
     exit 0
 fi
 
-# --- pool: the large-pool phase alone ----------------------------------------------
-if [[ $MODE == pool ]]; then
+# --- pool, tracking: one phase alone -----------------------------------------------
+if [[ $MODE == pool || $MODE == tracking ]]; then
     mkdir -p "$RESULTS"
-    OUT=$RESULTS/$(date -u +%Y-%m-%dT%H%MZ)-pool
-    say "measuring a pool of 100,000 keys against 3 keys"
+    OUT=$RESULTS/$(date -u +%Y-%m-%dT%H%MZ)-$MODE
+    if [[ $MODE == pool ]]; then
+        say "measuring a pool of 100,000 keys against 3 keys"
+    else
+        say "measuring usage tracking on against off (/llm JSON and SSE)"
+    fi
     # shellcheck disable=SC2086
-    "$HARNESS" pool --light "$BIN/api-key-rotator-lightweight" --work "$WORK" --build "$BUILD_KIND" \
+    "$HARNESS" "$MODE" --light "$BIN/api-key-rotator-lightweight" --work "$WORK" --build "$BUILD_KIND" \
         "$@" ${BENCH_ARGS:-} >"$OUT.json" 2> >(tee "$OUT.log" >&2)
     sed -n '/^### /,$p' "$OUT.log" >"$OUT.md"
     rm -f "$OUT.log"

@@ -159,7 +159,7 @@ fn main() {
             );
             println!("{}", w.requests);
         }
-        Some(cmd @ ("run" | "memory" | "pool")) => {
+        Some(cmd @ ("run" | "memory" | "pool" | "tracking")) => {
             let quick = args.iter().any(|a| a == "--quick");
             let opts = Opts {
                 light: get("--light").map(PathBuf::from).expect("--light BIN"),
@@ -192,6 +192,8 @@ fn main() {
                 memory_only(&opts);
             } else if cmd == "pool" {
                 pool_only(&opts);
+            } else if cmd == "tracking" {
+                tracking_only(&opts);
             } else {
                 run(&opts);
             }
@@ -931,28 +933,58 @@ fn lone_proxy(o: &Opts, name: &str) -> (PathBuf, u16, Proc, Proc, Target, String
     let work = procs::work_dir(&o.work);
     let up_port = procs::free_port();
     let upstream = targets::spawn_upstream(&work, up_port, None);
+    let (p, t, token) = set_up_proxy(o, &work, up_port, name, vec![]);
+    (work, up_port, upstream, p, t, token)
+}
+
+/// A proxy started from the lightweight build with `env`, set up against the upstream on
+/// `up_port` (3 keys per service): its process, itself as a target and its admin token.
+fn set_up_proxy(
+    o: &Opts,
+    work: &Path,
+    up_port: u16,
+    name: &str,
+    env: Vec<(String, String)>,
+) -> (Proc, Target, String) {
     let port = procs::free_port();
     let opts = ProxyOpts {
         name,
         bin: &o.light,
         port,
         log_level: "warn",
-        env: vec![],
+        env,
         db: work.join(format!("{name}.db")),
         cpus: None,
         workers: o.workers,
     };
-    let p = targets::spawn_proxy(&opts, &work);
+    let p = targets::spawn_proxy(&opts, work);
     let token = targets::rt()
         .block_on(targets::setup(addr(port), up_port))
         .unwrap_or_else(|e| panic!("setup: {e}"));
     let t = Target {
-        name: "ours".into(),
+        name: name.into(),
         kind: Kind::Ours,
         addr: addr(port),
         pid: p.pid,
     };
-    (work, up_port, upstream, p, t, token)
+    (p, t, token)
+}
+
+/// The usage-tracking phase alone (`benches/run.sh tracking`): the lightweight build with
+/// tracking on (`ours`) and off (`ours-off`), side by side.
+fn tracking_only(o: &Opts) {
+    let (work, up_port, upstream, _on_proc, on, _) = lone_proxy(o, "ours");
+    let off_env = vec![("USAGE_TRACKING".into(), "off".into())];
+    let (_off_proc, off, _) = set_up_proxy(o, &work, up_port, "ours-off", off_env);
+    let direct = Target {
+        name: "direct".into(),
+        kind: Kind::Direct,
+        addr: addr(up_port),
+        pid: upstream.pid,
+    };
+    let raw = json!({ "tracking": tracking_phase(o, &work, &on, &off, &direct, None) });
+    println!("{}", serde_json::to_string(&raw).expect("json"));
+    eprintln!("{}", report::tracking_md(&raw));
 }
 
 /// The large-pool phase alone (`benches/run.sh pool`), against a 3-key proxy.

@@ -503,6 +503,13 @@ pub fn markdown(raw: &Value) -> String {
 
 /// The /llm route against LiteLLM's proxy, measured in its own phase (ours again, so the
 /// ratio comes from the same minutes).
+/// The usage-tracking phase alone, as markdown.
+pub fn tracking_md(raw: &Value) -> String {
+    let mut o = String::new();
+    tracking(&mut o, raw);
+    o
+}
+
 /// Usage tracking on against off, the same build in the same run.
 fn tracking(o: &mut String, raw: &Value) {
     let t = &raw["tracking"];

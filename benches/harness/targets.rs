@@ -315,7 +315,8 @@ pub struct ProxyOpts<'a> {
     pub workers: Option<usize>,
 }
 
-/// The proxy's command line and environment (nothing inherited but `PATH`).
+/// The proxy's command line and environment (nothing inherited but `PATH`, and the
+/// settings in `BENCH_PROXY_ENV="NAME=value,…"`, for an A/B of one setting).
 pub fn proxy_command(o: &ProxyOpts<'_>, work: &Path) -> Command {
     let mut cmd = pinned(o.cpus, o.bin);
     cmd.env_clear()
@@ -332,6 +333,10 @@ pub fn proxy_command(o: &ProxyOpts<'_>, work: &Path) -> Command {
         cmd.env("WORKER_THREADS", n.to_string());
     }
     for (k, v) in &o.env {
+        cmd.env(k, v);
+    }
+    let extra = std::env::var("BENCH_PROXY_ENV").unwrap_or_default();
+    for (k, v) in extra.split(',').filter_map(|kv| kv.split_once('=')) {
         cmd.env(k, v);
     }
     cmd
