@@ -15,6 +15,7 @@ descriptors of the last 10 minutes stay within 5 % of minute 5, every 5xx is exp
 fault the upstream injected (or by a database restart), and every admin write that was
 answered 2xx is in the database at the end.
 """
+import collections
 import http.client
 import json
 import os
@@ -215,6 +216,11 @@ def client_loop(port, n):
             time.sleep(0.05)
 
 
+# Keys the writer's additions may leave in the pool: past this, the oldest is deleted, so
+# the stored data (and the memory it takes) reaches a steady size in the first minutes.
+KEPT_ADDED = 200
+
+
 class AdminWriter(threading.Thread):
     """Admin writes all along; remembers what the API said it did."""
 
@@ -222,8 +228,16 @@ class AdminWriter(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.service_id = port, service_id
         self.added, self.deleted = set(), set()
+        self.kept = collections.deque()  # (value, id) of added keys still in the pool
         self.writes = 0
         self.failed = 0
+
+    def delete(self, value, key_id, token):
+        if admin(self.port, "DELETE", f"/admin/keys/{key_id}", None, token)[0] == 200:
+            self.deleted.add(value)
+            self.writes += 1
+            return True
+        return False
 
     def run(self):
         token = admin(self.port, "POST", "/admin/login", {"username": "admin", "password": ADMIN_PASSWORD})[1]["access_token"]
@@ -238,16 +252,18 @@ class AdminWriter(threading.Thread):
                     self.added.add(value)
                     self.writes += 1
                     choice = rng.random()
+                    if choice >= 0.4:
+                        self.kept.append((value, key["id"]))
                     if choice < 0.4:
-                        if admin(self.port, "DELETE", f"/admin/keys/{key['id']}", None, token)[0] == 200:
-                            self.deleted.add(value)
-                            self.writes += 1
+                        self.delete(value, key["id"], token)
                     elif choice < 0.6:
                         if admin(self.port, "PATCH", f"/admin/keys/{key['id']}", {"is_active": False}, token)[0] == 200:
                             self.writes += 1
                     elif choice < 0.8:
                         if admin(self.port, "POST", f"/admin/keys/{key['id']}/reset", None, token)[0] == 200:
                             self.writes += 1
+                    while len(self.kept) > KEPT_ADDED and self.delete(*self.kept[0], token):
+                        self.kept.popleft()
                 elif st == 401:
                     token = admin(self.port, "POST", "/admin/login", {"username": "admin", "password": ADMIN_PASSWORD})[1]["access_token"]
                 else:
@@ -308,7 +324,7 @@ def main():
     # SOAK_ENV="NAME=value,NAME=value": more settings for the proxy (to isolate a cause).
     env.update(kv.split("=", 1) for kv in os.environ.get("SOAK_ENV", "").split(",") if "=" in kv)
     if ENTERPRISE:
-        env.update({"DATABASE_URL": "mysql://root@127.0.0.1:3306/rotator_soak", "REDIS_URL": "redis://127.0.0.1:6379/12",
+        env.update({"DATABASE_URL": "mysql://root@127.0.0.1:3306/rotator_soak", "REDIS_URL": "redis://127.0.0.1:6379/9",
                     "RESET_DB_TABLES": "true"})
     log = open(f"{work}/proxy.log", "w")
     proxy = subprocess.Popen([BIN], env=env, stdout=log, stderr=log)
