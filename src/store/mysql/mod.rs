@@ -177,13 +177,13 @@ impl MysqlStore {
                 let rows: Vec<(i64, String, i64)> =
                     tx.exec(keyring::TAILLESS, ()).await.map_err(backend)?;
                 let tails = keyring::tails(sealer.as_deref(), rows);
-                for chunk in tails.chunks(key_query::CHUNK) {
-                    let rows = chunk.iter().map(|(t, id)| Params::from((t.as_str(), *id)));
-                    tx.exec_batch("UPDATE api_keys SET key_tail = ? WHERE id = ?", rows)
-                        .await
-                        .map_err(backend)?;
-                }
-                Ok(())
+                exec_rows(
+                    tx,
+                    "UPDATE api_keys SET key_tail = ? WHERE id = ?",
+                    &tails,
+                    |(t, id)| Params::from((t.as_str(), *id)),
+                )
+                .await
             })
         })
         .await
