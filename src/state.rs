@@ -104,8 +104,9 @@ impl AppState {
             &self.upstreams,
             now_ms(),
         );
-        self.snapshot.store(snap);
+        // Client keys first: a service that is served already has the keys that gate it.
         self.clients.rebuild(&client_keys);
+        self.snapshot.store(snap);
         self.upstreams.prune();
         let cannot = Some(crate::store::keyring::CANNOT_DECRYPT);
         let undecryptable = dump

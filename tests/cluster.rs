@@ -387,8 +387,8 @@ async fn two_instances_share_a_client_keys_per_minute_limit() {
     let db = TestDb::new();
     let up = recording_upstream().await;
     let (a, b) = pair(&db, &shared_redis_url(REDIS_DB), "warn");
-    let id = a.generic_service("capped", &up.url(""), json!({})).await;
-    a.add_keys(id, &["k1"]).await;
+    // The client key first: once b serves the service, its reload (which reads client
+    // keys with the services) started after the client key was stored.
     let (status, key) = a
         .admin(
             Method::POST,
@@ -398,7 +398,8 @@ async fn two_instances_share_a_client_keys_per_minute_limit() {
         .await;
     assert_eq!(status, 201, "{key}");
     let secret = key["secret"].as_str().unwrap().to_string();
-    // Both serve the service and know the key (b reloaded after a's change).
+    let id = a.generic_service("capped", &up.url(""), json!({})).await;
+    a.add_keys(id, &["k1"]).await;
     served_within_a_second(&b, "capped").await;
     // The whole burst inside one minute: the counters are per minute.
     while support_now_secs() % 60 > 40 {
