@@ -276,7 +276,7 @@ pub fn find_member(json: &[u8], name: &str) -> Option<BodyKey> {
         };
         let next = *json.get(after)?;
         if is_named {
-            let value = serde_json::from_slice::<String>(&json[value_start..value_end]).ok();
+            let value = crate::usage::scan::json_string(&json[value_start..value_end]);
             let cut = match (next, json[sep]) {
                 (b',', _) => (sep + 1, after + 1),
                 (_, b',') => (sep, value_end),

@@ -10,6 +10,7 @@
 //! Tokens are read from LLM answers as they stream through ([`tap`], [`scan`]), never
 //! buffered. `USAGE_TRACKING=off` turns all of it off.
 
+pub mod fields;
 pub mod record;
 pub mod scan;
 pub mod tap;

@@ -322,6 +322,16 @@ fn quote_or_escape(bytes: &[u8]) -> Option<usize> {
     memchr2(b'"', b'\\', &bytes[i..]).map(|j| i + j)
 }
 
+/// The text of a JSON string given as it is written (quotes included). Without escapes it
+/// is copied as it is; otherwise serde decodes it. `None` when it is not a string.
+pub fn json_string(raw: &[u8]) -> Option<String> {
+    let inner = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\""));
+    if let Some(inner) = inner.filter(|s| !s.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20)) {
+        return std::str::from_utf8(inner).ok().map(str::to_owned);
+    }
+    serde_json::from_slice(raw).ok()
+}
+
 /// Cuts a stream into lines (without their `\n` or `\r\n`), across frames.
 #[derive(Debug, Default)]
 pub struct Lines {

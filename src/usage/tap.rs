@@ -16,13 +16,11 @@
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use memchr::memmem;
-use serde::Deserialize;
-use serde::de::value::MapAccessDeserializer;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::sync::LazyLock;
 
-use super::scan::{JsonMembers, Lines};
+use super::fields::UsageFields;
+use super::scan::{JsonMembers, Lines, json_string};
 use crate::service::ApiFormat;
 
 /// Tokens of one answer.
@@ -33,8 +31,14 @@ pub struct Tokens {
     pub cached: u64,
 }
 
-const JSON_MEMBERS: &[&str] = &["usage", "usageMetadata", "model", "modelVersion"];
-const CHUNK_MEMBERS: &[&str] = &["usage", "usageMetadata", "model", "modelVersion"];
+/// The top-level members read from a JSON answer or an SSE chunk: the usage, and the
+/// model only while it is wanted (the request named none).
+fn members(want_model: bool) -> &'static [&'static str] {
+    match want_model {
+        true => &["usage", "usageMetadata", "model", "modelVersion"],
+        false => &["usage", "usageMetadata"],
+    }
+}
 
 enum Mode {
     Json(JsonMembers),
@@ -65,7 +69,7 @@ impl Tap {
         } else if starts_with_ignore_case(ct, b"text/event-stream") {
             Mode::Sse(Lines::default())
         } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
-            Mode::Json(JsonMembers::new(JSON_MEMBERS))
+            Mode::Json(JsonMembers::new(members(want_model)))
         } else {
             Mode::Off
         };
@@ -108,7 +112,7 @@ impl Tap {
                     .want_model
                     .then(|| scan.get("model").or(scan.get("modelVersion")))
                     .flatten()
-                    .and_then(|m| serde_json::from_slice::<String>(m).ok());
+                    .and_then(json_string);
                 (tokens, model)
             }
             Mode::Sse(_) => (self.tokens, self.model),
@@ -163,7 +167,7 @@ fn sse_line(
             if USAGE.find(data).is_none() && !(want_model && model.is_none()) {
                 return;
             }
-            let mut chunk = JsonMembers::new(CHUNK_MEMBERS);
+            let mut chunk = JsonMembers::new(members(want_model && model.is_none()));
             chunk.feed(data);
             let usage = chunk.get("usage").or(chunk.get("usageMetadata"));
             if let Some(u) = usage.filter(|u| *u != b"null") {
@@ -171,7 +175,7 @@ fn sse_line(
             }
             if want_model && model.is_none() {
                 if let Some(m) = chunk.get("model").or(chunk.get("modelVersion")) {
-                    *model = serde_json::from_slice::<String>(m).ok();
+                    *model = json_string(m);
                 }
             }
         }
@@ -228,122 +232,12 @@ fn set_model(slot: &mut Option<String>, v: &Value) {
 
 /// The tokens of a provider's usage object, from its JSON text; `None` when it is not one.
 fn tokens_in(format: ApiFormat, text: &[u8]) -> Option<Tokens> {
-    let fields: UsageFields = serde_json::from_slice(text).ok()?;
-    tokens_of(format, &fields)
+    tokens_of(format, &UsageFields::read(text)?)
 }
 
 /// The same, from an already parsed value.
 fn tokens_at(format: ApiFormat, v: &Value) -> Option<Tokens> {
-    tokens_of(format, &UsageFields::deserialize(v).ok()?)
-}
-
-/// The usage fields of every provider, read without building a map (an answer's usage is
-/// read on every request). Other members are skipped; a field that is not a whole number
-/// reads as absent.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct UsageFields {
-    // OpenAI Chat Completions, then the Responses API's and Anthropic's names.
-    prompt_tokens: Count,
-    completion_tokens: Count,
-    prompt_tokens_details: Details,
-    input_tokens: Count,
-    output_tokens: Count,
-    input_tokens_details: Details,
-    cache_creation_input_tokens: Count,
-    cache_read_input_tokens: Count,
-    // Gemini.
-    #[serde(rename = "promptTokenCount")]
-    prompt_token_count: Count,
-    #[serde(rename = "candidatesTokenCount")]
-    candidates_token_count: Count,
-    #[serde(rename = "thoughtsTokenCount")]
-    thoughts_token_count: Count,
-    #[serde(rename = "cachedContentTokenCount")]
-    cached_content_token_count: Count,
-}
-
-/// A token count: a whole number, or absent (null, or any other value).
-#[derive(Default, Clone, Copy)]
-struct Count(Option<u64>);
-
-/// `{"cached_tokens": n}`, or absent.
-#[derive(Default)]
-struct Details(Count);
-
-#[derive(Deserialize)]
-struct DetailsFields {
-    #[serde(default)]
-    cached_tokens: Count,
-}
-
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
-        d.deserialize_any(Lenient).map(|got| Count(got.number))
-    }
-}
-
-impl<'de> Deserialize<'de> for Details {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Details, D::Error> {
-        d.deserialize_any(Lenient)
-            .map(|got| Details(Count(got.cached)))
-    }
-}
-
-/// What a lenient read found: a number, or the cached count of a details object.
-#[derive(Default)]
-struct Found {
-    number: Option<u64>,
-    cached: Option<u64>,
-}
-
-/// A visitor that accepts any JSON value and keeps only what [`Found`] holds.
-struct Lenient;
-
-impl<'de> Visitor<'de> for Lenient {
-    type Value = Found;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Found, E> {
-        Ok(Found {
-            number: Some(n),
-            cached: None,
-        })
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Found, E> {
-        Ok(Found {
-            number: u64::try_from(n).ok(),
-            cached: None,
-        })
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
-        Ok(Found::default())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
-        Ok(Found::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Found, E> {
-        Ok(Found::default())
-    }
-    fn visit_unit<E>(self) -> Result<Found, E> {
-        Ok(Found::default())
-    }
-    fn visit_none<E>(self) -> Result<Found, E> {
-        Ok(Found::default())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Found::default())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Found, A::Error> {
-        let fields = DetailsFields::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(Found {
-            number: None,
-            cached: fields.cached_tokens.0,
-        })
-    }
+    tokens_of(format, &UsageFields::from_value(v)?)
 }
 
 /// The tokens of a provider's usage fields; `None` when they are not its usage.
