@@ -17,6 +17,10 @@ use crate::timefmt::now_ms;
 /// writing it every `STATS_FLUSH_SECONDS` cost several percent of the throughput. The
 /// admin's reads of the log and the last flush at shutdown write it whenever they run.
 const LOG_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+/// Fewer new log entries than this are written at every flush all the same: at a low
+/// rate the write is cheap, and holding half a minute of entries made the process's
+/// memory rise and fall by several MB every half minute (the soak test's sawtooth).
+const SMALL_LOG: usize = 2_000;
 
 /// Writes pending counters and usage now (the request log `with_log`). Returns how many
 /// keys were written.
@@ -125,7 +129,8 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                let with_log = log_written.elapsed() >= LOG_WRITE_INTERVAL;
+                let pending = state.usage.as_ref().map_or(0, |u| u.log_pending());
+                let with_log = writes_log(log_written.elapsed(), pending);
                 if with_log {
                     log_written = Instant::now();
                 }
@@ -138,6 +143,12 @@ pub async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
         }
     }
     flush(&state, true).await;
+}
+
+/// Whether a periodic flush writes the request log: every [`LOG_WRITE_INTERVAL`], or
+/// whenever few entries wait.
+fn writes_log(since_last: Duration, pending: usize) -> bool {
+    since_last >= LOG_WRITE_INTERVAL || pending <= SMALL_LOG
 }
 
 /// Most of the time writing statistics may take: with a pool of 100,000 keys all in use,
@@ -156,6 +167,15 @@ fn next_wait(interval: Duration, took: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_request_log_waits_for_the_half_minute_a_small_one_does_not() {
+        let soon = Duration::from_secs(5);
+        assert!(writes_log(soon, 0));
+        assert!(writes_log(soon, SMALL_LOG));
+        assert!(!writes_log(soon, SMALL_LOG + 1));
+        assert!(writes_log(LOG_WRITE_INTERVAL, 10_000));
+    }
 
     #[test]
     fn slow_writes_space_out_the_next_ones() {
