@@ -357,21 +357,24 @@ def main():
     minute = 0
     restarted = False
     print(f"soak: {MINUTES:g} min, {CLIENTS} clients, {'enterprise (MariaDB, Redis)' if ENTERPRISE else 'lightweight (SQLite)'}", flush=True)
-    print("| minute | RSS MB, mean | peak | low | fds | served | answers |", flush=True)
+    print("| minute | RSS MB, mean | peak | low | fds, mean | served | answers |", flush=True)
     print("|---:|---:|---:|---:|---:|---:|---|", flush=True)
     while minute < MINUTES:
         # RSS every 5 s: one reading a minute landed anywhere between a statistics or
         # request-log write and the memory it gave back (±15 %). The minute's mean is
         # what the pass rule compares (a leak raises it as surely); peak and low are shown.
-        samples = []
+        samples, fd_samples = [], []
         while time.time() < started + (minute + 1) * 60:
             samples.append(rss_kb(proxy.pid))
+            fd_samples.append(fds(proxy.pid))
             time.sleep(max(0, min(5, started + (minute + 1) * 60 - time.time())))
         minute += 1
         counts = stats.take()
         served = sum(v for k, v in counts.items() if k not in ("transport error",))
         row = {"minute": minute, "rss_kb": sum(samples) // len(samples), "rss_peak_kb": max(samples),
-               "rss_low_kb": min(samples), "rss_samples_kb": samples, "fds": fds(proxy.pid),
+               "rss_low_kb": min(samples), "rss_samples_kb": samples,
+               # Descriptors the same way: a stalled upstream holds one for seconds.
+               "fds": round(sum(fd_samples) / len(fd_samples)), "fds_peak": max(fd_samples),
                "served": served, "answers": counts}
         rows.append(row)
         print(f"| {minute} | {row['rss_kb'] / 1024:.1f} | {row['rss_peak_kb'] / 1024:.1f} | {row['rss_low_kb'] / 1024:.1f} "
