@@ -22,7 +22,7 @@ const LOG_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// holding half a minute of entries made the process's memory rise and fall by several MB
 /// every half minute (the soak test's sawtooth). A rate, not a count: a slow write spaces
 /// the flushes out, and more entries then wait at the same rate.
-const SLOW_LOG_PER_SECOND: f64 = 400.0;
+const SLOW_LOG_PER_SECOND: f64 = 1_000.0;
 
 /// Writes pending counters and usage now (the request log `with_log`). Returns how many
 /// keys were written.
@@ -176,11 +176,11 @@ mod tests {
     fn a_fast_request_log_waits_for_the_half_minute_a_slow_one_does_not() {
         let five = Duration::from_secs(5);
         assert!(writes_log(five, 0));
-        assert!(writes_log(five, 2_000));
-        assert!(!writes_log(five, 2_001));
+        assert!(writes_log(five, 5_000));
+        assert!(!writes_log(five, 5_001));
         // A flush spaced out by a slow write: the same rate, more entries.
-        assert!(writes_log(Duration::from_secs(8), 3_000));
-        assert!(!writes_log(Duration::from_secs(8), 3_300));
+        assert!(writes_log(Duration::from_secs(8), 8_000));
+        assert!(!writes_log(Duration::from_secs(8), 8_500));
         assert!(writes_log(LOG_WRITE_INTERVAL, 10_000));
     }
 
