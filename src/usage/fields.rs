@@ -131,49 +131,40 @@ impl UsageFields {
     pub(super) fn from_value(v: &Value) -> Option<UsageFields> {
         UsageFields::deserialize(v).ok()
     }
-
-    /// Sets field `index` of [`NAMES`] to what the hand reader found.
-    fn set(&mut self, index: usize, value: Quick) {
-        let number = match value {
-            Quick::Number(n) => Some(n),
-            _ => None,
-        };
-        let cached = match value {
-            Quick::Object(cached) => cached,
-            _ => None,
-        };
-        let count = match index {
-            0 => &mut self.prompt_tokens,
-            1 => &mut self.completion_tokens,
-            2 => &mut self.input_tokens,
-            3 => &mut self.output_tokens,
-            4 => &mut self.cache_creation_input_tokens,
-            5 => &mut self.cache_read_input_tokens,
-            6 => &mut self.prompt_token_count,
-            7 => &mut self.candidates_token_count,
-            8 => &mut self.thoughts_token_count,
-            9 => &mut self.cached_content_token_count,
-            10 => return self.prompt_tokens_details = Details(Count(cached)),
-            _ => return self.input_tokens_details = Details(Count(cached)),
-        };
-        *count = Count(number);
-    }
 }
 
-/// The JSON names of [`UsageFields`]: ten counts, then two details objects.
-const NAMES: [&[u8]; 12] = [
-    b"prompt_tokens",
-    b"completion_tokens",
-    b"input_tokens",
-    b"output_tokens",
-    b"cache_creation_input_tokens",
-    b"cache_read_input_tokens",
-    b"promptTokenCount",
-    b"candidatesTokenCount",
-    b"thoughtsTokenCount",
-    b"cachedContentTokenCount",
-    b"prompt_tokens_details",
-    b"input_tokens_details",
+/// Where a member of the usage object goes: its JSON name, whether it is a details object
+/// (its `cached_tokens` is kept) or a count, and the field.
+type Slot = (&'static [u8], bool, fn(&mut UsageFields) -> &mut Count);
+
+/// Every field of [`UsageFields`], for the hand reader.
+const SLOTS: [Slot; 12] = [
+    (b"prompt_tokens", false, |u| &mut u.prompt_tokens),
+    (b"completion_tokens", false, |u| &mut u.completion_tokens),
+    (b"input_tokens", false, |u| &mut u.input_tokens),
+    (b"output_tokens", false, |u| &mut u.output_tokens),
+    (b"cache_creation_input_tokens", false, |u| {
+        &mut u.cache_creation_input_tokens
+    }),
+    (b"cache_read_input_tokens", false, |u| {
+        &mut u.cache_read_input_tokens
+    }),
+    (b"promptTokenCount", false, |u| &mut u.prompt_token_count),
+    (b"candidatesTokenCount", false, |u| {
+        &mut u.candidates_token_count
+    }),
+    (b"thoughtsTokenCount", false, |u| {
+        &mut u.thoughts_token_count
+    }),
+    (b"cachedContentTokenCount", false, |u| {
+        &mut u.cached_content_token_count
+    }),
+    (b"prompt_tokens_details", true, |u| {
+        &mut u.prompt_tokens_details.0
+    }),
+    (b"input_tokens_details", true, |u| {
+        &mut u.input_tokens_details.0
+    }),
 ];
 
 /// A member value as the hand reader sees it.
@@ -196,12 +187,17 @@ fn quick(text: &[u8]) -> Option<UsageFields> {
     let mut seen = 0u16;
     r.object(|r, name| {
         let value = r.value(true)?;
-        if let Some(i) = NAMES.iter().position(|n| *n == name) {
+        if let Some(i) = SLOTS.iter().position(|(n, ..)| *n == name) {
             if seen & (1 << i) != 0 {
                 return None;
             }
             seen |= 1 << i;
-            fields.set(i, value);
+            let (_, details, field) = SLOTS[i];
+            *field(&mut fields) = Count(match (details, value) {
+                (false, Quick::Number(n)) => Some(n),
+                (true, Quick::Object(cached)) => cached,
+                _ => None,
+            });
         }
         Some(())
     })?;
