@@ -235,6 +235,7 @@ if [[ $MODE == profile ]]; then
         DATABASE_PATH="$WORK/profile.db" LOG_LEVEL="${LOG_LEVEL:-warn}")
     ((LOAD)) && ENVV+=(WORKER_THREADS=1)
     [[ -n ${USAGE_TRACKING:-} ]] && ENVV+=(USAGE_TRACKING="$USAGE_TRACKING")
+    [[ -n ${REQUEST_LOG_SIZE:-} ]] && ENVV+=(REQUEST_LOG_SIZE="$REQUEST_LOG_SIZE")
     callgrind ours "$PROFILED"
     for _ in $(seq 1 600); do
         curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break

@@ -108,11 +108,13 @@ async fn proxied(
     let mut resp = handled.unwrap_or_else(ApiError::into_response);
     // The upstream's own id (OpenAI's `req_…`, which its SDK reads) stays; ours is always
     // in `X-Rotator-Request-Id`, and in `X-Request-Id` when the upstream sent none.
+    // Moved out of the trace: the log keeps its text.
+    let id = std::mem::replace(&mut trace.request_id, http::HeaderValue::from_static(""));
     let h = resp.headers_mut();
     if !h.contains_key(&X_REQUEST_ID) {
-        h.insert(X_REQUEST_ID.clone(), trace.request_id.clone());
+        h.insert(X_REQUEST_ID.clone(), id.clone());
     }
-    h.insert(X_ROTATOR_REQUEST_ID.clone(), trace.request_id.clone());
+    h.insert(X_ROTATOR_REQUEST_ID.clone(), id);
     if trace.service.is_none() {
         return resp;
     }

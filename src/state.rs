@@ -104,6 +104,9 @@ impl AppState {
             &self.upstreams,
             now_ms(),
         );
+        if let Some(usage) = &self.usage {
+            usage.name_services(dump.services.iter().map(|s| (s.id, s.fields.slug.as_str())));
+        }
         // Client keys first: a service that is served already has the keys that gate it.
         self.clients.rebuild(&client_keys);
         self.snapshot.store(snap);

@@ -282,14 +282,24 @@ impl KeyPool {
 /// A key as the admin page and the logs show it: at most three characters at the start
 /// and four at the end, never more than half of it.
 pub fn mask(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    let n = chars.len();
-    let head = 3.min(n / 4);
-    let tail = 4.min(n / 4);
-    let mut out: String = chars[..head].iter().collect();
-    out.push_str("****");
-    out.extend(&chars[n - tail..]);
-    out
+    let (head, tail) = mask_parts(key);
+    [head, "****", tail].concat()
+}
+
+/// What [`mask`] shows of `key`: its start and its end (`****` goes between). Without an
+/// allocation: the request log takes it on every request.
+pub fn mask_parts(key: &str) -> (&str, &str) {
+    let n = match key.is_ascii() {
+        true => key.len(),
+        false => key.chars().count(),
+    };
+    let (head, tail) = (3.min(n / 4), 4.min(n / 4));
+    let head_end = key.char_indices().nth(head).map_or(key.len(), |(i, _)| i);
+    let tail_start = match tail {
+        0 => key.len(),
+        _ => key.char_indices().nth_back(tail - 1).map_or(0, |(i, _)| i),
+    };
+    (&key[..head_end], &key[tail_start..])
 }
 
 /// The per-key runtimes and per-service rotation cursors, kept across snapshots.
@@ -381,6 +391,8 @@ mod tests {
         assert_eq!(mask("abcdefgh"), "ab****gh");
         assert_eq!(mask("abc"), "****");
         assert_eq!(mask(""), "****");
+        assert_eq!(mask("ключ-абвгдежзий"), "клю****зий");
+        assert_eq!(mask_parts("abcdefgh"), ("ab", "gh"));
         for n in 0..40 {
             let k: String = "x".repeat(n);
             let shown = mask(&k).replace("****", "").len();

@@ -116,7 +116,7 @@ pub async fn handle(
         // for it uncompressed (always acceptable to the client; LLM answers are small).
         out.identity = true;
         t.format = Some(format);
-        t.model = model;
+        t.model = model.as_deref().map(Into::into);
     }
     super::held(forward::run(state, svc, out, trace).await, admission)
 }

@@ -31,7 +31,7 @@ use crate::service::{Kind, Placement};
 use crate::snapshot::Service;
 use crate::state::AppState;
 use crate::upstream::url;
-use crate::usage::{Trace, Traced};
+use crate::usage::Trace;
 
 /// Which proxy route a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,10 +245,7 @@ fn traced(trace: &mut Option<&mut Trace>, svc: &Arc<Service>, out: &mut Outgoing
     let Some(t) = trace.as_deref_mut() else {
         return;
     };
-    t.service = Some(Traced {
-        id: svc.id,
-        slug: svc.slug.clone(),
-    });
+    t.service = Some(svc.id);
     out.request_id = Some(t.request_id.clone());
     t.bytes_in = match &out.body {
         OutBody::Replayable(b) => b.len() as u64,

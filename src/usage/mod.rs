@@ -11,11 +11,12 @@
 //! buffered. `USAGE_TRACKING=off` turns all of it off.
 
 pub mod fields;
+pub mod inline;
 pub mod record;
 pub mod scan;
 pub mod tap;
 
-pub use record::{Recorder, Trace, Traced};
+pub use record::{Recorder, Trace};
 pub use tap::Tokens;
 
 pub use crate::store::usage::{Bucket, Counts, LogEntry, RequestQuery, Rollup, UsageQuery};

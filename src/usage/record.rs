@@ -1,8 +1,8 @@
 //! Recording a request: the [`Trace`] the proxy fills as the request goes, the
 //! [`Recorder`] body that watches the answer to its end (bytes, time to first byte,
 //! usage), and the per-shard [`Usage`] buffers the statistics flusher empties into the
-//! store. Nothing here allocates per request on the way through, apart from the model's
-//! name; the request log's text is made when it is flushed.
+//! store. Nothing here allocates for the usual request (short path, model and id, one
+//! attempt); the request log's text is made when it is flushed.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 
+use super::inline::InlineStr;
 use super::tap::{Tap, Tokens};
 use super::{Counts, LogEntry, Outcome, Rollup};
 use crate::body::{self, Body, End, Watch};
@@ -20,32 +21,44 @@ use crate::service::ApiFormat;
 /// The most attempts a request makes (1 + the largest `max_retries`).
 pub const MAX_ATTEMPTS: usize = crate::service::MAX_RETRIES_LIMIT as usize + 1;
 
+/// A path or a model name, inline when short (the usual ones are).
+pub type Text = InlineStr<46>;
+/// A request id's text (ours are 20 characters).
+type IdText = InlineStr<30>;
+/// A masked key (`sk-****wxyz`).
+type Mask = InlineStr<14>;
+
 /// What a proxied request was, filled as it goes: by the dispatcher (time, client, id),
-/// the proxy handler (service, model) and the forwarder (attempts, key, latency).
+/// the proxy handler (service, model) and the forwarder (attempts, key, latency). Holds
+/// nothing shared with other requests and, for the usual request, nothing on the heap:
+/// every request makes one, and the request log keeps the newest thousands.
 pub struct Trace {
     pub start: Instant,
     /// Unix ms when the request came.
     pub at_ms: u64,
+    /// For the headers (upstream and answer); the log keeps its text.
     pub request_id: HeaderValue,
+    id_text: IdText,
     pub method: Method,
     /// The path without the query. Copied: a `Uri` or a header value of the request shares
     /// the connection's read buffer, and holding it until the flush kept hyper from
     /// reusing that buffer (a new one per request: a third of the throughput).
-    pub path: Box<str>,
+    pub path: Text,
     pub client: IpAddr,
-    /// Set once the request reached a service; only such requests are recorded. Its id
-    /// and slug only: a trace waits up to half a minute in the request log, and holding
-    /// the service kept every snapshot of its key pool made meanwhile (the soak test's
-    /// admin writes made one every half second: tens of MB).
-    pub service: Option<Traced>,
+    /// The id of the service the request reached; only such requests are recorded. Not
+    /// the service: a trace waits up to half a minute in the request log, and holding the
+    /// service kept every snapshot of its key pool made meanwhile (the soak test's admin
+    /// writes made one every half second: tens of MB). Its slug is found at flush
+    /// ([`Usage::name_services`]).
+    pub service: Option<i64>,
     /// The LLM dialect, for reading usage.
     pub format: Option<ApiFormat>,
     /// The model the request named (body or path).
-    pub model: Option<String>,
-    attempts: [(i64, u16); MAX_ATTEMPTS],
-    attempt_count: usize,
-    /// The key of the last attempt: its id and secret (for its mask, made at flush).
-    pub key: Option<(i64, crate::keys::KeySecret)>,
+    pub model: Option<Text>,
+    attempts: Attempts,
+    /// The key of the last attempt: its id and its mask (not the key: sharing its buffer
+    /// with every request made both threads write to one counter).
+    key: Option<(i64, Mask)>,
     /// Time to the final answer's head.
     pub latency: Option<Duration>,
     pub bytes_in: u64,
@@ -70,6 +83,7 @@ impl Trace {
         Trace {
             start,
             at_ms,
+            id_text: IdText::from(request_id.to_str().unwrap_or("")),
             request_id,
             method,
             path: path.into(),
@@ -77,8 +91,7 @@ impl Trace {
             service: None,
             format: None,
             model: None,
-            attempts: [(0, 0); MAX_ATTEMPTS],
-            attempt_count: 0,
+            attempts: Attempts::None,
             key: None,
             latency: None,
             bytes_in: 0,
@@ -91,18 +104,49 @@ impl Trace {
 
     /// Notes an attempt with key `key_id`; `status` 0 when it got no answer.
     pub fn attempt(&mut self, key_id: i64, secret: &crate::keys::KeySecret, status: u16) {
-        if self.attempt_count < MAX_ATTEMPTS {
-            self.attempts[self.attempt_count] = (key_id, status);
-            self.attempt_count += 1;
-        }
+        self.attempts.push((key_id, status));
         if self.key.as_ref().is_none_or(|(id, _)| *id != key_id) {
-            self.key = Some((key_id, secret.clone()));
+            let (head, tail) = crate::keys::mask_parts(secret);
+            self.key = Some((key_id, Mask::concat(&[head, "****", tail])));
         }
     }
 
     /// The attempts made, in order.
     pub fn attempts(&self) -> &[(i64, u16)] {
-        &self.attempts[..self.attempt_count]
+        self.attempts.as_slice()
+    }
+}
+
+/// The attempts of a request: (key id, status, 0 when it got no answer). One without an
+/// allocation; a retried request's in a list.
+#[derive(Clone, Default)]
+enum Attempts {
+    #[default]
+    None,
+    One((i64, u16)),
+    Many(Vec<(i64, u16)>),
+}
+
+impl Attempts {
+    fn push(&mut self, a: (i64, u16)) {
+        *self = match std::mem::take(self) {
+            Attempts::None => Attempts::One(a),
+            Attempts::One(first) => Attempts::Many(vec![first, a]),
+            Attempts::Many(mut all) => {
+                if all.len() < MAX_ATTEMPTS {
+                    all.push(a);
+                }
+                Attempts::Many(all)
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[(i64, u16)] {
+        match self {
+            Attempts::None => &[],
+            Attempts::One(a) => std::slice::from_ref(a),
+            Attempts::Many(all) => all,
+        }
     }
 }
 
@@ -166,33 +210,51 @@ impl Watch for Recorder {
             rt.add_tokens(crate::timefmt::now_ms(), t.input + t.output);
         }
         let ttfb = self.first_byte.map(|t| t.duration_since(self.trace.start));
-        self.usage.record(Finished {
+        let answer = Answer {
             status: self.status,
             ended,
             tokens,
             answer_model,
             ttfb,
             bytes_out,
-            trace: self.trace,
-        });
+        };
+        self.usage.record(&self.trace, answer);
     }
 }
 
-/// The service a traced request reached.
-pub struct Traced {
-    pub id: i64,
-    pub slug: Arc<str>,
-}
-
-/// A request whose answer ended.
-struct Finished {
+/// How the answer to a traced request went.
+struct Answer {
     status: u16,
     ended: End,
     tokens: Option<Tokens>,
     answer_model: Option<String>,
     ttfb: Option<Duration>,
     bytes_out: u64,
-    trace: Trace,
+}
+
+/// What the request log keeps of a request until it is written: fixed in size and, for
+/// the usual request, nothing on the heap (its text is made at flush). At tens of
+/// thousands of requests a second nearly every one is made and dropped unwritten; as a
+/// trace with its allocations, that cost a tenth of the throughput.
+struct Slot {
+    start: Instant,
+    at_ms: u64,
+    request_id: IdText,
+    service_id: i64,
+    method: Method,
+    path: Text,
+    status: u16,
+    attempts: Attempts,
+    key: Option<(i64, Mask)>,
+    model: Option<Text>,
+    tokens: Option<Tokens>,
+    latency: Option<Duration>,
+    ttfb: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+    client: IpAddr,
+    error: Option<Box<str>>,
+    client_key_id: i64,
 }
 
 /// A rollup's identity in a shard's buffer. The model is a number from the shard's
@@ -301,7 +363,7 @@ impl std::hash::Hasher for IdHasher {
 #[derive(Default)]
 struct Shard {
     rollups: Rollups,
-    log: VecDeque<Finished>,
+    log: VecDeque<Slot>,
     /// Tokens since start, by service id, then model, for `/metrics`.
     tokens: TokenTotals,
 }
@@ -313,6 +375,8 @@ pub struct Usage {
     log_size: usize,
     /// Log entries a failed write gave back, written first next time.
     unwritten: Mutex<Vec<LogEntry>>,
+    /// Every service's slug by id, for the log's entries (a deleted service's stays).
+    slugs: Mutex<HashMap<i64, Arc<str>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -338,28 +402,39 @@ impl Usage {
             shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
             log_size,
             unwritten: Mutex::default(),
+            slugs: Mutex::default(),
         }
     }
 
-    fn record(&self, f: Finished) {
-        let Some(svc) = f.trace.service.as_ref() else {
+    /// Learns the services' slugs (the state calls this before it serves a new snapshot,
+    /// so every recorded service is known by the time its entries are written).
+    pub fn name_services<'a>(&self, services: impl Iterator<Item = (i64, &'a str)>) {
+        let mut slugs = lock(&self.slugs);
+        for (id, slug) in services {
+            if slugs.get(&id).is_none_or(|s| **s != *slug) {
+                slugs.insert(id, slug.into());
+            }
+        }
+    }
+
+    fn record(&self, t: &Trace, a: Answer) {
+        let Some(service_id) = t.service else {
             return;
         };
         let model = model_name(
-            f.trace
-                .model
+            t.model
                 .as_deref()
-                .or(f.answer_model.as_deref())
+                .or(a.answer_model.as_deref())
                 .unwrap_or(""),
         );
-        let outcome = match &f.ended {
+        let outcome = match &a.ended {
             End::Failed(_) => Outcome::ProxyError,
-            _ => Outcome::of(f.status, f.trace.proxy_error),
+            _ => Outcome::of(a.status, t.proxy_error),
         };
         let mut counts = Counts {
             requests: 1,
-            latency_ms_sum: f.trace.latency.map_or(0, |d| d.as_millis() as i64),
-            ttfb_ms_sum: f.ttfb.map_or(0, |d| d.as_millis() as i64),
+            latency_ms_sum: t.latency.map_or(0, |d| d.as_millis() as i64),
+            ttfb_ms_sum: a.ttfb.map_or(0, |d| d.as_millis() as i64),
             ..Counts::default()
         };
         match outcome {
@@ -369,22 +444,24 @@ impl Usage {
             Outcome::UpstreamError => counts.failures_upstream = 1,
             Outcome::ProxyError => counts.failures_proxy = 1,
         }
-        if let Some(t) = f.tokens {
-            counts.tokens_in = t.input as i64;
-            counts.tokens_out = t.output as i64;
-            counts.tokens_cached = t.cached as i64;
-        } else if f.trace.format.is_some() && outcome == Outcome::Success {
+        if let Some(tokens) = a.tokens {
+            counts.tokens_in = tokens.input as i64;
+            counts.tokens_out = tokens.output as i64;
+            counts.tokens_cached = tokens.cached as i64;
+        } else if t.format.is_some() && outcome == Outcome::Success {
             counts.usage_unknown = 1;
         }
-        let hour = (f.trace.at_ms / 3_600_000 * 3600) as i64;
-        let key_id = f.trace.key.as_ref().map_or(0, |(id, _)| *id);
+        let hour = (t.at_ms / 3_600_000 * 3600) as i64;
+        let key_id = t.key.as_ref().map_or(0, |(id, _)| *id);
+        let tokens = a.tokens;
+        let slot = (self.log_size > 0).then(|| Slot::of(t, service_id, model, &a));
         let mut shard = lock(&self.shards[crate::shard::current() % self.shards.len()]);
-        let client = f.trace.client_key_id;
+        let client = t.client_key_id;
         shard
             .rollups
-            .add(hour, svc.id, key_id, client, model, &counts);
-        if let Some(t) = f.tokens {
-            let models = shard.tokens.entry(svc.id).or_default();
+            .add(hour, service_id, key_id, client, model, &counts);
+        if let Some(t) = tokens {
+            let models = shard.tokens.entry(service_id).or_default();
             // Names come from clients: past a few hundred, the rest count together.
             let model = match models.len() < MAX_METRIC_MODELS {
                 true => model,
@@ -395,11 +472,11 @@ impl Usage {
             sums[1] += t.output;
             sums[2] += t.cached;
         }
-        if self.log_size > 0 {
+        if let Some(slot) = slot {
             if shard.log.len() >= self.log_size {
                 shard.log.pop_front();
             }
-            shard.log.push_back(f);
+            shard.log.push_back(slot);
         }
     }
 
@@ -430,15 +507,19 @@ impl Usage {
                 log.push(std::mem::take(&mut shard.log));
             }
         }
-        let unwritten = match with_log {
-            true => std::mem::take(&mut *lock(&self.unwritten)),
-            false => Vec::new(),
+        let (unwritten, slugs) = match with_log {
+            true => (
+                std::mem::take(&mut *lock(&self.unwritten)),
+                lock(&self.slugs).clone(),
+            ),
+            false => (Vec::new(), HashMap::new()),
         };
         Pending {
             rollups,
             log,
             unwritten,
             log_size: self.log_size,
+            slugs,
         }
     }
 
@@ -480,9 +561,10 @@ impl Usage {
 /// What [`Usage::take_pending`] took, not yet made into rows.
 pub struct Pending {
     rollups: Vec<Rollups>,
-    log: Vec<VecDeque<Finished>>,
+    log: Vec<VecDeque<Slot>>,
     unwritten: Vec<LogEntry>,
     log_size: usize,
+    slugs: HashMap<i64, Arc<str>>,
 }
 
 impl Pending {
@@ -516,11 +598,12 @@ impl Pending {
             ))
         });
         let mut entries = self.unwritten;
-        let mut fresh: Vec<Finished> = self.log.into_iter().flatten().collect();
+        let mut fresh: Vec<Slot> = self.log.into_iter().flatten().collect();
         // In the order the requests came (the monotonic clock: finer than the wall's ms).
-        fresh.sort_by_key(|f| f.trace.start);
+        fresh.sort_by_key(|f| f.start);
         let skip = fresh.len().saturating_sub(self.log_size);
-        entries.extend(fresh.into_iter().skip(skip).map(entry));
+        let slugs = &self.slugs;
+        entries.extend(fresh.into_iter().skip(skip).map(|f| f.entry(slugs)));
         let skip = entries.len().saturating_sub(self.log_size);
         entries.drain(..skip);
         (rollups, entries)
@@ -544,45 +627,149 @@ fn model_name(name: &str) -> &str {
     &name[..end]
 }
 
-/// The request log's entry of a finished request (its text is made here, at flush).
-fn entry(f: Finished) -> LogEntry {
-    let t = f.trace;
-    let svc = t.service.as_ref();
-    let error = match (f.ended, t.error.clone()) {
-        (End::Failed(cause), _) => Some(format!("answer cut: {cause}")),
-        (_, Some(e)) => Some(e),
-        (End::ClientGone, None) => Some("the client went away".to_string()),
-        (End::Complete, None) => None,
-    };
-    LogEntry {
-        id: 0,
-        at: t.at_ms as i64,
-        request_id: String::from_utf8_lossy(t.request_id.as_bytes()).into_owned(),
-        service_id: svc.map_or(0, |s| s.id),
-        service: svc.map_or(String::new(), |s| s.slug.to_string()),
-        method: t.method.to_string(),
-        path: t.path.to_string(),
-        status: f.status,
-        attempts: t.attempts().to_vec(),
-        key_id: t.key.as_ref().map_or(0, |(id, _)| *id),
-        key_mask: t
-            .key
-            .as_ref()
-            .map_or(String::new(), |(_, s)| crate::keys::mask(s)),
-        model: t
-            .model
-            .clone()
-            .or(f.answer_model)
-            .map(|m| model_name(&m).to_string()),
-        tokens_in: f.tokens.map(|x| x.input as i64),
-        tokens_out: f.tokens.map(|x| x.output as i64),
-        tokens_cached: f.tokens.map(|x| x.cached as i64),
-        latency_ms: t.latency.map(|d| d.as_millis() as i64),
-        ttfb_ms: f.ttfb.map(|d| d.as_millis() as i64),
-        bytes_in: t.bytes_in as i64,
-        bytes_out: f.bytes_out as i64,
-        client_ip: t.client.to_string(),
-        error,
-        client_key_id: t.client_key_id,
+impl Slot {
+    /// The log's slot for a request to service `service_id` (its model already cut to
+    /// [`MAX_MODEL_LEN`]), answered as `a` says.
+    fn of(t: &Trace, service_id: i64, model: &str, a: &Answer) -> Slot {
+        let error = match (&a.ended, &t.error) {
+            (End::Failed(cause), _) => Some(format!("answer cut: {cause}").into()),
+            (_, Some(e)) => Some(e.as_str().into()),
+            (End::ClientGone, None) => Some("the client went away".into()),
+            (End::Complete, None) => None,
+        };
+        Slot {
+            start: t.start,
+            at_ms: t.at_ms,
+            request_id: t.id_text.clone(),
+            service_id,
+            method: t.method.clone(),
+            path: t.path.clone(),
+            status: a.status,
+            attempts: t.attempts.clone(),
+            key: t.key.clone(),
+            model: (!model.is_empty()).then(|| model.into()),
+            tokens: a.tokens,
+            latency: t.latency,
+            ttfb: a.ttfb,
+            bytes_in: t.bytes_in,
+            bytes_out: a.bytes_out,
+            client: t.client,
+            error,
+            client_key_id: t.client_key_id,
+        }
+    }
+
+    /// The request log's entry (its text is made here, at flush); `slugs` names the
+    /// services.
+    fn entry(self, slugs: &HashMap<i64, Arc<str>>) -> LogEntry {
+        let (key_id, key_mask) = match self.key {
+            Some((id, mask)) => (id, mask.to_string()),
+            None => (0, String::new()),
+        };
+        LogEntry {
+            id: 0,
+            at: self.at_ms as i64,
+            request_id: self.request_id.to_string(),
+            service_id: self.service_id,
+            service: slugs
+                .get(&self.service_id)
+                .map_or(String::new(), |s| s.to_string()),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            status: self.status,
+            attempts: self.attempts.as_slice().to_vec(),
+            key_id,
+            key_mask,
+            model: self.model.map(|m| m.to_string()),
+            tokens_in: self.tokens.map(|x| x.input as i64),
+            tokens_out: self.tokens.map(|x| x.output as i64),
+            tokens_cached: self.tokens.map(|x| x.cached as i64),
+            latency_ms: self.latency.map(|d| d.as_millis() as i64),
+            ttfb_ms: self.ttfb.map(|d| d.as_millis() as i64),
+            bytes_in: self.bytes_in as i64,
+            bytes_out: self.bytes_out as i64,
+            client_ip: self.client.to_string(),
+            error: self.error.map(String::from),
+            client_key_id: self.client_key_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(usage: &Usage, t: &Trace) {
+        let answer = Answer {
+            status: 200,
+            ended: End::Complete,
+            tokens: Some(Tokens {
+                input: 3,
+                output: 2,
+                cached: 1,
+            }),
+            answer_model: None,
+            ttfb: None,
+            bytes_out: 10,
+        };
+        usage.record(t, answer);
+    }
+
+    #[test]
+    fn log_entries_keep_long_texts_whole_and_a_deleted_services_slug() {
+        let usage = Usage::new(1, 10);
+        usage.name_services([(7, "gone-soon")].into_iter());
+        let long_path = format!("/proxy/gone-soon/{}", "p".repeat(100));
+        let long_id = "i".repeat(128);
+        let mut t = Trace::new(
+            Instant::now(),
+            1_000,
+            HeaderValue::from_str(&long_id).unwrap(),
+            Method::POST,
+            &long_path,
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        t.service = Some(7);
+        t.model = Some(Text::from("m".repeat(60).as_str()));
+        let (k1, k2) = (
+            crate::keys::KeySecret::new("sk-first-key-0001"),
+            crate::keys::KeySecret::new("sk-second-key-0002"),
+        );
+        t.attempt(1, &k1, 429);
+        t.attempt(2, &k2, 0);
+        t.attempt(2, &k2, 200);
+        answered(&usage, &t);
+        // The service is deleted: a later snapshot no longer names it.
+        usage.name_services(std::iter::empty());
+        let (rollups, entries) = usage.take();
+        let e = &entries[0];
+        assert_eq!(e.path, long_path);
+        assert_eq!(e.request_id, long_id);
+        assert_eq!(e.service, "gone-soon");
+        assert_eq!(e.model.as_deref(), Some("m".repeat(60).as_str()));
+        assert_eq!(e.attempts, vec![(1, 429), (2, 0), (2, 200)]);
+        assert_eq!((e.key_id, e.key_mask.as_str()), (2, "sk-****0002"));
+        assert_eq!((e.tokens_in, e.tokens_out), (Some(3), Some(2)));
+        assert_eq!(rollups[0].counts.tokens_cached, 1);
+        assert_eq!(usage.token_totals()[0].2, [3, 2, 1]);
+    }
+
+    #[test]
+    fn a_request_log_of_size_zero_still_counts_tokens() {
+        let usage = Usage::new(1, 0);
+        let mut t = Trace::new(
+            Instant::now(),
+            1_000,
+            HeaderValue::from_static("id"),
+            Method::GET,
+            "/llm/x",
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        t.service = Some(1);
+        answered(&usage, &t);
+        let (rollups, entries) = usage.take();
+        assert!(entries.is_empty());
+        assert_eq!(rollups.len(), 1);
+        assert_eq!(usage.token_totals()[0].2, [3, 2, 1]);
     }
 }
