@@ -111,10 +111,8 @@ async fn proxied(
     // Moved out of the trace: the log keeps its text.
     let id = std::mem::replace(&mut trace.request_id, http::HeaderValue::from_static(""));
     let h = resp.headers_mut();
-    if !h.contains_key(&X_REQUEST_ID) {
-        h.insert(X_REQUEST_ID.clone(), id.clone());
-    }
-    h.insert(X_ROTATOR_REQUEST_ID.clone(), id);
+    h.entry(&X_REQUEST_ID).or_insert_with(|| id.clone());
+    h.insert(&X_ROTATOR_REQUEST_ID, id);
     if trace.service.is_none() {
         return resp;
     }

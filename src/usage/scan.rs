@@ -9,7 +9,7 @@
 //!
 //! Neither ever fails the body: what cannot be read is reported as unknown.
 
-use memchr::{memchr, memchr2};
+use memchr::{memchr, memchr2, memrchr};
 
 /// Longest member value kept (a usage object is a few hundred bytes).
 pub const MAX_MEMBER: usize = 16 * 1024;
@@ -123,6 +123,9 @@ impl JsonMembers {
             },
             At::Name => match b {
                 b'"' => {
+                    if let Some(used) = self.name_at_once(bytes) {
+                        return used;
+                    }
                     self.name_len = 0;
                     self.at = At::InName { escaped: false };
                     1
@@ -158,13 +161,7 @@ impl JsonMembers {
             },
             At::Colon => match b {
                 b':' => {
-                    let name = &self.name[..self.name_len.min(NAME_CAP)];
-                    self.capturing = match self.name_len <= NAME_CAP {
-                        true => self.wanted.iter().position(|w| w.as_bytes() == name),
-                        false => None,
-                    };
-                    self.value.clear();
-                    self.at = At::ValueStart;
+                    self.begin_value();
                     1
                 }
                 _ if b.is_ascii_whitespace() => 1,
@@ -183,6 +180,49 @@ impl JsonMembers {
             }
             At::Value { .. } | At::Done => bytes.len(),
         }
+    }
+
+    /// The usual member start, `"name":` and the spaces after it, read in one go when
+    /// `bytes` (at its `"`) holds all of it and the name has no escape; the length read.
+    /// `None`: left to the byte-by-byte states.
+    fn name_at_once(&mut self, bytes: &[u8]) -> Option<usize> {
+        let len = quote_or_escape(&bytes[1..])?;
+        if bytes[1 + len] != b'"' {
+            return None;
+        }
+        let mut i = len + 2;
+        while bytes.get(i)?.is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes[i] != b':' {
+            return None;
+        }
+        self.name_len = 0;
+        self.push_name(&bytes[1..1 + len]);
+        self.begin_value();
+        i += 1;
+        while bytes.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if i < bytes.len() {
+            self.at = At::Value {
+                depth: 0,
+                in_string: false,
+                escaped: false,
+            };
+        }
+        Some(i)
+    }
+
+    /// After a member's `:`: whether its value is kept, and where the scan is.
+    fn begin_value(&mut self) {
+        let name = &self.name[..self.name_len.min(NAME_CAP)];
+        self.capturing = match self.name_len <= NAME_CAP {
+            true => self.wanted.iter().position(|w| w.as_bytes() == name),
+            false => None,
+        };
+        self.value.clear();
+        self.at = At::ValueStart;
     }
 
     /// Runs through a member's value as far as `bytes` go, or to its end (the `,` or `}`
@@ -360,6 +400,28 @@ impl Lines {
             self.partial.clear();
             bytes = rest;
         }
+        self.keep_unfinished(bytes);
+    }
+
+    /// No line is being put together across frames: [`Lines::pass`] may be used.
+    pub fn is_clean(&self) -> bool {
+        self.partial.is_empty() && !self.skipping
+    }
+
+    /// Goes past `bytes`, whose whole lines are of no interest (the caller searched them
+    /// all at once), keeping only the unfinished last one. Only when [`Lines::is_clean`]:
+    /// otherwise the first line's start came in an earlier frame and is not searched.
+    pub fn pass(&mut self, bytes: &[u8]) {
+        debug_assert!(self.is_clean());
+        let unfinished = match memrchr(b'\n', bytes) {
+            Some(i) => &bytes[i + 1..],
+            None => bytes,
+        };
+        self.keep_unfinished(unfinished);
+    }
+
+    /// Keeps the start of a line whose end has not come yet.
+    fn keep_unfinished(&mut self, bytes: &[u8]) {
         if self.skipping || bytes.is_empty() {
             return;
         }
@@ -485,5 +547,71 @@ mod tests {
         l.feed(b"yy\nnext\n", |line| got.push(line.to_vec()));
         assert_eq!(got, [b"next".to_vec()]);
         assert!(l.overflowed);
+    }
+
+    mod generated {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        const WANTED: &[&str] = &["usage", "model", "modelVersion", "usageMetadata"];
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("usage"),
+                Just("model"),
+                Just("usageMetadata"),
+                Just("id"),
+                Just("a\"b\\"),
+                Just("usage_"),
+                Just(""),
+            ]
+            .prop_map(String::from)
+        }
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                // Quarters: read back exactly, as any float would be by the same parser.
+                (-4000i32..4000).prop_map(|n| Value::from(f64::from(n) / 4.0)),
+                "[a-z\"\\{}\\[\\],: é\n]{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::vec((key(), inner), 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(5_000))]
+            /// The members kept are the document's top-level ones, wherever the frames
+            /// are cut and however it is spaced.
+            #[test]
+            fn top_level_members_are_what_serde_reads(
+                members in proptest::collection::vec((key(), value()), 0..6),
+                pretty in any::<bool>(),
+                cut in any::<proptest::sample::Index>(),
+            ) {
+                let doc = Value::Object(members.into_iter().collect());
+                let text = match pretty {
+                    true => serde_json::to_string_pretty(&doc).unwrap(),
+                    false => serde_json::to_string(&doc).unwrap(),
+                };
+                let cut = cut.index(text.len() + 1);
+                let mut scan = JsonMembers::new(WANTED);
+                scan.feed(&text.as_bytes()[..cut]);
+                scan.feed(&text.as_bytes()[cut..]);
+                prop_assert!(scan.complete(), "{}", text);
+                for w in WANTED {
+                    let got = scan.get(w).map(|raw| serde_json::from_slice::<Value>(raw).unwrap());
+                    prop_assert_eq!(got.as_ref(), doc.get(*w), "{} in {}", w, text);
+                }
+            }
+        }
     }
 }

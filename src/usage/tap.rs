@@ -92,6 +92,14 @@ impl Tap {
         match &mut self.mode {
             Mode::Json(scan) => scan.feed(bytes),
             Mode::Sse(lines) => {
+                // A line of interest has `"usage` in it (usage, `response.completed`,
+                // Anthropic's `message_start` and `message_delta`) unless a model is still
+                // wanted: a frame without it is searched once, not line by line.
+                let model_wanted = self.want_model && self.model.is_none();
+                if !model_wanted && lines.is_clean() && USAGE.find(bytes).is_none() {
+                    lines.pass(bytes);
+                    return;
+                }
                 let (format, tokens, model) = (self.format, &mut self.tokens, &mut self.model);
                 let want_model = self.want_model;
                 lines.feed(bytes, |line| {
@@ -150,34 +158,35 @@ fn sse_line(
     if data.first() != Some(&b'{') {
         return; // `[DONE]`, keep-alives
     }
-    match format {
-        ApiFormat::Anthropic => anthropic_event(data, tokens, model),
-        ApiFormat::OpenAi if RESPONSE_COMPLETED.find(data).is_some() => {
-            // Responses API: the whole response, usage inside (once per stream).
-            if let Ok(v) = serde_json::from_slice::<Value>(data) {
-                if v["type"] == "response.completed" {
-                    set(tokens, tokens_at(format, &v["response"]["usage"]));
-                    set_model(model, &v["response"]["model"]);
-                }
+    if format == ApiFormat::Anthropic {
+        return anthropic_event(data, tokens, model);
+    }
+    // Most chunks carry neither usage nor a model still wanted: not scanned (a top-level
+    // `"usage…` member, or a Responses API `response.completed` with its usage, cannot be
+    // there without these bytes). One search per chunk: the first thing done on each.
+    let model_wanted = want_model && model.is_none();
+    if USAGE.find(data).is_none() && !model_wanted {
+        return;
+    }
+    if format == ApiFormat::OpenAi && RESPONSE_COMPLETED.find(data).is_some() {
+        // Responses API: the whole response, usage inside (once per stream).
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            if v["type"] == "response.completed" {
+                set(tokens, tokens_at(format, &v["response"]["usage"]));
+                set_model(model, &v["response"]["model"]);
             }
         }
-        _ => {
-            // Most chunks carry neither usage nor a model still wanted: not scanned (a
-            // top-level `"usage…` member cannot be there without these bytes).
-            if USAGE.find(data).is_none() && !(want_model && model.is_none()) {
-                return;
-            }
-            let mut chunk = JsonMembers::new(members(want_model && model.is_none()));
-            chunk.feed(data);
-            let usage = chunk.get("usage").or(chunk.get("usageMetadata"));
-            if let Some(u) = usage.filter(|u| *u != b"null") {
-                set(tokens, tokens_in(format, u));
-            }
-            if want_model && model.is_none() {
-                if let Some(m) = chunk.get("model").or(chunk.get("modelVersion")) {
-                    *model = json_string(m);
-                }
-            }
+        return;
+    }
+    let mut chunk = JsonMembers::new(members(model_wanted));
+    chunk.feed(data);
+    let usage = chunk.get("usage").or(chunk.get("usageMetadata"));
+    if let Some(u) = usage.filter(|u| *u != b"null") {
+        set(tokens, tokens_in(format, u));
+    }
+    if model_wanted {
+        if let Some(m) = chunk.get("model").or(chunk.get("modelVersion")) {
+            *model = json_string(m);
         }
     }
 }
@@ -432,6 +441,42 @@ mod tests {
             read(ApiFormat::OpenAi, "application/json", no_input, 64).0,
             None
         );
+    }
+
+    #[test]
+    fn frames_without_usage_are_passed_whole_wherever_they_are_cut() {
+        // The request named the model: frames without `"usage` are searched once and
+        // passed; the usage line may be cut anywhere, `"usage` itself too.
+        let chunk = r#"data: {"id":"c","object":"chat.completion.chunk","choices":[{"delta":{"content":"x"}}]}"#;
+        let last = r#"data: {"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":20,"total_tokens":29}}"#;
+        let sse = format!("{chunk}\n\n{chunk}\r\n\r\n{last}\n\ndata: [DONE]\n\n");
+        let anthropic = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}\n\n",
+        );
+        for step in 1..=sse.len() {
+            let mut tap = Tap::new(
+                ApiFormat::OpenAi,
+                &headers("text/event-stream", None),
+                false,
+            );
+            for piece in sse.as_bytes().chunks(step) {
+                tap.frame(piece);
+            }
+            assert_eq!(tap.finish(), (t(9, 20, 0), None), "openai, step {step}");
+        }
+        for step in 1..=anthropic.len() {
+            let mut tap = Tap::new(
+                ApiFormat::Anthropic,
+                &headers("text/event-stream", None),
+                false,
+            );
+            for piece in anthropic.as_bytes().chunks(step) {
+                tap.frame(piece);
+            }
+            assert_eq!(tap.finish().0, t(5, 6, 0), "anthropic, step {step}");
+        }
     }
 
     #[test]
