@@ -61,6 +61,8 @@ pub mod headers;
 pub mod fuzzing {
     pub use crate::admin::JsonBody;
     pub use crate::proxy::llm::{BodyKey, find_api_key, find_member, strip_api_keys};
+    pub use crate::service::ApiFormat;
+    pub use crate::usage::tap::Tap;
 }
 pub mod jobs;
 pub mod jwt;

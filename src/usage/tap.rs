@@ -158,22 +158,26 @@ fn sse_line(
     if data.first() != Some(&b'{') {
         return; // `[DONE]`, keep-alives
     }
-    if format == ApiFormat::Anthropic {
-        return anthropic_event(data, tokens, model);
-    }
-    // Most chunks carry neither usage nor a model still wanted: not scanned (a top-level
-    // `"usage…` member, or a Responses API `response.completed` with its usage, cannot be
-    // there without these bytes). One search per chunk: the first thing done on each.
+    // Most chunks carry neither usage nor a model still wanted: not read (a top-level
+    // `"usage…` member, a Responses API `response.completed` with its usage, and
+    // Anthropic's `message_start` and `message_delta` cannot be there without these
+    // bytes). One search per chunk, the first thing done on each; [`Tap::frame`] makes the
+    // same one over a whole frame, so a frame and its lines are read alike.
     let model_wanted = want_model && model.is_none();
     if USAGE.find(data).is_none() && !model_wanted {
         return;
+    }
+    if format == ApiFormat::Anthropic {
+        return anthropic_event(data, tokens, model_wanted.then_some(model));
     }
     if format == ApiFormat::OpenAi && RESPONSE_COMPLETED.find(data).is_some() {
         // Responses API: the whole response, usage inside (once per stream).
         if let Ok(v) = serde_json::from_slice::<Value>(data) {
             if v["type"] == "response.completed" {
                 set(tokens, tokens_at(format, &v["response"]["usage"]));
-                set_model(model, &v["response"]["model"]);
+                if model_wanted {
+                    set_model(model, &v["response"]["model"]);
+                }
             }
         }
         return;
@@ -193,7 +197,8 @@ fn sse_line(
 
 /// Anthropic: `message_start` has the input (and a first output count) and the model;
 /// each `message_delta` has the output so far (and, in newer answers, the input again).
-fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: &mut Option<String>) {
+/// `model`: where the model goes, while it is wanted.
+fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: Option<&mut Option<String>>) {
     let start = MESSAGE_START.find(data).is_some();
     let delta = MESSAGE_DELTA.find(data).is_some();
     if !start && !delta {
@@ -208,10 +213,16 @@ fn anthropic_event(data: &[u8], tokens: &mut Option<Tokens>, model: &mut Option<
                 tokens,
                 tokens_at(ApiFormat::Anthropic, &v["message"]["usage"]),
             );
-            set_model(model, &v["message"]["model"]);
+            if let Some(model) = model {
+                set_model(model, &v["message"]["model"]);
+            }
         }
         Some("message_delta") => {
+            // Without a usage object it says nothing of tokens.
             let u = &v["usage"];
+            if !u.is_object() {
+                return;
+            }
             let t = tokens.get_or_insert_with(Tokens::default);
             if let Some(out) = u["output_tokens"].as_u64() {
                 t.output = out;
@@ -476,6 +487,20 @@ mod tests {
                 tap.frame(piece);
             }
             assert_eq!(tap.finish().0, t(5, 6, 0), "anthropic, step {step}");
+        }
+        // Found by the `usage_tap` fuzz target: an event without usage named a model that
+        // was not wanted, but only when its frame also held the start of another line.
+        let no_usage = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\"}}\n\n";
+        for step in 1..=no_usage.len() {
+            let mut tap = Tap::new(
+                ApiFormat::Anthropic,
+                &headers("text/event-stream", None),
+                false,
+            );
+            for piece in no_usage.as_bytes().chunks(step) {
+                tap.frame(piece);
+            }
+            assert_eq!(tap.finish(), (None, None), "step {step}");
         }
     }
 
