@@ -321,7 +321,18 @@ mod tests {
         body: &str,
         step: usize,
     ) -> (Option<Tokens>, Option<String>) {
-        let mut tap = Tap::new(format, &headers(ct, None), true);
+        read_as(format, ct, body, step, true)
+    }
+
+    /// The same, the model wanted or not.
+    fn read_as(
+        format: ApiFormat,
+        ct: &'static str,
+        body: &str,
+        step: usize,
+        want_model: bool,
+    ) -> (Option<Tokens>, Option<String>) {
+        let mut tap = Tap::new(format, &headers(ct, None), want_model);
         for piece in body.as_bytes().chunks(step.max(1)) {
             tap.frame(piece);
         }
@@ -454,6 +465,17 @@ mod tests {
         );
     }
 
+    /// Every cut of an SSE `body`, the model not wanted: (step, what was read).
+    fn cuts(
+        format: ApiFormat,
+        body: &str,
+    ) -> impl Iterator<Item = (usize, (Option<Tokens>, Option<String>))> + '_ {
+        (1..=body.len()).map(move |step| {
+            let read = read_as(format, "text/event-stream", body, step, false);
+            (step, read)
+        })
+    }
+
     #[test]
     fn frames_without_usage_are_passed_whole_wherever_they_are_cut() {
         // The request named the model: frames without `"usage` are searched once and
@@ -466,41 +488,17 @@ mod tests {
             "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"hi\"}}\n\n",
             "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":6}}\n\n",
         );
-        for step in 1..=sse.len() {
-            let mut tap = Tap::new(
-                ApiFormat::OpenAi,
-                &headers("text/event-stream", None),
-                false,
-            );
-            for piece in sse.as_bytes().chunks(step) {
-                tap.frame(piece);
-            }
-            assert_eq!(tap.finish(), (t(9, 20, 0), None), "openai, step {step}");
+        for (step, read) in cuts(ApiFormat::OpenAi, &sse) {
+            assert_eq!(read, (t(9, 20, 0), None), "openai, step {step}");
         }
-        for step in 1..=anthropic.len() {
-            let mut tap = Tap::new(
-                ApiFormat::Anthropic,
-                &headers("text/event-stream", None),
-                false,
-            );
-            for piece in anthropic.as_bytes().chunks(step) {
-                tap.frame(piece);
-            }
-            assert_eq!(tap.finish().0, t(5, 6, 0), "anthropic, step {step}");
+        for (step, read) in cuts(ApiFormat::Anthropic, anthropic) {
+            assert_eq!(read.0, t(5, 6, 0), "anthropic, step {step}");
         }
         // Found by the `usage_tap` fuzz target: an event without usage named a model that
         // was not wanted, but only when its frame also held the start of another line.
         let no_usage = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\"}}\n\n";
-        for step in 1..=no_usage.len() {
-            let mut tap = Tap::new(
-                ApiFormat::Anthropic,
-                &headers("text/event-stream", None),
-                false,
-            );
-            for piece in no_usage.as_bytes().chunks(step) {
-                tap.frame(piece);
-            }
-            assert_eq!(tap.finish(), (None, None), "step {step}");
+        for (step, read) in cuts(ApiFormat::Anthropic, no_usage) {
+            assert_eq!(read, (None, None), "step {step}");
         }
     }
 
