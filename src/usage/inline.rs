@@ -8,7 +8,12 @@ use std::ops::Deref;
 
 /// A string of up to `N` bytes kept inline (`N` < 256), a longer one boxed.
 #[derive(Clone)]
-pub enum InlineStr<const N: usize> {
+pub struct InlineStr<const N: usize>(Repr<N>);
+
+/// Private: the inline bytes are UTF-8 only because [`InlineStr::concat`] copies whole
+/// `&str`s into them.
+#[derive(Clone)]
+enum Repr<const N: usize> {
     Inline { len: u8, bytes: [u8; N] },
     Heap(Box<str>),
 }
@@ -21,7 +26,7 @@ impl<const N: usize> InlineStr<N> {
         let () = Self::FITS;
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > N {
-            return InlineStr::Heap(parts.concat().into());
+            return InlineStr(Repr::Heap(parts.concat().into()));
         }
         let mut bytes = [0; N];
         let mut at = 0;
@@ -29,21 +34,26 @@ impl<const N: usize> InlineStr<N> {
             bytes[at..at + p.len()].copy_from_slice(p.as_bytes());
             at += p.len();
         }
-        InlineStr::Inline {
+        InlineStr(Repr::Inline {
             len: len as u8,
             bytes,
-        }
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        match self {
-            // SAFETY: the bytes are whole `&str`s copied one after another (`concat`), so
-            // they are UTF-8.
-            InlineStr::Inline { len, bytes } => unsafe {
+        match &self.0 {
+            // SAFETY: the bytes are whole `&str`s copied one after another (`concat`, the
+            // only place that makes a `Repr::Inline`), so they are UTF-8.
+            Repr::Inline { len, bytes } => unsafe {
                 std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
             },
-            InlineStr::Heap(s) => s,
+            Repr::Heap(s) => s,
         }
+    }
+
+    /// Whether it is kept inline.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
     }
 }
 
@@ -85,13 +95,13 @@ mod tests {
     #[test]
     fn short_strings_stay_inline_and_long_ones_go_whole_to_the_heap() {
         let s: InlineStr<8> = "gpt-4o".into();
-        assert!(matches!(s, InlineStr::Inline { .. }));
+        assert!(s.is_inline());
         assert_eq!(&*s, "gpt-4o");
         let exact: InlineStr<8> = "12345678".into();
-        assert!(matches!(exact, InlineStr::Inline { .. }));
+        assert!(exact.is_inline());
         assert_eq!(&*exact, "12345678");
         let long: InlineStr<8> = "123456789".into();
-        assert!(matches!(long, InlineStr::Heap(_)));
+        assert!(!long.is_inline());
         assert_eq!(&*long, "123456789");
         let joined = InlineStr::<8>::concat(&["ab", "****", "yz"]);
         assert_eq!(&*joined, "ab****yz");
