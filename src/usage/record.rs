@@ -30,8 +30,9 @@ type Mask = InlineStr<14>;
 
 /// What a proxied request was, filled as it goes: by the dispatcher (time, client, id),
 /// the proxy handler (service, model) and the forwarder (attempts, key, latency). Holds
-/// nothing shared with other requests and, for the usual request, nothing on the heap:
-/// every request makes one, and the request log keeps the newest thousands.
+/// nothing shared with other requests and, for the usual request, nothing on the heap
+/// but its request id's header value (the log keeps the id's text): every request makes
+/// one.
 pub struct Trace {
     pub start: Instant,
     /// Unix ms when the request came.
