@@ -52,7 +52,8 @@ impl<const N: usize> InlineStr<N> {
     }
 
     /// Whether it is kept inline.
-    pub fn is_inline(&self) -> bool {
+    #[cfg(test)]
+    fn is_inline(&self) -> bool {
         matches!(self.0, Repr::Inline { .. })
     }
 }
@@ -60,12 +61,6 @@ impl<const N: usize> InlineStr<N> {
 impl<const N: usize> From<&str> for InlineStr<N> {
     fn from(s: &str) -> InlineStr<N> {
         InlineStr::concat(&[s])
-    }
-}
-
-impl<const N: usize> Default for InlineStr<N> {
-    fn default() -> InlineStr<N> {
-        InlineStr::concat(&[])
     }
 }
 
@@ -79,12 +74,6 @@ impl<const N: usize> Deref for InlineStr<N> {
 impl<const N: usize> fmt::Debug for InlineStr<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl<const N: usize> PartialEq for InlineStr<N> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
     }
 }
 
@@ -109,7 +98,7 @@ mod tests {
             &*InlineStr::<8>::concat(&["ab", "****", "xyz"]),
             "ab****xyz"
         );
-        assert_eq!(&*InlineStr::<4>::default(), "");
+        assert_eq!(&*InlineStr::<4>::concat(&[]), "");
         // Multi-byte characters are copied whole.
         assert_eq!(&*InlineStr::<8>::from("模型名"), "模型名");
     }
