@@ -65,7 +65,7 @@ pub async fn flush_usage(state: &AppState, with_log: bool) {
     };
     // Made into rows on the blocking pool: a shard that sorted and formatted ten thousand
     // log entries itself held its requests up for tens of milliseconds (p99 at half load).
-    let pending = usage.take_pending(with_log);
+    let (pending, _writing) = usage.begin_flush(with_log).await;
     let Ok((rollups, entries)) = tokio::task::spawn_blocking(move || pending.into_rows()).await
     else {
         crate::log::warn!("could not prepare usage for writing");

@@ -378,6 +378,9 @@ pub struct Usage {
     unwritten: Mutex<Vec<LogEntry>>,
     /// Every service's slug by id, for the log's entries (a deleted service's stays).
     slugs: Mutex<HashMap<i64, Arc<str>>>,
+    /// Held by a flush from taking what is pending to its write's end
+    /// ([`Usage::begin_flush`]).
+    flushing: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -404,6 +407,7 @@ impl Usage {
             log_size,
             unwritten: Mutex::default(),
             slugs: Mutex::default(),
+            flushing: tokio::sync::Mutex::const_new(()),
         }
     }
 
@@ -492,10 +496,20 @@ impl Usage {
         self.take_pending(true).into_rows()
     }
 
+    /// Starts a flush: waits for the one in progress to end, then takes what is pending
+    /// ([`Usage::take_pending`]). Keep the guard until the rows are written or put back. A
+    /// reader flushes before it reads the store; without the guard, a periodic flush that
+    /// had taken the rows and not yet written them left that reader nothing to flush, and
+    /// it read the store without them.
+    pub async fn begin_flush(&self, with_log: bool) -> (Pending, tokio::sync::MutexGuard<'_, ()>) {
+        let one_at_a_time = self.flushing.lock().await;
+        (self.take_pending(with_log), one_at_a_time)
+    }
+
     /// Takes the rollups and, `with_log`, the request log, as they are: only buffers are
     /// swapped, so the shard that flushes is not held up. [`Pending::into_rows`] does the
     /// rest, off the shards. Without `with_log` the log stays (bounded) for a later take.
-    pub fn take_pending(&self, with_log: bool) -> Pending {
+    fn take_pending(&self, with_log: bool) -> Pending {
         let (mut rollups, mut log) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
@@ -699,6 +713,8 @@ impl Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::Poll;
 
     fn answered(usage: &Usage, t: &Trace) {
         let answer = Answer {
@@ -753,6 +769,41 @@ mod tests {
         assert_eq!((e.tokens_in, e.tokens_out), (Some(3), Some(2)));
         assert_eq!(rollups[0].counts.tokens_cached, 1);
         assert_eq!(usage.token_totals()[0].2, [3, 2, 1]);
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_one_that_has_not_written_yet() {
+        let usage = Usage::new(1, 10);
+        let trace = || {
+            let mut t = Trace::new(
+                Instant::now(),
+                1_000,
+                HeaderValue::from_static("id"),
+                Method::GET,
+                "/llm/x",
+                IpAddr::from([127, 0, 0, 1]),
+            );
+            t.service = Some(1);
+            t
+        };
+        answered(&usage, &trace());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut first = std::pin::pin!(usage.begin_flush(false));
+        let Poll::Ready((taken, writing)) = first.as_mut().poll(&mut cx) else {
+            panic!("no flush in progress: the first starts at once");
+        };
+        assert_eq!(taken.into_rows().0.len(), 1);
+        answered(&usage, &trace());
+        let mut second = std::pin::pin!(usage.begin_flush(false));
+        assert!(
+            second.as_mut().poll(&mut cx).is_pending(),
+            "the first is writing"
+        );
+        drop(writing);
+        let Poll::Ready((taken, _)) = second.as_mut().poll(&mut cx) else {
+            panic!("the first has written: the second goes on");
+        };
+        assert_eq!(taken.into_rows().0[0].counts.requests, 1);
     }
 
     #[test]

@@ -400,16 +400,6 @@ pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
     (tx, ChannelBody(rx).boxed_unsync())
 }
 
-/// Resident memory of this process, in bytes.
-pub fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// An upstream on 127.0.0.1:0 that hands each accepted connection, raw, to `handler`:
 /// for answers no well-behaved server sends.
 pub async fn raw_upstream<F, Fut>(handler: F) -> Upstream
