@@ -24,7 +24,7 @@ use crate::headers;
 use crate::service::{ApiFormat, Kind};
 use crate::state::AppState;
 use crate::upstream::url;
-use crate::usage::Trace;
+use crate::usage::{Text, Trace};
 
 /// Query parameters that carry a proxy key and never go upstream.
 const CREDENTIAL_PARAMS: &[&str] = &["key"];
@@ -116,18 +116,18 @@ pub async fn handle(
         // for it uncompressed (always acceptable to the client; LLM answers are small).
         out.identity = true;
         t.format = Some(format);
-        t.model = model.as_deref().map(Into::into);
+        t.model = model;
     }
     super::held(forward::run(state, svc, out, trace).await, admission)
 }
 
 /// The model a request names: Gemini's in its path (`…/models/<model>:generateContent`),
 /// the others' as the body's top-level `model` string.
-fn request_model(format: ApiFormat, rest: &str, body: &OutBody) -> Option<String> {
+fn request_model(format: ApiFormat, rest: &str, body: &OutBody) -> Option<Text> {
     if format == ApiFormat::Gemini {
         let after = rest.rsplit_once("models/")?.1;
         let model = after.split([':', '/', '?']).next().unwrap_or("");
-        return (!model.is_empty()).then(|| model.to_string());
+        return (!model.is_empty()).then(|| model.into());
     }
     let OutBody::Replayable(bytes) = body else {
         return None;
@@ -178,14 +178,14 @@ fn credentials<'a>(
 
 /// A top-level member of a JSON object body, found by name.
 #[derive(Debug, PartialEq)]
-pub struct BodyKey {
+pub struct BodyKey<T = String> {
     /// Its value when it is a string; `None` for any other value.
-    pub value: Option<String>,
+    pub value: Option<T>,
     /// Byte range to cut (the member and one adjacent comma).
     cut: (usize, usize),
 }
 
-impl BodyKey {
+impl<T> BodyKey<T> {
     /// The body without the member, every other byte untouched (numbers, key order and
     /// escapes stay exactly as the client sent them).
     pub fn remove_from(&self, body: &[u8]) -> bytes::Bytes {
@@ -244,7 +244,7 @@ pub fn find_api_key(json: &[u8]) -> Option<BodyKey> {
 /// The first top-level member `name` of a JSON object (its value when a string), and the
 /// bytes to cut to remove it. `None` when the body is not an object, the member is
 /// absent, or the JSON breaks off before it.
-pub fn find_member(json: &[u8], name: &str) -> Option<BodyKey> {
+pub fn find_member<T: for<'a> From<&'a str>>(json: &[u8], name: &str) -> Option<BodyKey<T>> {
     let mut i = skip_ws(json, 0);
     if json.get(i) != Some(&b'{') {
         return None;

@@ -16,7 +16,7 @@ pub mod record;
 pub mod scan;
 pub mod tap;
 
-pub use record::{Recorder, Trace};
+pub use record::{Recorder, Text, Trace};
 pub use tap::Tokens;
 
 pub use crate::store::usage::{Bucket, Counts, LogEntry, RequestQuery, Rollup, UsageQuery};

@@ -323,6 +323,166 @@ impl JsonMembers {
     }
 }
 
+/// The top-level members of a whole JSON object, read from its end and only as far back
+/// as needed: an answer's usage comes after its generated text, which is then never
+/// read. Stops once `enough` is true of what was found (indices as in `wanted`). For
+/// valid JSON it finds what [`JsonMembers`] keeps (the last of a repeated member, each at
+/// most [`MAX_MEMBER`] bytes); `None` for anything it does not follow, which the caller
+/// then scans forward.
+pub fn members_from_end<'d>(
+    doc: &'d [u8],
+    wanted: &[&str],
+    enough: impl Fn(&[Option<&'d [u8]>; MAX_WANTED]) -> bool,
+) -> Option<[Option<&'d [u8]>; MAX_WANTED]> {
+    let open = doc.iter().position(|b| !b.is_ascii_whitespace())?;
+    if doc[open] != b'{' {
+        return None;
+    }
+    let mut r = Back {
+        b: doc,
+        i: doc.len(),
+        floor: open + 1,
+    };
+    r.ws();
+    r.eat(b'}')?;
+    r.ws();
+    let mut found: [Option<&[u8]>; MAX_WANTED] = Default::default();
+    if r.i == r.floor {
+        return Some(found); // `{}`
+    }
+    loop {
+        let end = r.i;
+        let value = &doc[r.value()?..end];
+        r.ws();
+        r.eat(b':')?;
+        r.ws();
+        let name = r.string()?;
+        if let Some(k) = wanted.iter().position(|w| w.as_bytes() == name) {
+            // From the end, the first one met is the last one written.
+            if found[k].is_none() && value.len() <= MAX_MEMBER {
+                found[k] = Some(value);
+            }
+        }
+        r.ws();
+        if r.i == r.floor {
+            return Some(found);
+        }
+        r.eat(b',')?;
+        if enough(&found) {
+            return Some(found);
+        }
+        r.ws();
+    }
+}
+
+/// A reader going backwards through `b[floor..i]`.
+struct Back<'d> {
+    b: &'d [u8],
+    /// One past the next byte read.
+    i: usize,
+    /// Nothing below this is read (the byte after the object's `{`).
+    floor: usize,
+}
+
+impl<'d> Back<'d> {
+    fn last(&self) -> Option<u8> {
+        (self.i > self.floor).then(|| self.b[self.i - 1])
+    }
+
+    fn ws(&mut self) {
+        while self.last().is_some_and(|b| b.is_ascii_whitespace()) {
+            self.i -= 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.last()? == byte).then(|| self.i -= 1)
+    }
+
+    /// The string that ends here: its text between the quotes (as written), the reader
+    /// left at its opening quote.
+    fn string(&mut self) -> Option<&'d [u8]> {
+        self.eat(b'"')?;
+        let close = self.i;
+        if self.escaped(close) {
+            return None; // `\"`: the string does not end here
+        }
+        loop {
+            let q = self.floor + memrchr(b'"', &self.b[self.floor..self.i])?;
+            self.i = q;
+            if !self.escaped(q) {
+                return Some(&self.b[q + 1..close]);
+            }
+        }
+    }
+
+    /// Whether the quote at `q` is part of a string's text: after an odd number of
+    /// backslashes.
+    fn escaped(&self, q: usize) -> bool {
+        let slashes = self.b[self.floor..q]
+            .iter()
+            .rev()
+            .take_while(|&&c| c == b'\\')
+            .count();
+        slashes % 2 == 1
+    }
+
+    /// The value that ends here; the reader is left at its first byte, whose index is
+    /// returned.
+    fn value(&mut self) -> Option<usize> {
+        match self.last()? {
+            b'"' => {
+                self.string()?;
+            }
+            b'}' | b']' => {
+                let mut depth = 0u32;
+                loop {
+                    match self.last()? {
+                        b'"' => {
+                            self.string()?;
+                            continue;
+                        }
+                        b'}' | b']' => depth += 1,
+                        b'{' | b'[' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.i -= 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.i -= 1;
+                }
+            }
+            _ => {
+                // A number, `true`, `false` or `null`.
+                let end = self.i;
+                while self.last().is_some_and(|b| !SCALAR_END[b as usize]) {
+                    self.i -= 1;
+                }
+                if self.i == end {
+                    return None;
+                }
+            }
+        }
+        Some(self.i)
+    }
+}
+
+/// The bytes that can come just before a scalar value (or inside none): where reading one
+/// backwards stops.
+static SCALAR_END: [bool; 256] = {
+    let mut t = [false; 256];
+    let stops = b"\":,{}[] \t\r\n";
+    let mut k = 0;
+    while k < stops.len() {
+        t[stops[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
+
 /// The bytes a value's structure turns on, outside strings.
 static STRUCTURAL: [bool; 256] = {
     let mut t = [false; 256];
@@ -362,14 +522,17 @@ fn quote_or_escape(bytes: &[u8]) -> Option<usize> {
     memchr2(b'"', b'\\', &bytes[i..]).map(|j| i + j)
 }
 
-/// The text of a JSON string given as it is written (quotes included). Without escapes it
-/// is copied as it is; otherwise serde decodes it. `None` when it is not a string.
-pub fn json_string(raw: &[u8]) -> Option<String> {
+/// The text of a JSON string given as it is written (quotes included), as a `String` or
+/// an inline [`Text`](super::record::Text). Without escapes it is copied as it is;
+/// otherwise serde decodes it. `None` when it is not a string.
+pub fn json_string<T: for<'a> From<&'a str>>(raw: &[u8]) -> Option<T> {
     let inner = raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\""));
     if let Some(inner) = inner.filter(|s| !s.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20)) {
-        return std::str::from_utf8(inner).ok().map(str::to_owned);
+        return std::str::from_utf8(inner).ok().map(T::from);
     }
-    serde_json::from_slice(raw).ok()
+    serde_json::from_slice::<String>(raw)
+        .ok()
+        .map(|s| T::from(s.as_str()))
 }
 
 /// Cuts a stream into lines (without their `\n` or `\r\n`), across frames.
@@ -612,6 +775,64 @@ mod tests {
                     prop_assert_eq!(got.as_ref(), doc.get(*w), "{} in {}", w, text);
                 }
             }
+
+            /// Read from the end, a whole document gives the raw text the forward scan
+            /// keeps, repeated members and any spacing included; stopped early, the same
+            /// for what it found.
+            #[test]
+            fn read_from_the_end_is_read_from_the_start(
+                members in proptest::collection::vec((key(), value(), 0usize..3), 0..6),
+                outer in 0usize..3,
+            ) {
+                let space = |n: usize| [" ", "\n\t ", ""][n];
+                let body: Vec<String> = members
+                    .iter()
+                    .map(|(k, v, s)| {
+                        let (k, v) = (Value::from(k.as_str()), serde_json::to_string_pretty(v).unwrap());
+                        format!("{}{k}{}:{}{v}{}", space(*s), space(*s), space(*s), space(*s))
+                    })
+                    .collect();
+                let text = format!("{}{{{}}}{}", space(outer), body.join(","), space(outer));
+                let mut scan = JsonMembers::new(WANTED);
+                scan.feed(text.as_bytes());
+                let all = members_from_end(text.as_bytes(), WANTED, |_| false);
+                prop_assert!(all.is_some(), "{}", text);
+                let some = members_from_end(text.as_bytes(), WANTED, |f| f[0].is_some()).unwrap();
+                for (i, w) in WANTED.iter().enumerate() {
+                    prop_assert_eq!(all.unwrap()[i], scan.get(w), "{} in {}", w, text);
+                }
+                prop_assert_eq!(some[0], scan.get("usage"), "{}", text);
+            }
         }
+    }
+
+    #[test]
+    fn read_from_the_end_gives_up_on_what_is_not_one_object() {
+        let no = |doc: &str| members_from_end(doc.as_bytes(), WANTED, |_| false).is_none();
+        for doc in [
+            "",
+            "[]",
+            "{",
+            "}",
+            "{\"a\":1} x",
+            "{\"a\":1}{\"usage\":2}",
+            "{\"a\" 1}",
+            "{\"a\":}",
+            "{,\"a\":1}",
+            "{\"a\":1 2}",
+            "{\"a\":\"x\"\"y\"}",
+            "{\"a\":\"x\\\"}",
+            "\u{feff}{\"a\":1}",
+        ] {
+            assert!(no(doc), "{doc:?}");
+        }
+        let found = members_from_end(
+            br#" { "usage" : {"n":"}\"{"} , "model":"m" } "#,
+            WANTED,
+            |_| false,
+        )
+        .unwrap();
+        assert_eq!(found[0], Some(&br#"{"n":"}\"{"}"#[..]));
+        assert_eq!(found[1], Some(&br#""m""#[..]));
     }
 }

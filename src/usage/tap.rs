@@ -13,6 +13,7 @@
 //! cache. A compressed answer, one that is neither JSON nor SSE, and one whose usage
 //! cannot be read give no reading (unknown).
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use memchr::memmem;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use std::sync::LazyLock;
 
 use super::fields::UsageFields;
-use super::scan::{JsonMembers, Lines, json_string};
+use super::scan::{JsonMembers, Lines, MAX_WANTED, json_string, members_from_end};
 use crate::service::ApiFormat;
 
 /// Tokens of one answer.
@@ -32,7 +33,7 @@ pub struct Tokens {
 }
 
 /// The top-level members read from a JSON answer or an SSE chunk: the usage, and the
-/// model only while it is wanted (the request named none).
+/// model only while it is wanted (the request named none). Of each pair the first wins.
 fn members(want_model: bool) -> &'static [&'static str] {
     match want_model {
         true => &["usage", "usageMetadata", "model", "modelVersion"],
@@ -40,8 +41,35 @@ fn members(want_model: bool) -> &'static [&'static str] {
     }
 }
 
+/// Where `usage` and `model` are in [`members`].
+const USAGE_AT: usize = 0;
+const MODEL_AT: usize = 2;
+
+/// The tokens and model of a JSON answer whose members' raw text `get` gives, by their
+/// place in [`members`].
+fn json_answer<'a>(
+    format: ApiFormat,
+    want_model: bool,
+    get: impl Fn(usize) -> Option<&'a [u8]>,
+) -> (Option<Tokens>, Option<String>) {
+    let usage = get(USAGE_AT).or_else(|| get(USAGE_AT + 1));
+    let tokens = usage.and_then(|u| tokens_in(format, u));
+    let model = want_model
+        .then(|| get(MODEL_AT).or_else(|| get(MODEL_AT + 1)))
+        .flatten()
+        .and_then(json_string);
+    (tokens, model)
+}
+
 enum Mode {
-    Json(JsonMembers),
+    /// A JSON answer. Its first frame is held (a count on the same buffer) until another
+    /// comes: an answer in one frame, the usual case, is then read from its end and its
+    /// generated text skipped ([`members_from_end`]).
+    Json {
+        scan: JsonMembers,
+        held: Option<Bytes>,
+        fed: bool,
+    },
     Sse(Lines),
     Off,
 }
@@ -69,7 +97,11 @@ impl Tap {
         } else if starts_with_ignore_case(ct, b"text/event-stream") {
             Mode::Sse(Lines::default())
         } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
-            Mode::Json(JsonMembers::new(members(want_model)))
+            Mode::Json {
+                scan: JsonMembers::new(members(want_model)),
+                held: None,
+                fed: false,
+            }
         } else {
             Mode::Off
         };
@@ -88,9 +120,21 @@ impl Tap {
     }
 
     /// Reads one frame.
-    pub fn frame(&mut self, bytes: &[u8]) {
+    pub fn frame(&mut self, bytes: &Bytes) {
         match &mut self.mode {
-            Mode::Json(scan) => scan.feed(bytes),
+            Mode::Json { scan, held, fed } => {
+                if bytes.is_empty() {
+                    return;
+                }
+                if let Some(first) = held.take() {
+                    scan.feed(&first);
+                } else if !*fed {
+                    *held = Some(bytes.clone());
+                    *fed = true;
+                    return;
+                }
+                scan.feed(bytes);
+            }
             Mode::Sse(lines) => {
                 // A line of interest has `"usage` in it (usage, `response.completed`,
                 // Anthropic's `message_start` and `message_delta`) unless a model is still
@@ -112,16 +156,20 @@ impl Tap {
 
     /// The tokens (when the answer said) and the model it named (only when wanted).
     pub fn finish(self) -> (Option<Tokens>, Option<String>) {
+        let (format, want_model) = (self.format, self.want_model);
         match self.mode {
-            Mode::Json(scan) => {
-                let usage = scan.get("usage").or(scan.get("usageMetadata"));
-                let tokens = usage.and_then(|u| tokens_in(self.format, u));
-                let model = self
-                    .want_model
-                    .then(|| scan.get("model").or(scan.get("modelVersion")))
-                    .flatten()
-                    .and_then(json_string);
-                (tokens, model)
+            Mode::Json { mut scan, held, .. } => {
+                if let Some(doc) = held {
+                    // The whole answer: the usage (and the model, when wanted) is enough.
+                    let enough = |f: &[Option<&[u8]>; MAX_WANTED]| {
+                        f[USAGE_AT].is_some() && (!want_model || f[MODEL_AT].is_some())
+                    };
+                    if let Some(found) = members_from_end(&doc, members(want_model), enough) {
+                        return json_answer(format, want_model, |i| found[i]);
+                    }
+                    scan.feed(&doc);
+                }
+                json_answer(format, want_model, |i| scan.get(members(want_model)[i]))
             }
             Mode::Sse(_) => (self.tokens, self.model),
             Mode::Off => (None, None),
@@ -334,7 +382,7 @@ mod tests {
     ) -> (Option<Tokens>, Option<String>) {
         let mut tap = Tap::new(format, &headers(ct, None), want_model);
         for piece in body.as_bytes().chunks(step.max(1)) {
-            tap.frame(piece);
+            tap.frame(&Bytes::copy_from_slice(piece));
         }
         tap.finish()
     }
@@ -420,7 +468,7 @@ mod tests {
             true,
         );
         assert!(!gz.is_on());
-        gz.frame(b"\x1f\x8b...");
+        gz.frame(&Bytes::from_static(b"\x1f\x8b..."));
         assert_eq!(gz.finish(), (None, None));
         assert_eq!(
             read(ApiFormat::OpenAi, "text/plain", "usage: 5", 3),
@@ -508,7 +556,7 @@ mod tests {
         let sse = "data: {\"model\":\"gpt-4o\",\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n";
         for (ct, body) in [("application/json", json), ("text/event-stream", sse)] {
             let mut tap = Tap::new(ApiFormat::OpenAi, &headers(ct, None), false);
-            tap.frame(body.as_bytes());
+            tap.frame(&Bytes::copy_from_slice(body.as_bytes()));
             assert_eq!(tap.finish(), (t(1, 2, 0), None), "{ct}");
         }
     }
