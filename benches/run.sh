@@ -28,6 +28,8 @@
 #   BENCH_QUIET_WAIT     ...for at most this many seconds (default 300), then run anyway
 #                        (the load is recorded in the results either way)
 #   BENCH_SKIP_BUILD=1   use the binaries already built
+#   BENCH_POOL_KEYS=N    keys in the large-pool phase (default 100000; more shows on a
+#                        machine with a large cache what 100,000 cost with a smaller one)
 #   BENCH_PGO=0          plain release builds instead of profile-guided ones (scripts/pgo.sh,
 #                        what `make dist` and the images ship); the results record which
 #   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes

@@ -22,6 +22,16 @@ use crate::{Opts, addr, log, throughput};
 
 /// Keys in the pool.
 pub const POOL: usize = 100_000;
+
+/// The pool's size: [`POOL`], or `BENCH_POOL_KEYS` (at least 1,000). A larger pool shows on
+/// a machine with a large cache what 100,000 keys cost on one with a smaller cache.
+fn pool() -> usize {
+    std::env::var("BENCH_POOL_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n >= 1_000)
+        .unwrap_or(POOL)
+}
 /// Keys per batch request while filling it (well under the 1 MiB body limit).
 const FILL_BATCH: usize = 10_000;
 
@@ -63,10 +73,9 @@ async fn rest_id(t: &Target, token: &str) -> Result<i64, String> {
 }
 
 async fn fill(t: &Target, token: &str, id: i64) -> Result<(), String> {
-    for start in (0..POOL).step_by(FILL_BATCH) {
-        let keys: Vec<String> = (start..(start + FILL_BATCH).min(POOL))
-            .map(key_of)
-            .collect();
+    let n = pool();
+    for start in (0..n).step_by(FILL_BATCH) {
+        let keys: Vec<String> = (start..(start + FILL_BATCH).min(n)).map(key_of).collect();
         let (status, v) = admin_json(
             t.addr,
             Method::POST,
@@ -94,7 +103,7 @@ async fn get(t: &Target, token: &str, path: &str) -> Result<(u16, bytes::Bytes),
 async fn admin_timings(t: &Target, token: &str, id: i64) -> Result<Value, String> {
     let mut pages = Vec::new();
     for i in 0..40usize {
-        let after = (i * (POOL / 40)) as i64;
+        let after = (i * (pool() / 40)) as i64;
         let path = format!("/admin/proxy-configs/{id}/keys?limit=100&cursor={after}_{after}");
         let (ms, r) = timed(get(t, token, &path)).await;
         let (status, _) = r?;
@@ -173,7 +182,7 @@ pub fn phase(
     direct: &Target,
     client_cpus: Option<&str>,
 ) -> Value {
-    log(&format!("large pool: {POOL} keys"));
+    log(&format!("large pool: {} keys", pool()));
     let db = work.join("pool.db");
     let port = procs::free_port();
     let opts = ProxyOpts {
@@ -247,7 +256,7 @@ pub fn phase(
     p.stop(Duration::from_secs(10));
     json!({
         "status": "measured",
-        "keys": POOL,
+        "keys": pool(),
         "fill_ms": fill_ms,
         "idle_rss_kb": idle_rss_kb,
         "admin": timings,
