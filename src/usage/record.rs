@@ -716,6 +716,20 @@ mod tests {
     use std::future::Future;
     use std::task::Poll;
 
+    /// A GET to `/llm/x` that reached service 1.
+    fn plain_trace() -> Trace {
+        let mut t = Trace::new(
+            Instant::now(),
+            1_000,
+            HeaderValue::from_static("id"),
+            Method::GET,
+            "/llm/x",
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        t.service = Some(1);
+        t
+    }
+
     fn answered(usage: &Usage, t: &Trace) {
         let answer = Answer {
             status: 200,
@@ -774,26 +788,14 @@ mod tests {
     #[test]
     fn a_flush_waits_for_the_one_that_has_not_written_yet() {
         let usage = Usage::new(1, 10);
-        let trace = || {
-            let mut t = Trace::new(
-                Instant::now(),
-                1_000,
-                HeaderValue::from_static("id"),
-                Method::GET,
-                "/llm/x",
-                IpAddr::from([127, 0, 0, 1]),
-            );
-            t.service = Some(1);
-            t
-        };
-        answered(&usage, &trace());
+        answered(&usage, &plain_trace());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut first = std::pin::pin!(usage.begin_flush(false));
         let Poll::Ready((taken, writing)) = first.as_mut().poll(&mut cx) else {
             panic!("no flush in progress: the first starts at once");
         };
         assert_eq!(taken.into_rows().0.len(), 1);
-        answered(&usage, &trace());
+        answered(&usage, &plain_trace());
         let mut second = std::pin::pin!(usage.begin_flush(false));
         assert!(
             second.as_mut().poll(&mut cx).is_pending(),
@@ -809,16 +811,7 @@ mod tests {
     #[test]
     fn a_request_log_of_size_zero_still_counts_tokens() {
         let usage = Usage::new(1, 0);
-        let mut t = Trace::new(
-            Instant::now(),
-            1_000,
-            HeaderValue::from_static("id"),
-            Method::GET,
-            "/llm/x",
-            IpAddr::from([127, 0, 0, 1]),
-        );
-        t.service = Some(1);
-        answered(&usage, &t);
+        answered(&usage, &plain_trace());
         let (rollups, entries) = usage.take();
         assert!(entries.is_empty());
         assert_eq!(rollups.len(), 1);

@@ -67,11 +67,20 @@ enum Mode {
     /// generated text skipped ([`members_from_end`]).
     Json {
         scan: JsonMembers,
-        held: Option<Bytes>,
-        fed: bool,
+        first: First,
     },
     Sse(Lines),
     Off,
+}
+
+/// A JSON answer's first frame.
+enum First {
+    /// Not come yet.
+    Awaited,
+    /// Came, and no other after it yet: not read.
+    Held(Bytes),
+    /// Read forward, with what came after it.
+    Fed,
 }
 
 /// Reads one answer's usage as its frames pass.
@@ -99,8 +108,7 @@ impl Tap {
         } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
             Mode::Json {
                 scan: JsonMembers::new(members(want_model)),
-                held: None,
-                fed: false,
+                first: First::Awaited,
             }
         } else {
             Mode::Off
@@ -122,18 +130,18 @@ impl Tap {
     /// Reads one frame.
     pub fn frame(&mut self, bytes: &Bytes) {
         match &mut self.mode {
-            Mode::Json { scan, held, fed } => {
+            Mode::Json { scan, first } => {
                 if bytes.is_empty() {
                     return;
                 }
-                if let Some(first) = held.take() {
-                    scan.feed(&first);
-                } else if !*fed {
-                    *held = Some(bytes.clone());
-                    *fed = true;
-                    return;
+                match std::mem::replace(first, First::Fed) {
+                    First::Awaited => *first = First::Held(bytes.clone()),
+                    First::Held(held) => {
+                        scan.feed(&held);
+                        scan.feed(bytes);
+                    }
+                    First::Fed => scan.feed(bytes),
                 }
-                scan.feed(bytes);
             }
             Mode::Sse(lines) => {
                 // A line of interest has `"usage` in it (usage, `response.completed`,
@@ -158,8 +166,8 @@ impl Tap {
     pub fn finish(self) -> (Option<Tokens>, Option<String>) {
         let (format, want_model) = (self.format, self.want_model);
         match self.mode {
-            Mode::Json { mut scan, held, .. } => {
-                if let Some(doc) = held {
+            Mode::Json { mut scan, first } => {
+                if let First::Held(doc) = first {
                     // The whole answer: the usage (and the model, when wanted) is enough.
                     let enough = |f: &[Option<&[u8]>; MAX_WANTED]| {
                         f[USAGE_AT].is_some() && (!want_model || f[MODEL_AT].is_some())
