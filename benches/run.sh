@@ -35,6 +35,9 @@
 #   CALLGRIND_OPTS       extra valgrind options for `profile`, e.g. --cache-sim=yes
 #   BENCH_PROXY_ENV      "NAME=value,…": more settings for every proxy the harness starts
 #                        (e.g. an allocator setting, for an A/B)
+#   BENCH_PROFILE_POOL=1 `profile rest` with the large pool (BENCH_POOL_KEYS keys) instead of
+#                        3 keys; with CALLGRIND_OPTS=--cache-sim=yes it counts the cache
+#                        misses a request to a large pool adds
 #   BENCH_CLIENT_KEY=1   `profile` sends a client key with a per-minute limit instead of a
 #                        global proxy key
 #
@@ -245,6 +248,10 @@ if [[ $MODE == profile ]]; then
     done
     curl -fs "http://127.0.0.1:$PORT/health" >/dev/null || die "the proxy did not start under valgrind: $(tail -5 "$WORK/ours.log")"
     "$HARNESS" setup --port "$PORT" --upstream "$UP" >/dev/null
+    if [[ ${BENCH_PROFILE_POOL:-} == 1 ]]; then
+        say "filling the REST service with ${BENCH_POOL_KEYS:-100000} keys"
+        "$HARNESS" fill --port "$PORT"
+    fi
     if [[ -n ${BENCH_CLIENT_KEY:-} ]]; then
         # Requests with a client key that has a per-minute limit, not a global proxy key.
         TOKEN=$(curl -fs -X POST "http://127.0.0.1:$PORT/admin/login" -H 'Content-Type: application/json' \

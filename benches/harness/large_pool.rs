@@ -92,6 +92,20 @@ async fn fill(t: &Target, token: &str, id: i64) -> Result<(), String> {
     Ok(())
 }
 
+/// Fills the REST service of the proxy at `addr` (set up by [`targets::setup`]) with the
+/// pool, for `benches/run.sh profile` with `BENCH_PROFILE_POOL=1`.
+pub async fn fill_at(addr: std::net::SocketAddr) -> Result<(), String> {
+    let t = Target {
+        name: "profiled".into(),
+        kind: Kind::Ours,
+        addr,
+        pid: 0,
+    };
+    let token = targets::login(addr).await?;
+    let id = rest_id(&t, &token).await?;
+    fill(&t, &token, id).await
+}
+
 /// Reads a GET to the end; its status.
 async fn get(t: &Target, token: &str, path: &str) -> Result<(u16, bytes::Bytes), String> {
     let spec = ReqSpec::new(Method::GET, path).header("authorization", &format!("Bearer {token}"));

@@ -115,6 +115,17 @@ fn main() {
                 .unwrap_or_else(|e| panic!("setup failed: {e}"));
             println!("{token}");
         }
+        Some("fill") => {
+            // `benches/run.sh profile` with BENCH_PROFILE_POOL=1: the REST service of a
+            // proxy set up by `setup` gets the large pool (BENCH_POOL_KEYS keys).
+            let port: u16 = get("--port").and_then(|p| p.parse().ok()).expect("--port");
+            targets::rt()
+                .block_on(large_pool::fill_at(SocketAddr::from((
+                    [127, 0, 0, 1],
+                    port,
+                ))))
+                .unwrap_or_else(|e| panic!("fill failed: {e}"));
+        }
         Some("nginx-conf") => {
             // One nginx process (no master, one worker's work) for callgrind:
             // `benches/run.sh profile ROUTE load`. Prints the configuration's path.

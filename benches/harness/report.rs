@@ -666,7 +666,31 @@ pub fn large_pool_md(raw: &Value) -> String {
         pm(&small),
         pool.median / small.median
     );
+    let (by_rep, cpu) = (paired(p, "rps"), paired(p, "cpu_us_per_req"));
+    let _ = writeln!(
+        o,
+        "| the same, repeat by repeat (the two back to back): median (range) | {:.2}× ({:.2}–{:.2}×) | |",
+        by_rep.median, by_rep.min, by_rep.max
+    );
+    let _ = writeln!(
+        o,
+        "| proxy CPU per request, {} keys ÷ 3 keys, repeat by repeat | {:.2}× ({:.2}–{:.2}×) | |",
+        p["keys"], cpu.median, cpu.min, cpu.max
+    );
     o
+}
+
+/// The large pool's `field` ÷ the small pool's, one ratio per repeat (the two ran back
+/// to back, so a slow spell of the machine touches both): steadier than the ratio of
+/// the medians when the machine's speed drifts.
+fn paired(p: &Value, field: &str) -> Spread {
+    let of = |which: &str| pick(&p["throughput"], |r| r["pool"] == which, |r| f(&r[field]));
+    let ratios: Vec<f64> = of("pool")
+        .iter()
+        .zip(of("small"))
+        .map(|(a, b)| a / b)
+        .collect();
+    Spread::of(&ratios)
 }
 
 fn litellm(o: &mut String, raw: &Value) {

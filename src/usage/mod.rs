@@ -13,6 +13,7 @@
 pub mod fields;
 pub mod inline;
 pub mod record;
+mod rollups;
 pub mod scan;
 pub mod tap;
 

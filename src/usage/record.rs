@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 
 use super::inline::InlineStr;
+use super::rollups::{Ids, Rollups};
 use super::tap::{Tap, Tokens};
 use super::{Counts, LogEntry, Outcome, Rollup};
 use crate::body::{self, Body, End, Watch};
@@ -258,107 +259,8 @@ struct Slot {
     client_key_id: i64,
 }
 
-/// A rollup's identity in a shard's buffer. The model is a number from the shard's
-/// [`Models`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct RollupKey {
-    hour: i64,
-    service: i64,
-    key: i64,
-    client: i64,
-    model: u32,
-}
-
-/// Rollups of one shard, each counted in place. A list of models per key cost an
-/// allocation and a cache miss per request with a pool of 100,000 keys (a tenth of the
-/// throughput).
-#[derive(Default)]
-struct Rollups {
-    counts: HashMap<RollupKey, Counts, Ids>,
-    models: Models,
-}
-
-impl Rollups {
-    /// Empty, with room for `n` rollups (a large pool fills the same number again).
-    fn with_capacity(n: usize) -> Rollups {
-        Rollups {
-            counts: HashMap::with_capacity_and_hasher(n, Ids::default()),
-            models: Models::default(),
-        }
-    }
-
-    fn add(&mut self, hour: i64, service: i64, key: i64, client: i64, model: &str, c: &Counts) {
-        let model = self.models.id(model);
-        let id = RollupKey {
-            hour,
-            service,
-            key,
-            client,
-            model,
-        };
-        self.counts.entry(id).or_default().add(c);
-    }
-}
-
-/// The model names a shard's rollups use, each given a number.
-#[derive(Default)]
-struct Models {
-    names: Vec<Box<str>>,
-    /// Names come from clients: looked up by hash, not by a walk through the list.
-    ids: HashMap<Box<str>, u32>,
-    /// The last one used (a shard mostly sees the same model again).
-    last: u32,
-}
-
-impl Models {
-    fn id(&mut self, name: &str) -> u32 {
-        if self
-            .names
-            .get(self.last as usize)
-            .is_some_and(|n| **n == *name)
-        {
-            return self.last;
-        }
-        self.last = match self.ids.get(name) {
-            Some(id) => *id,
-            None => {
-                let id = self.names.len() as u32;
-                self.names.push(name.into());
-                self.ids.insert(name.into(), id);
-                id
-            }
-        };
-        self.last
-    }
-}
-
 /// Tokens by service id, then model: `[in, out, cached]`.
 type TokenTotals = HashMap<i64, Vec<(String, [u64; 3])>, Ids>;
-
-/// Hashing for maps keyed by the proxy's own ids (never a client's bytes, so no flooding
-/// to guard against): a multiply per id instead of SipHash, on every request.
-type Ids = std::hash::BuildHasherDefault<IdHasher>;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        bytes.iter().for_each(|b| self.write_u64(u64::from(*b)));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn write_i64(&mut self, n: i64) {
-        self.write_u64(n as u64);
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// What one shard recorded, behind one lock (taken once per request).
 #[derive(Default)]
@@ -513,11 +415,8 @@ impl Usage {
         let (mut rollups, mut log) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let room = shard.rollups.counts.len();
-            rollups.push(std::mem::replace(
-                &mut shard.rollups,
-                Rollups::with_capacity(room),
-            ));
+            let fresh = shard.rollups.like();
+            rollups.push(std::mem::replace(&mut shard.rollups, fresh));
             if with_log {
                 log.push(std::mem::take(&mut shard.log));
             }
@@ -587,19 +486,9 @@ impl Pending {
     /// `REQUEST_LOG_SIZE`: under load, writing every entry to be trimmed at once cost a
     /// third of the throughput).
     pub fn into_rows(self) -> (Vec<Rollup>, Vec<LogEntry>) {
-        let mut rollups = Vec::with_capacity(self.rollups.iter().map(|r| r.counts.len()).sum());
+        let mut rollups = Vec::with_capacity(self.rollups.iter().map(Rollups::len).sum());
         for shard in self.rollups {
-            let names = shard.models.names;
-            for (id, counts) in shard.counts {
-                rollups.push(Rollup {
-                    hour: id.hour,
-                    service_id: id.service,
-                    key_id: id.key,
-                    model: names[id.model as usize].to_string(),
-                    client_key_id: id.client,
-                    counts,
-                });
-            }
+            shard.drain_into(&mut rollups);
         }
         // In the table's key order: a write of 100,000 rows then touches each page once
         // instead of jumping around (several times faster in SQLite).
