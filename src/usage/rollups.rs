@@ -4,9 +4,9 @@
 //! [`Group`]: a shard sees few of them. Each group counts its keys in a table whose
 //! bucket is the key's id ([`ById`]). Keys are picked in id order, round robin, so
 //! successive requests count into successive buckets: memory the processor reads ahead,
-//! not a cache miss per request. A key's counts are 32-bit (56 bytes with its id, 136
-//! as one map entry of the whole identity and 64-bit counts); a count that would not fit
-//! moves that key's counts to a 64-bit table ([`KeyCounts::wide`]).
+//! not a cache miss per request. A key's counts are 32-bit: 56 bytes with its id, where
+//! one entry of the whole identity and 64-bit counts took 136, in a random place. A count
+//! that would not fit moves that key's counts to a 64-bit table ([`KeyCounts::wide`]).
 
 use std::collections::HashMap;
 
