@@ -8,6 +8,7 @@
 //! * RSS added by listing every key: the whole array streamed, then every page of 1,000;
 //! * proxy throughput on the pool ÷ the same on the 3-key pool of `small`, alternated.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -56,28 +57,22 @@ fn spread(v: &[f64]) -> Value {
 }
 
 /// The REST service's id on a proxy set up by [`targets::setup`].
-async fn rest_id(t: &Target, token: &str) -> Result<i64, String> {
-    let (_, list) = admin_json(
-        t.addr,
-        Method::GET,
-        "/admin/proxy-configs",
-        Some(token),
-        None,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+async fn rest_id(addr: SocketAddr, token: &str) -> Result<i64, String> {
+    let (_, list) = admin_json(addr, Method::GET, "/admin/proxy-configs", Some(token), None)
+        .await
+        .map_err(|e| e.to_string())?;
     list.as_array()
         .and_then(|l| l.iter().find(|s| s["slug"] == targets::REST_SLUG))
         .and_then(|s| s["id"].as_i64())
         .ok_or_else(|| format!("no REST service: {list}"))
 }
 
-async fn fill(t: &Target, token: &str, id: i64) -> Result<(), String> {
+async fn fill(addr: SocketAddr, token: &str, id: i64) -> Result<(), String> {
     let n = pool();
     for start in (0..n).step_by(FILL_BATCH) {
         let keys: Vec<String> = (start..(start + FILL_BATCH).min(n)).map(key_of).collect();
         let (status, v) = admin_json(
-            t.addr,
+            addr,
             Method::POST,
             &format!("/admin/proxy-configs/{id}/keys/batch"),
             Some(token),
@@ -94,16 +89,10 @@ async fn fill(t: &Target, token: &str, id: i64) -> Result<(), String> {
 
 /// Fills the REST service of the proxy at `addr` (set up by [`targets::setup`]) with the
 /// pool, for `benches/run.sh profile` with `BENCH_PROFILE_POOL=1`.
-pub async fn fill_at(addr: std::net::SocketAddr) -> Result<(), String> {
-    let t = Target {
-        name: "profiled".into(),
-        kind: Kind::Ours,
-        addr,
-        pid: 0,
-    };
+pub async fn fill_at(addr: SocketAddr) -> Result<(), String> {
     let token = targets::login(addr).await?;
-    let id = rest_id(&t, &token).await?;
-    fill(&t, &token, id).await
+    let id = rest_id(addr, &token).await?;
+    fill(addr, &token, id).await
 }
 
 /// Reads a GET to the end; its status.
@@ -221,8 +210,8 @@ pub fn phase(
         let t = target(&p);
         let r = rt.block_on(async {
             let token = targets::setup(t.addr, up_port).await?;
-            let id = rest_id(&t, &token).await?;
-            let (ms, r) = timed(fill(&t, &token, id)).await;
+            let id = rest_id(t.addr, &token).await?;
+            let (ms, r) = timed(fill(t.addr, &token, id)).await;
             r.map(|()| ms)
         });
         p.stop(Duration::from_secs(10));
@@ -238,7 +227,7 @@ pub fn phase(
     let idle_rss_kb = t.rss_kb();
     let measured = rt.block_on(async {
         let token = targets::login(t.addr).await?;
-        let id = rest_id(&t, &token).await?;
+        let id = rest_id(t.addr, &token).await?;
         let timings = admin_timings(&t, &token, id).await?;
         let listing = listing_rss(&t, &token, id).await?;
         Ok::<_, String>((timings, listing))
